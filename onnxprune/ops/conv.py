@@ -1,0 +1,99 @@
+"""Conv and ConvTranspose, including grouped and depthwise convolution.
+
+With group g > 1 the input and output channels of each group are tied together, so the pruning
+unit is a whole group: removing it removes Cin/g inputs and Cout/g outputs and lowers `group` by
+one.  A depthwise conv (g = Cin) therefore prunes one input channel with its multiplier outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import IN, OUT, PARAM, Coupling, NodeContext, OpRule, RewriteContext, ZeroView
+from .registry import register
+
+
+def _group_pairs(c_in: int, c_out: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs tying every input channel of a group to every output channel of that group."""
+    per_in, per_out = c_in // groups, c_out // groups
+    ins = np.arange(c_in)
+    outs = np.arange(c_out)
+    a = np.concatenate([ins, (outs // per_out) * per_in])
+    b = np.concatenate([(ins // per_in) * per_out, outs])
+    return a, b
+
+
+def _weight_zero(weight: np.ndarray, axis: int) -> np.ndarray:
+    moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+    return ~np.any(moved != 0, axis=1)
+
+
+class _ConvLike(OpRule):
+    out_axis = 0  # axis of the weight that indexes output channels (per group)
+    in_axis = 1
+
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        weight = ctx.const(1)
+        x_shape, y_shape = ctx.in_shape(0), ctx.out_shape(0)
+        if weight is None or x_shape is None or y_shape is None or len(ctx.node.output) != 1:
+            c.reasons[ctx.in_dim(0, 1)] = f"{ctx.label} has a weight computed at run time"
+            return c
+        groups = int(ctx.attr("group", 1))
+        c.link(ctx.in_dim(0, 0), ctx.out_dim(0, 0))
+        c_in = weight.shape[self.in_axis] * (groups if self.in_axis == 1 else 1)
+        c_out = weight.shape[self.out_axis] * (groups if self.out_axis == 1 else 1)
+        w_in, w_out = ctx.in_dim(1, self.in_axis), ctx.in_dim(1, self.out_axis)
+        if groups == 1:
+            c.link(ctx.in_dim(0, 1), w_in)
+            c.role(w_in, IN)
+            c.link(w_out, ctx.out_dim(0, 1))
+            c.role(w_out, OUT)
+        else:
+            a, b = _group_pairs(c_in, c_out, groups)
+            c.link(ctx.in_dim(0, 1), ctx.out_dim(0, 1), a, b)
+            # Whole groups go, so the weight's full-size axis is sliced and the per-group axis stays.
+            full, per_group = (w_out, w_in) if self.out_axis == 0 else (w_in, w_out)
+            c.link(full, ctx.out_dim(0, 1) if self.out_axis == 0 else ctx.in_dim(0, 1))
+            c.role(full, OUT if self.out_axis == 0 else IN)
+            c.fixed.add(per_group)
+        for k in range(2, weight.ndim):
+            c.fixed.add(ctx.in_dim(1, k))
+        if ctx.input(2):
+            c.link(ctx.in_dim(2, 0), ctx.out_dim(0, 1))
+            c.role(ctx.in_dim(2, 0), PARAM)
+        return c
+
+    def zero(self, ctx: NodeContext, views: dict[int, ZeroView], n: int) -> np.ndarray:
+        weight = ctx.const(1)
+        groups = int(ctx.attr("group", 1))
+        if self.out_axis == 0:
+            dead = _weight_zero(weight, 0)
+        else:  # ConvTranspose: [Cin, Cout/g, ...] -> output channel o of group k is column o % (Cout/g) of rows in group k
+            per_out = weight.shape[1]
+            per_in = weight.shape[0] // groups
+            dead = np.array([not np.any(weight[(o // per_out) * per_in:(o // per_out + 1) * per_in, o % per_out] != 0)
+                             for o in range(per_out * groups)])
+        if ctx.input(2):
+            dead &= ctx.const(2) == 0
+        return dead
+
+    def rewrite(self, ctx: RewriteContext) -> None:
+        groups = int(ctx.attr("group", 1))
+        if groups == 1:
+            return
+        x_dim = ctx.in_dim(0, 1)
+        old = ctx.in_shape(0)[1]
+        new = ctx.new_size(x_dim, old)
+        if new != old:
+            ctx.set_attr("group", groups * new // old)
+
+
+@register("Conv")
+class ConvRule(_ConvLike):
+    out_axis, in_axis = 0, 1
+
+
+@register("ConvTranspose")
+class ConvTransposeRule(_ConvLike):
+    out_axis, in_axis = 1, 0

@@ -1,0 +1,123 @@
+"""Elementwise ops: binary ops with numpy broadcasting, activations, Clip, PRelu, Cast.
+
+A constant operand that varies along the channel axis (a bias [C,1,1], a layer scale, a PRelu
+slope) is coupled to that axis and sliced with it; an operand of size 1 on an axis broadcasts and
+stays as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import PARAM, Coupling, NodeContext, OpRule, ZeroView
+from .registry import register
+
+
+def couple_broadcast(ctx: NodeContext, slots: range | list[int], out_slot: int = 0) -> Coupling:
+    """Couple each input axis to the output axis it lines up with (right-aligned, numpy style)."""
+    c = Coupling()
+    out = ctx.out_shape(out_slot)
+    if out is None:
+        return c
+    for slot in slots:
+        shape = ctx.in_shape(slot)
+        if shape is None or len(shape) > len(out):
+            continue
+        shift = len(out) - len(shape)
+        for k, size in enumerate(shape):
+            d_in, d_out = ctx.in_dim(slot, k), ctx.out_dim(out_slot, k + shift)
+            if size == 1 and out[k + shift] != 1:
+                c.fixed.add(d_in)
+            else:
+                c.link(d_in, d_out)
+                if d_in.is_const:
+                    c.role(d_in, PARAM)
+    return c
+
+
+class Broadcasting(OpRule):
+    def couple(self, ctx: NodeContext) -> Coupling:
+        return couple_broadcast(ctx, range(ctx.n_inputs))
+
+
+@register("Add", "Sub", "Sum", "Max", "Min", "Mean")
+class SumLike(Broadcasting):
+    zero_mode = "all"
+
+
+@register("Mul", "And")
+class MulLike(Broadcasting):
+    zero_mode = "any"
+
+
+@register("Div", "PRelu")
+class FirstOperand(Broadcasting):
+    zero_mode = "first"
+
+
+@register("Where", "Pow", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Or", "Xor")
+class OtherBinary(Broadcasting):
+    zero_mode = "never"
+
+
+def couple_unary(ctx: NodeContext) -> Coupling:
+    c = Coupling()
+    rank = ctx.in_rank(0)
+    if rank is None:
+        return c
+    for k in range(rank):
+        c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
+    return c
+
+
+class Unary(OpRule):
+    def couple(self, ctx: NodeContext) -> Coupling:
+        return couple_unary(ctx)
+
+
+@register("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "HardSwish", "Tanh", "Softsign", "Neg",
+          "Abs", "Sqrt", "Erf", "Floor", "Ceil", "Round", "Sign", "Identity", "Cast", "Mish",
+          "ThresholdedRelu", "Sin", "Atan", "Asin", "Sinh", "Tan")
+class ZeroPreserving(Unary):
+    """f(0) = 0: a dead input channel stays dead."""
+
+    zero_mode = "first"
+
+
+@register("Sigmoid", "HardSigmoid", "Softplus", "Exp", "Log", "Reciprocal", "Not", "Cos", "Acos", "Cosh")
+class ZeroBreaking(Unary):
+    """f(0) != 0: a dead input channel becomes a constant, so it is only dead where multiplied away."""
+
+
+@register("Dropout")
+class DropoutRule(Unary):
+    """Inference-mode Dropout is an identity; a requested mask output is left pinned."""
+
+    zero_mode = "first"
+
+    def couple(self, ctx: NodeContext) -> Coupling:
+        if len([o for o in ctx.node.output if o]) > 1:
+            return Coupling()
+        return couple_unary(ctx)
+
+
+@register("Clip")
+class ClipRule(Unary):
+    def zero(self, ctx: NodeContext, views: dict[int, ZeroView], n: int) -> np.ndarray:
+        low = ctx.const(1) if ctx.input(1) else np.array(ctx.attr("min", -np.inf))
+        high = ctx.const(2) if ctx.input(2) else np.array(ctx.attr("max", np.inf))
+        if low is None or high is None or not (low <= 0 <= high):
+            return np.zeros(n, dtype=bool)
+        return views[0].value() if 0 in views else np.zeros(n, dtype=bool)
+
+
+@register("CastLike")
+class CastLikeRule(Unary):
+    """Output has input 0's values and input 1's dtype; input 1's shape does not matter."""
+
+    zero_mode = "first"
+
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = couple_unary(ctx)
+        c.fixed.update(ctx.in_dims(1))
+        return c

@@ -1,0 +1,423 @@
+"""Ops that move channels around without computing: Concat, Split, Slice, Transpose,
+Squeeze/Unsqueeze, Flatten, Reshape, Expand, and Shape (which reads sizes)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import Coupling, Dim, Edge, NodeContext, OpRule, RewriteContext
+from .registry import register
+from .shapecalc import ConstEntry, DimEntry, eval_shape_tensor, rewrite_const_entries, shape_value_escapes
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+class Mover(OpRule):
+    zero_mode = "first"
+
+
+@register("Transpose")
+class TransposeRule(Mover):
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        rank = ctx.in_rank(0)
+        if rank is None:
+            return c
+        perm = ctx.attr("perm") or list(reversed(range(rank)))
+        for k, p in enumerate(perm):
+            c.link(ctx.in_dim(0, int(p)), ctx.out_dim(0, k))
+        return c
+
+
+@register("Concat")
+class ConcatRule(OpRule):
+    zero_mode = "cover"
+
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        out = ctx.out_shape(0)
+        if out is None:
+            return c
+        axis = int(ctx.attr("axis")) % len(out)
+        offset = 0
+        for slot in range(ctx.n_inputs):
+            shape = ctx.in_shape(slot)
+            if shape is None or not isinstance(shape[axis], int):
+                return Coupling()
+            for k in range(len(out)):
+                if k != axis:
+                    c.link(ctx.in_dim(slot, k), ctx.out_dim(0, k))
+            size = shape[axis]
+            c.link(ctx.in_dim(slot, axis), ctx.out_dim(0, axis), np.arange(size), offset + np.arange(size))
+            offset += size
+        return c
+
+
+@register("Split")
+class SplitRule(Mover):
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        shape = ctx.in_shape(0)
+        if shape is None:
+            return c
+        axis = int(ctx.attr("axis", 0)) % len(shape)
+        offset = 0
+        for slot, name in enumerate(ctx.node.output):
+            out = ctx.index.shape(name)
+            if out is None or not isinstance(out[axis], int):
+                return Coupling()
+            for k in range(len(shape)):
+                if k != axis:
+                    c.link(ctx.in_dim(0, k), ctx.out_dim(slot, k))
+            size = out[axis]
+            c.link(ctx.in_dim(0, axis), ctx.out_dim(slot, axis), offset + np.arange(size), np.arange(size))
+            offset += size
+        return c
+
+    def rewrite(self, ctx: RewriteContext) -> None:
+        axis = int(ctx.attr("axis", 0)) % ctx.in_rank(0)
+        old = [ctx.index.shape(n)[axis] for n in ctx.node.output]
+        new = [ctx.new_size(ctx.out_dim(s, axis), o) for s, o in enumerate(old)]
+        if new == old:
+            return
+        sizes = np.array(new, dtype=np.int64)
+        if ctx.attr("split") is not None:
+            ctx.set_attr("split", new)
+        elif ctx.index.opset >= 13:
+            ctx.writer.remove_attr(ctx.i, "num_outputs")
+            ctx.set_const(1, sizes)
+        else:
+            ctx.set_attr("split", new)
+
+
+def _slice_spec(ctx: NodeContext) -> list[tuple[int, int, int, int]] | None:
+    """[(axis, start, end, step)] normalised against the input shape, or None if not constant."""
+    shape = ctx.in_shape(0)
+    if shape is None:
+        return None
+    if ctx.index.opset < 10:
+        starts, ends = ctx.attr("starts"), ctx.attr("ends")
+        axes = ctx.attr("axes") or list(range(len(starts)))
+        steps = [1] * len(starts)
+    else:
+        values = [ctx.const(s) if ctx.input(s) else None for s in range(1, 5)]
+        if values[0] is None or values[1] is None or (ctx.input(3) and values[2] is None) or (ctx.input(4) and values[3] is None):
+            return None
+        starts, ends = values[0].tolist(), values[1].tolist()
+        axes = values[2].tolist() if values[2] is not None else list(range(len(starts)))
+        steps = values[3].tolist() if values[3] is not None else [1] * len(starts)
+    spec = []
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        axis = int(axis) % len(shape)
+        size = shape[axis]
+        if not isinstance(size, int):
+            spec.append((axis, int(start), int(end), int(step)))
+            continue
+        start, end, _ = slice(int(start), int(end), int(step)).indices(size)
+        spec.append((axis, start, end, int(step)))
+    return spec
+
+
+@register("Slice")
+class SliceRule(Mover):
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        spec = _slice_spec(ctx)
+        if spec is None:
+            c.reasons[ctx.in_dim(0, 1)] = f"{ctx.label} has bounds computed at run time"
+            return c
+        sliced = {axis: (start, end, step) for axis, start, end, step in spec}
+        for k in range(ctx.in_rank(0)):
+            if k not in sliced:
+                c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
+                continue
+            start, end, step = sliced[k]
+            size = ctx.in_shape(0)[k]
+            if step != 1 or not isinstance(size, int):
+                c.reasons[ctx.in_dim(0, k)] = f"{ctx.label} slices with step {step}"
+                continue
+            n = max(end - start, 0)
+            c.link(ctx.in_dim(0, k), ctx.out_dim(0, k), start + np.arange(n), np.arange(n))
+        return c
+
+    def rewrite(self, ctx: RewriteContext) -> None:
+        spec = _slice_spec(ctx)
+        if spec is None:
+            return
+        starts, ends, changed = [], [], False
+        for axis, start, end, _ in spec:
+            kept = ctx.kept_of(ctx.in_dim(0, axis))
+            if kept is None:
+                starts.append(start)
+                ends.append(end)
+                continue
+            changed = True
+            starts.append(int(np.count_nonzero(kept < start)))
+            ends.append(int(np.count_nonzero(kept < end)))
+        if not changed:
+            return
+        if ctx.index.opset < 10:
+            ctx.set_attr("starts", starts)
+            ctx.set_attr("ends", ends)
+            ctx.set_attr("axes", [a for a, *_ in spec])
+        else:
+            ctx.set_const(1, np.array(starts, dtype=ctx.const(1).dtype))
+            ctx.set_const(2, np.array(ends, dtype=ctx.const(2).dtype))
+            if not ctx.input(3):
+                ctx.set_const(3, np.array([a for a, *_ in spec], dtype=np.int64))
+
+
+def _axes_arg(ctx: NodeContext) -> list[int] | None:
+    if ctx.attr("axes") is not None:
+        return list(ctx.attr("axes"))
+    if ctx.n_inputs > 1 and ctx.input(1):
+        value = ctx.const(1)
+        return None if value is None else value.reshape(-1).tolist()
+    return []
+
+
+@register("Squeeze")
+class SqueezeRule(Mover):
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        shape, axes = ctx.in_shape(0), _axes_arg(ctx)
+        if shape is None or axes is None:
+            return c
+        axes = {a % len(shape) for a in axes} or {k for k, s in enumerate(shape) if s == 1}
+        out_axis = 0
+        for k in range(len(shape)):
+            if k in axes:
+                c.fixed.add(ctx.in_dim(0, k))
+            else:
+                c.link(ctx.in_dim(0, k), ctx.out_dim(0, out_axis))
+                out_axis += 1
+        return c
+
+
+@register("Unsqueeze")
+class UnsqueezeRule(Mover):
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        out, axes = ctx.out_shape(0), _axes_arg(ctx)
+        if out is None or axes is None:
+            return c
+        axes = {a % len(out) for a in axes}
+        in_axis = 0
+        for k in range(len(out)):
+            if k in axes:
+                c.fixed.add(ctx.out_dim(0, k))
+            else:
+                c.link(ctx.in_dim(0, in_axis), ctx.out_dim(0, k))
+                in_axis += 1
+        return c
+
+
+def _same(a, b) -> bool:
+    return a == b and a is not None
+
+
+def reshape_blocks(src, dst) -> list[tuple[list[int], list[int]]] | None:
+    """Split a reshape into blocks of source axes and target axes with equal products."""
+    blocks, i, j = [], 0, 0
+    while i < len(src) and j < len(dst):
+        if _same(src[i], dst[j]):
+            blocks.append(([i], [j]))
+            i, j = i + 1, j + 1
+            continue
+        if not (isinstance(src[i], int) and isinstance(dst[j], int)):
+            return None
+        ia, jb, pa, pb = [i], [j], src[i], dst[j]
+        while pa != pb:
+            if pa < pb:
+                i += 1
+                if i >= len(src) or not isinstance(src[i], int):
+                    return None
+                ia.append(i)
+                pa *= src[i]
+            else:
+                j += 1
+                if j >= len(dst) or not isinstance(dst[j], int):
+                    return None
+                jb.append(j)
+                pb *= dst[j]
+        blocks.append((ia, jb))
+        i, j = i + 1, j + 1
+    if any(s != 1 for s in src[i:]) or any(s != 1 for s in dst[j:]):
+        return None
+    blocks += [([k], []) for k in range(i, len(src))] + [([], [k]) for k in range(j, len(dst))]
+    return blocks
+
+
+def _factor_edges(whole: Dim, whole_size: int, factors: list[tuple[Dim, int]]) -> list[Edge]:
+    """Edges tying each element of a merged axis to its coordinate along each factor axis."""
+    edges = []
+    stride = whole_size
+    elements = np.arange(whole_size)
+    for dim, size in factors:
+        stride //= size
+        if size > 1:
+            edges.append(Edge(dim, whole, (elements // stride) % size, elements))
+    return edges
+
+
+def couple_blocks(ctx: NodeContext, blocks, src, dst) -> Coupling:
+    c = Coupling()
+    for ia, jb in blocks:
+        if len(ia) == 1 and len(jb) == 1:
+            c.link(ctx.in_dim(0, ia[0]), ctx.out_dim(0, jb[0]))
+        elif not ia or not jb:
+            c.fixed.update([ctx.in_dim(0, k) for k in ia] + [ctx.out_dim(0, k) for k in jb])
+        elif len(jb) == 1 or len(ia) == 1:
+            merged = len(jb) == 1
+            whole = ctx.out_dim(0, jb[0]) if merged else ctx.in_dim(0, ia[0])
+            parts = [(ctx.in_dim(0, k), src[k]) for k in ia] if merged else [(ctx.out_dim(0, k), dst[k]) for k in jb]
+            edges = _factor_edges(whole, math.prod(s for _, s in parts), parts)
+            c.fixed.update(d for d, s in parts if s == 1)
+            if len(edges) == 1:
+                c.edges.extend(edges)
+            elif edges:
+                c.choices.append(edges)
+        else:
+            c.reasons[ctx.in_dim(0, ia[0])] = f"{ctx.label} regroups several axes into several axes"
+    return c
+
+
+@register("Flatten")
+class FlattenRule(Mover):
+    def couple(self, ctx: NodeContext) -> Coupling:
+        src = ctx.in_shape(0)
+        if src is None:
+            return Coupling()
+        axis = int(ctx.attr("axis", 1)) % (len(src) + 1)
+        blocks = [(list(range(0, axis)), [0]), (list(range(axis, len(src))), [1])]
+        dst = ctx.out_shape(0)
+        if dst is None or len(dst) != 2:
+            return Coupling()
+        if not blocks[0][0]:  # axis 0: the first output axis is a new 1
+            blocks[0] = ([], [0])
+        return couple_blocks(ctx, blocks, src, dst)
+
+
+def _link_dim_entries(ctx: NodeContext, c: Coupling, entries) -> None:
+    """A target-shape element read from another tensor's axis ties that axis to the output axis."""
+    for pos, entry in enumerate(entries):
+        if isinstance(entry, DimEntry):
+            tensor_is_const = ctx.index.is_const(entry.tensor)
+            source = Dim(entry.tensor, entry.axis, entry.shape_node, 0) if tensor_is_const else Dim(entry.tensor, entry.axis)
+            c.link(source, ctx.out_dim(0, pos))
+
+
+def _target_sizes(ctx: NodeContext, src, dst, entries, allow_zero: int) -> tuple:
+    """The reshape's output sizes, with symbolic sizes named consistently with the input's so that
+    a dynamic batch axis lines up (shape inference often invents a fresh name for it)."""
+    dst = list(dst)
+    for p, entry in enumerate(entries):
+        if isinstance(entry, DimEntry):
+            shape = ctx.index.shape(entry.tensor)
+            if shape is not None:
+                dst[p] = shape[entry.axis]
+        elif entry.value > 0:
+            dst[p] = entry.value
+        elif entry.value == 0 and not allow_zero and p < len(src):
+            dst[p] = src[p]
+    open_src = [s for s in src if not isinstance(s, int)]
+    open_dst = [p for p, d in enumerate(dst) if not isinstance(d, int)]
+    known = [s for s in src if isinstance(s, int)], [d for d in dst if isinstance(d, int)]
+    if len(open_src) == 1 and len(open_dst) == 1 and math.prod(known[0]) == math.prod(known[1]):
+        dst[open_dst[0]] = open_src[0]
+    return tuple(dst)
+
+
+@register("Reshape")
+class ReshapeRule(Mover):
+    def couple(self, ctx: NodeContext) -> Coupling:
+        src, dst = ctx.in_shape(0), ctx.out_shape(0)
+        entries = eval_shape_tensor(ctx.index, ctx.input(1))
+        if dst is None and entries is not None:
+            dst = (None,) * len(entries)
+        if src is None or dst is None or entries is None or len(entries) != len(dst):
+            c = Coupling()
+            c.reasons[ctx.in_dim(0, 1) if src and len(src) > 1 else ctx.in_dim(0, 0)] = (
+                f"{ctx.label} has a target shape onnxprune cannot follow")
+            return c
+        allow_zero = int(ctx.attr("allowzero", 0))
+        dst = _target_sizes(ctx, src, dst, entries, allow_zero)
+        if allow_zero and any(isinstance(e, ConstEntry) and e.value == 0 for e in entries):
+            return Coupling()
+        blocks = reshape_blocks(src, dst)
+        if blocks is None:
+            c = Coupling()
+            c.reasons[ctx.in_dim(0, 0)] = f"{ctx.label} reshapes axes of unknown size"
+            return c
+        c = couple_blocks(ctx, blocks, src, dst)
+        _link_dim_entries(ctx, c, entries)
+        return c
+
+    def rewrite(self, ctx: RewriteContext) -> None:
+        entries = eval_shape_tensor(ctx.index, ctx.input(1))
+        if entries is not None:
+            rewrite_const_entries(ctx, entries)
+
+
+@register("Expand")
+class ExpandRule(Mover):
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        src, dst = ctx.in_shape(0), ctx.out_shape(0)
+        entries = eval_shape_tensor(ctx.index, ctx.input(1))
+        if src is None or dst is None or entries is None or len(dst) != max(len(src), len(entries)):
+            return c
+        shift = len(dst) - len(src)
+        entry_shift = len(dst) - len(entries)
+        for p in range(len(dst)):
+            k = p - shift
+            if k >= 0 and not (src[k] == 1 and dst[p] != 1):
+                c.link(ctx.in_dim(0, k), ctx.out_dim(0, p))
+                continue
+            if k >= 0:
+                c.fixed.add(ctx.in_dim(0, k))
+            if p - entry_shift >= 0 and isinstance(entries[p - entry_shift], ConstEntry):
+                c.fixed.add(ctx.out_dim(0, p))  # a constant size: rewritten if the axis is pruned
+        _link_dim_entries(ctx, c, [None] * entry_shift + list(entries))
+        return c
+
+    def rewrite(self, ctx: RewriteContext) -> None:
+        entries = eval_shape_tensor(ctx.index, ctx.input(1))
+        if entries is None:
+            return
+        src = ctx.in_shape(0)
+        shift = len(ctx.out_shape(0)) - len(entries)
+        in_shift = len(ctx.out_shape(0)) - len(src)
+
+        def follows_input(pos: int, value: int) -> bool:
+            k = pos + shift - in_shift
+            return value == 1 and k >= 0 and src[k] != 1
+
+        padded = [None] * shift + list(entries)
+        rewrite_const_entries(ctx, padded, follows_input)
+
+
+@register("Shape")
+class ShapeRule(OpRule):
+    """Reading a shape is fine when the value only feeds Reshape/Expand targets (they couple the
+    axes they read); anywhere else a pruned channel count would silently change a computation."""
+
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        rank = ctx.in_rank(0)
+        if rank is None:
+            return c
+        escape = shape_value_escapes(ctx.index, ctx.output(0))
+        for k in range(rank):
+            if escape is None:
+                c.fixed.add(ctx.in_dim(0, k))
+            else:
+                c.reasons[ctx.in_dim(0, k)] = f"{ctx.label} reads this size and it flows into {escape}"
+        return c
+
+
+@register("Constant")
+class ConstantRule(OpRule):
+    """No inputs; consumers see its value as a constant."""

@@ -1,0 +1,152 @@
+"""Ops that work per channel over spatial axes: pooling, Resize/Upsample, Pad, reductions, Softmax."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Coupling, NodeContext, OpRule, RewriteContext
+from .registry import register
+from .shapecalc import ConstEntry, DimEntry, eval_shape_tensor, rewrite_const_entries
+
+
+def _link_axes(ctx: NodeContext, axes, c: Coupling | None = None) -> Coupling:
+    c = c or Coupling()
+    for k in axes:
+        c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
+    return c
+
+
+@register("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+class PoolRule(OpRule):
+    """Batch and channel pass through; MaxPool's optional indices output encodes flat NCHW
+    positions (channel included), so a node that returns it is left pinned."""
+
+    zero_mode = "first"
+
+    def couple(self, ctx: NodeContext) -> Coupling:
+        if len([o for o in ctx.node.output if o]) != 1 or (ctx.in_rank(0) or 0) < 2:
+            return Coupling()
+        return _link_axes(ctx, (0, 1))
+
+
+def _resize_targets(ctx: NodeContext) -> tuple[np.ndarray | None, list | None]:
+    """(scales, symbolic sizes) for Resize of any opset and Upsample."""
+    if ctx.node.op_type == "Upsample":
+        scales = ctx.const(1) if ctx.input(1) else np.array(ctx.attr("scales", []), dtype=np.float32)
+        return scales, None
+    if ctx.n_inputs == 2:  # Resize-10: (X, scales)
+        return ctx.const(1), None
+    scales = ctx.const(2) if ctx.input(2) else None
+    sizes = eval_shape_tensor(ctx.index, ctx.input(3)) if ctx.input(3) else None
+    return scales, sizes
+
+
+@register("Resize", "Upsample")
+class ResizeRule(OpRule):
+    zero_mode = "first"
+
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        in_shape = ctx.in_shape(0)
+        scales, sizes = _resize_targets(ctx)
+        if in_shape is None or ctx.attr("axes") is not None:
+            return c
+        for k in range(len(in_shape)):
+            if scales is not None and scales.size == len(in_shape) and scales[k] == 1:
+                c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
+            elif sizes is not None and len(sizes) == len(in_shape) and (
+                    sizes[k] == DimEntry(ctx.input(0), k, sizes[k][2] if isinstance(sizes[k], DimEntry) else -1)
+                    or (isinstance(sizes[k], ConstEntry) and sizes[k].value == in_shape[k])):
+                c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
+        return c
+
+    def rewrite(self, ctx: RewriteContext) -> None:
+        _, sizes = _resize_targets(ctx)
+        if sizes is not None:
+            rewrite_const_entries(ctx, sizes)
+
+
+@register("Pad")
+class PadRule(OpRule):
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        rank = ctx.in_rank(0)
+        pads = ctx.const(1) if ctx.n_inputs > 1 and ctx.input(1) else np.array(ctx.attr("pads", []) or [], dtype=np.int64)
+        if rank is None or pads is None or ctx.n_inputs > 3:  # opset-18 `axes` input: keep it simple, pin
+            return c
+        if pads.size != 2 * rank:
+            return c
+        return _link_axes(ctx, [k for k in range(rank) if pads[k] == 0 and pads[k + rank] == 0], c)
+
+    def zero(self, ctx, views, n):
+        mode = ctx.attr("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        value = ctx.const(2) if ctx.n_inputs > 2 and ctx.input(2) else np.array(ctx.attr("value", 0.0))
+        if mode == "constant" and (value is None or np.any(value != 0)):
+            return np.zeros(n, dtype=bool)
+        return views[0].value() if 0 in views else np.zeros(n, dtype=bool)
+
+
+def _reduce_axes(ctx: NodeContext, rank: int) -> list[int] | None:
+    if ctx.attr("axes") is not None:
+        axes = ctx.attr("axes")
+    elif ctx.n_inputs > 1 and ctx.input(1):
+        value = ctx.const(1)
+        if value is None:
+            return None
+        axes = value.tolist()
+    else:
+        return [] if int(ctx.attr("noop_with_empty_axes", 0)) else list(range(rank))
+    return sorted(int(a) % rank for a in axes)
+
+
+@register("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+          "ReduceSumSquare", "ReduceLogSumExp")
+class ReduceRule(OpRule):
+    """Axes not reduced pass through; a reduced axis is pinned (a mean over channels changes)."""
+
+    zero_mode = "first"
+
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        rank = ctx.in_rank(0)
+        axes = None if rank is None else _reduce_axes(ctx, rank)
+        if axes is None:
+            return c
+        keep = int(ctx.attr("keepdims", 1))
+        out_axis = 0
+        for k in range(rank):
+            if k in axes:
+                c.reasons[ctx.in_dim(0, k)] = f"{ctx.label} reduces over this axis"
+                if keep:
+                    c.fixed.add(ctx.out_dim(0, out_axis))
+                    out_axis += 1
+                continue
+            c.link(ctx.in_dim(0, k), ctx.out_dim(0, out_axis))
+            out_axis += 1
+        return c
+
+    def zero(self, ctx, views, n):
+        if ctx.node.op_type == "ReduceLogSumExp":
+            return np.zeros(n, dtype=bool)
+        return super().zero(ctx, views, n)
+
+
+@register("Softmax", "LogSoftmax", "Hardmax")
+class SoftmaxRule(OpRule):
+    """Axes outside the normalised ones pass through (before opset 13 all axes from `axis` on mix)."""
+
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        rank = ctx.in_rank(0)
+        if rank is None:
+            return c
+        opset = ctx.index.opset
+        axis = int(ctx.attr("axis", -1 if opset >= 13 else 1)) % rank
+        mixed = {axis} if opset >= 13 else set(range(axis, rank))
+        for k in range(rank):
+            if k in mixed:
+                c.reasons[ctx.in_dim(0, k)] = f"{ctx.label} normalises over this axis"
+            else:
+                c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
+        return c

@@ -1,0 +1,154 @@
+"""Stage 7: surgery.  Given the channels each group keeps, write a dense, smaller model: slice every
+constant that carries a pruned dim, let each op rule fix its attributes and shape constants, drop
+the stale intermediate shapes and infer them again.  Names of nodes and initializers, and node
+metadata, are kept (the hand-back to the origin framework relies on them).
+
+A constant shared by several nodes is sliced once when all its uses agree; a use that needs a
+different slice gets its own copy named `<name>__<node>` (the plan lists it)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .depgraph import DepGraph
+from .errors import OnnxPruneError
+from .graph import ModelIndex, infer_shapes
+from .ops import Dim, RewriteContext, rule_for
+
+
+class ModelWriter:
+    """Collects edits to a copy of the model so rules never touch the original."""
+
+    def __init__(self, model: onnx.ModelProto, index: ModelIndex):
+        self.model = model
+        self.index = index
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.element_edits: dict[str, dict[int, int]] = defaultdict(dict)
+
+    # --- constants -------------------------------------------------------------------------
+    def _store(self, name: str, value: np.ndarray) -> None:
+        """Replace the value of the constant `name` (initializer or Constant node), keeping its name."""
+        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name=name)
+        if name in self.inits:
+            self.inits[name].CopyFrom(tensor)
+            for vi in self.model.graph.input:  # IR < 4 models list initializers as inputs too
+                if vi.name == name:
+                    vi.CopyFrom(onnx.helper.make_tensor_value_info(name, tensor.data_type, value.shape))
+            return
+        node = self.model.graph.node[self.index.constant_nodes[name]]
+        del node.attribute[:]
+        node.attribute.append(onnx.helper.make_attribute("value", tensor))
+
+    def _add_initializer(self, name: str, value: np.ndarray) -> str:
+        base, k = name, 1
+        while name in self.inits or name in self.index.producer or name in self.index.initializers:
+            name, k = f"{base}_{k}", k + 1
+        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name=name)
+        self.model.graph.initializer.append(tensor)
+        self.inits[name] = self.model.graph.initializer[-1]
+        return name
+
+    def slice_constants(self, kept: dict[Dim, np.ndarray]) -> None:
+        per_use: dict[str, dict[tuple[int, int], dict[int, np.ndarray]]] = defaultdict(lambda: defaultdict(dict))
+        for dim, idx in kept.items():
+            if dim.is_const:
+                per_use[dim.tensor][(dim.use, dim.slot)][dim.axis] = idx
+        for name, uses in per_use.items():
+            value = self.index.const(name)
+            consumers = self.index.consumers.get(name, [])
+            specs = {use: _spec_key(uses.get(use, {})) for use in consumers if use[1] >= 0}
+            in_subgraph = len(specs) != len(consumers)  # a subgraph reads it: never slice in place
+            if len(set(specs.values())) == 1 and not in_subgraph and name not in self.index.graph_outputs:
+                self._store(name, _take(value, next(iter(uses.values()))))
+                continue
+            for (node_i, slot), key in specs.items():
+                if not key:
+                    continue
+                node = self.model.graph.node[node_i]
+                new_name = self._add_initializer(f"{name}__{node.name or node_i}", _take(value, uses[(node_i, slot)]))
+                node.input[slot] = new_name
+
+    def set_input_const(self, node_i: int, slot: int, value: np.ndarray) -> None:
+        node = self.model.graph.node[node_i]
+        name = node.input[slot] if slot < len(node.input) else ""
+        if name and self.index.is_const(name) and self.index.consumers.get(name) == [(node_i, slot)]:
+            self._store(name, value)
+            return
+        new_name = self._add_initializer(f"{node.name or node.output[0]}_input{slot}", value)
+        while len(node.input) <= slot:
+            node.input.append("")
+        node.input[slot] = new_name
+
+    def set_const_element(self, name: str, pos: int, value: int) -> None:
+        previous = self.element_edits[name].get(pos)
+        if previous is not None and previous != value:
+            raise OnnxPruneError(f"shape constant '{name}' is shared by shapes that need different values")
+        self.element_edits[name][pos] = value
+
+    # --- attributes ------------------------------------------------------------------------
+    def set_attr(self, node_i: int, name: str, value) -> None:
+        node = self.model.graph.node[node_i]
+        self.remove_attr(node_i, name)
+        node.attribute.append(onnx.helper.make_attribute(name, value))
+
+    def remove_attr(self, node_i: int, name: str) -> None:
+        node = self.model.graph.node[node_i]
+        keep = [a for a in node.attribute if a.name != name]
+        if len(keep) != len(node.attribute):
+            del node.attribute[:]
+            node.attribute.extend(keep)
+
+    def finish(self) -> None:
+        for name, edits in self.element_edits.items():
+            value = self.index.const(name).copy()
+            flat = value.reshape(-1)
+            for pos, new in edits.items():
+                flat[pos] = new
+            self._store(name, value)
+
+
+def _spec_key(spec: dict[int, np.ndarray]) -> tuple:
+    return tuple(sorted((axis, idx.tobytes()) for axis, idx in spec.items()))
+
+
+def _take(value: np.ndarray, spec: dict[int, np.ndarray]) -> np.ndarray:
+    for axis, idx in sorted(spec.items()):
+        value = np.take(value, idx, axis=axis)
+    return value
+
+
+def kept_elements(dg: DepGraph, keep: dict[int, np.ndarray]) -> dict[Dim, np.ndarray]:
+    """For each dim of each group that loses channels, the indices of its elements that stay."""
+    kept: dict[Dim, np.ndarray] = {}
+    for group in dg.groups:
+        mask = keep.get(group.id)
+        if mask is None or mask.all():
+            continue
+        for dim in group.dims:
+            kept[dim] = group.kept_elements(dim, mask)
+    return kept
+
+
+def apply_keep(dg: DepGraph, keep: dict[int, np.ndarray]) -> onnx.ModelProto:
+    """A new model in which group `g` keeps the channels where `keep[g]` is True."""
+    kept = kept_elements(dg, keep)
+    model = onnx.ModelProto()
+    model.CopyFrom(dg.index.model)
+    writer = ModelWriter(model, dg.index)
+    if kept:
+        writer.slice_constants(kept)
+        touched = {dg.index.producer.get(d.tensor) for d in kept if not d.is_const}
+        touched |= {i for d in kept if not d.is_const for i, _ in dg.index.consumers.get(d.tensor, [])}
+        touched |= {d.use for d in kept if d.is_const}
+        for i in sorted(t for t in touched if t is not None):
+            rule_for(dg.index.model.graph.node[i]).rewrite(RewriteContext(dg.index, i, kept, writer))
+        writer.finish()
+    del model.graph.value_info[:]
+    inferred = infer_shapes(model)
+    if inferred is not model:
+        model.graph.value_info.extend(inferred.graph.value_info)
+    return model
