@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 from .graph import ModelIndex
@@ -73,3 +74,35 @@ def total_params(index: ModelIndex) -> int:
 
 def total_macs(index: ModelIndex) -> int:
     return sum(c.macs for c in layer_costs(index))
+
+
+def _node_macs(index: ModelIndex) -> dict[int, int]:
+    return {i: m for i, node in enumerate(index.model.graph.node) if (m := _macs(index, node)[0])}
+
+
+def estimate(dg, keep: dict) -> tuple[int, int]:
+    """(params, MACs) after keeping `keep[group_id]` channels, without doing the surgery: each
+    weight shrinks by the kept fraction of each of its pruned axes, and so do its MACs."""
+    index = dg.index
+    if not hasattr(dg, "_cost_base"):
+        dg._cost_base = (_node_macs(index), total_params(index))
+    node_macs, params = dg._cost_base
+    fractions: dict[tuple[str, int], float] = {}  # (initializer, use) -> kept fraction of its elements
+    for group in dg.groups:
+        mask = keep.get(group.id)
+        if mask is None or mask.all():
+            continue
+        for dim in group.const_dims:
+            kept = np.count_nonzero(mask[group.classes[dim]]) / group.sizes[dim]
+            fractions[(dim.tensor, dim.use)] = fractions.get((dim.tensor, dim.use), 1.0) * kept
+    macs = 0
+    for i, m in node_macs.items():
+        weight = index.model.graph.node[i].input[1]
+        macs += m * fractions.get((weight, i), 1.0)
+    counted: set[str] = set()
+    for (name, _use), fraction in sorted(fractions.items()):
+        if name in counted or name not in index.initializers:
+            continue
+        counted.add(name)
+        params -= _float_params(index, [name]) * (1 - fraction)
+    return int(round(params)), int(round(macs))

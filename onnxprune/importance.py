@@ -16,8 +16,9 @@ from .depgraph import DepGraph
 from .groups import Group
 from .ops import BN_SCALE, IN, OUT, Dim, NodeContext, ZeroView, rule_for
 
-Criterion = Callable[[DepGraph, Group], np.ndarray]
-"""A user-pluggable importance function: (dependency graph, group) -> score per channel."""
+Criterion = Callable[[DepGraph, Group], "np.ndarray | list[np.ndarray]"]
+"""A user-pluggable importance function: (dependency graph, group) -> a score per channel, or one
+array of scores per producing layer (aggregated with sum, mean or max)."""
 
 
 def _slice_zero(value: np.ndarray, axis: int) -> np.ndarray:
@@ -84,36 +85,65 @@ def _feeds_weight(dg: DepGraph, dim: Dim) -> bool:
     return any(other.is_const and dg.roles.get(other) == IN for other in dg.graph.neighbors(dim))
 
 
-def _weight_norms(dg: DepGraph, group: Group, ord: int) -> np.ndarray:
-    scores = np.zeros(group.n_channels)
+def _producer_rows(dg: DepGraph, group: Group):
+    """(dim, rows) for each producing weight of the group: rows[e] is the filter of element e."""
     for dim in group.dims_with_role(OUT):
-        value = np.abs(dg.index.const(dim.tensor).astype(np.float64))
-        moved = np.moveaxis(value, dim.axis, 0).reshape(value.shape[dim.axis], -1)
-        per_element = moved.sum(axis=1) if ord == 1 else (moved ** 2).sum(axis=1)
-        np.add.at(scores, group.classes[dim], per_element)
-    return scores if ord == 1 else np.sqrt(scores)
+        value = dg.index.const(dim.tensor).astype(np.float64)
+        yield dim, np.moveaxis(value, dim.axis, 0).reshape(value.shape[dim.axis], -1)
 
 
-def l1(dg: DepGraph, group: Group) -> np.ndarray:
+def _per_channel(group: Group, dim, per_element: np.ndarray) -> np.ndarray:
+    scores = np.zeros(group.n_channels)
+    np.add.at(scores, group.classes[dim], per_element)
+    return scores
+
+
+def l1(dg: DepGraph, group: Group) -> list[np.ndarray]:
     """Sum of |w| of the filters producing each channel (Li et al. 2017)."""
-    return _weight_norms(dg, group, 1)
+    return [_per_channel(group, d, np.abs(rows).sum(axis=1)) for d, rows in _producer_rows(dg, group)]
 
 
-def l2(dg: DepGraph, group: Group) -> np.ndarray:
+def l2(dg: DepGraph, group: Group) -> list[np.ndarray]:
     """L2 norm of the filters producing each channel."""
-    return _weight_norms(dg, group, 2)
+    return [np.sqrt(_per_channel(group, d, (rows ** 2).sum(axis=1))) for d, rows in _producer_rows(dg, group)]
 
 
-def bn_scale(dg: DepGraph, group: Group) -> np.ndarray:
+def fpgm(dg: DepGraph, group: Group) -> list[np.ndarray]:
+    """Distance of each filter to the others (He et al. 2019, geometric median): filters near the
+    median are replaceable by the rest and score low."""
+    scores = []
+    for dim, rows in _producer_rows(dg, group):
+        squared = (rows ** 2).sum(axis=1)
+        dist2 = np.maximum(squared[:, None] + squared[None, :] - 2 * rows @ rows.T, 0)
+        scores.append(_per_channel(group, dim, np.sqrt(dist2).sum(axis=1)))
+    return scores
+
+
+def lamp(dg: DepGraph, group: Group) -> list[np.ndarray]:
+    """LAMP (Lee et al. 2021) on filter energies: each channel's squared norm divided by the sum of
+    the squared norms of the channels at least as large, which makes layers comparable."""
+    scores = []
+    for dim, rows in _producer_rows(dg, group):
+        energy = _per_channel(group, dim, (rows ** 2).sum(axis=1))
+        order = np.argsort(energy, kind="stable")
+        tail = np.cumsum(energy[order][::-1])[::-1]
+        score = np.empty_like(energy)
+        score[order] = energy[order] / np.maximum(tail, 1e-300)
+        scores.append(score)
+    return scores
+
+
+lamp.normalise = False  # LAMP scores are comparable across layers by construction
+
+
+def bn_scale(dg: DepGraph, group: Group) -> list[np.ndarray]:
     """|gamma| of the group's BatchNormalization layers (network slimming).  When the exporter
-    folded BN into the conv (PyTorch's default), the conv filters carry gamma: L1 is used then."""
+    folded BN into the conv (PyTorch's default export), gamma lives in the conv filters and the
+    L1 norm of those filters is used instead."""
     dims = group.dims_with_role(BN_SCALE)
     if not dims:
         return l1(dg, group)
-    scores = np.zeros(group.n_channels)
-    for dim in dims:
-        np.add.at(scores, group.classes[dim], np.abs(dg.index.const(dim.tensor).astype(np.float64)))
-    return scores
+    return [_per_channel(group, d, np.abs(dg.index.const(d.tensor).astype(np.float64))) for d in dims]
 
 
 def random(dg: DepGraph, group: Group) -> np.ndarray:
@@ -121,15 +151,48 @@ def random(dg: DepGraph, group: Group) -> np.ndarray:
     return np.random.default_rng(group.id).random(group.n_channels) + 1e-3
 
 
-CRITERIA: dict[str, Criterion] = {"l1": l1, "l2": l2, "bn": bn_scale, "random": random}
+def activation_criterion(dg: DepGraph, feeds: dict[str, np.ndarray], statistic: str = "mean", batch: int = 16) -> Criterion:
+    """A data-driven criterion: the mean |activation| of each channel (or 1 - APoZ, the fraction
+    of non-zero activations, Hu et al. 2016) where the channel is consumed, measured with
+    onnxruntime on the calibration inputs in one pass for all groups."""
+    from .runtime import batches, make_session, with_outputs
+
+    points = {g.id: [d for d in g.dims if not d.is_const and _feeds_weight(dg, d)] for g in dg.prunable_groups}
+    names = sorted({d.tensor for dims in points.values() for d in dims})
+    session = make_session(with_outputs(dg.index, names))
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    axes_of = {d.tensor: d.axis for dims in points.values() for d in dims}
+    for chunk in batches(feeds, batch):
+        for name, value in zip(names, session.run(names, chunk)):
+            axis = axes_of[name]
+            moved = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)
+            stat = np.abs(moved).sum(axis=1) if statistic == "mean" else (moved != 0).sum(axis=1)
+            sums[name] = sums.get(name, 0) + stat
+            counts[name] = counts.get(name, 0) + moved.shape[1]
+
+    def criterion(dg_: DepGraph, group: Group) -> list[np.ndarray]:
+        return [_per_channel(group, d, sums[d.tensor] / counts[d.tensor]) for d in points.get(group.id, [])
+                if d.axis == axes_of[d.tensor]] or l1(dg_, group)
+
+    return criterion
 
 
-def importance(dg: DepGraph, group: Group, criterion: str | Criterion = "l1") -> np.ndarray:
-    """Scores per channel; 0 exactly for dead channels, positive for all others."""
+CRITERIA: dict[str, Criterion] = {"l1": l1, "l2": l2, "bn": bn_scale, "fpgm": fpgm, "lamp": lamp, "random": random}
+AGGREGATES = {"sum": np.sum, "mean": np.mean, "max": np.max}
+
+
+def importance(dg: DepGraph, group: Group, criterion: str | Criterion = "l1", aggregate: str = "sum") -> np.ndarray:
+    """Scores per channel, aggregated over the group's producing layers and normalised by their
+    mean (so groups are comparable in a global ranking); 0 exactly for dead channels."""
     fn = CRITERIA[criterion] if isinstance(criterion, str) else criterion
-    scores = np.asarray(fn(dg, group), dtype=np.float64)
+    raw = fn(dg, group)
+    if isinstance(raw, list):
+        raw = AGGREGATES[aggregate](np.stack(raw), axis=0) if raw else np.ones(group.n_channels)
+    scores = np.abs(np.asarray(raw, dtype=np.float64))
     if scores.shape != (group.n_channels,):
         raise ValueError(f"importance function returned shape {scores.shape}, expected ({group.n_channels},)")
+    if getattr(fn, "normalise", True):
+        scores = scores / max(scores.mean(), 1e-300)
     dead = dead_channels(dg, group)
-    tiny = np.finfo(np.float64).tiny
-    return np.where(dead, 0.0, np.maximum(np.abs(scores), tiny))
+    return np.where(dead, 0.0, np.maximum(scores, np.finfo(np.float64).tiny))

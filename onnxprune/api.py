@@ -1,0 +1,182 @@
+"""The Python API: the whole pipeline in a few calls.
+
+    import onnxprune
+    model = onnxprune.load("model.onnx")
+    print(model.inspect()["groups"][0])
+    plan = model.plan(target_macs=0.5, criterion="l1")
+    plan.groups[0].keep = plan.groups[0].keep[:8]        # edit by hand if you like
+    result = model.apply(plan)                             # verified pruned ModelProto + report
+    onnxprune.save(result.model, "pruned.onnx")
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from . import cost
+from .allocation import AllocationOptions, allocate
+from .data import load_calibration, synthetic_inputs
+from .depgraph import DepGraph, build_depgraph
+from .errors import InputError
+from .graph import ModelIndex
+from .importance import CRITERIA, Criterion, activation_criterion, importance
+from .load import LoadedModel, check_supported, load_model
+from .plan import Plan, make_plan, resolve
+from .save import save_model
+from .surgery import apply_keep
+from .verify import VerifyReport, verify
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    plan: Plan
+    report: VerifyReport
+    before: dict
+    after: dict
+    layers: list[dict] = field(default_factory=list)
+    exact: bool = False
+
+
+def load(path: str | Path) -> "PrunableModel":
+    """Load an ONNX file (external data only from inside its folder) for analysis and pruning."""
+    return PrunableModel(load_model(path))
+
+
+def save(model: onnx.ModelProto, path: str | Path, external_data: bool | None = None) -> Path:
+    """Save atomically; external data when asked for or when the weights exceed 1 GB."""
+    return save_model(model, path, external_data)
+
+
+class PrunableModel:
+    """One loaded model and its channel-dependency graph."""
+
+    def __init__(self, loaded: LoadedModel | onnx.ModelProto, show_progress: bool = False):
+        if isinstance(loaded, onnx.ModelProto):
+            check_supported(loaded, Path("<model>"))
+            loaded = LoadedModel(loaded, Path("<model>"), False)
+        self.loaded = loaded
+        self.show_progress = show_progress
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        return self.loaded.model
+
+    @property
+    def path(self) -> Path:
+        return self.loaded.path
+
+    @cached_property
+    def index(self) -> ModelIndex:
+        return ModelIndex.build(self.model)
+
+    @cached_property
+    def depgraph(self) -> DepGraph:
+        return build_depgraph(self.index)
+
+    @property
+    def groups(self):
+        """The prunable groups."""
+        return self.depgraph.prunable_groups
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.model.SerializeToString()).hexdigest() if self.model.ByteSize() < (1 << 31) - 1 else ""
+
+    # --- analysis ------------------------------------------------------------------------
+    def inspect(self) -> dict:
+        """Groups, per-layer cost, and how much of the model can be pruned."""
+        dg = self.depgraph
+        prunable_nodes = {d.use for g in dg.prunable_groups for d in g.const_dims if g.roles.get(d) in ("out", "in")}
+        layers = []
+        node_index = {(n.name or n.output[0]): i for i, n in enumerate(self.model.graph.node)}
+        for layer in cost.layer_costs(self.index):
+            layers.append({"node": layer.node, "op": layer.op_type, "params": layer.params, "macs": layer.macs,
+                           "channels": layer.channels, "prunable": node_index[layer.node] in prunable_nodes})
+        params, macs = cost.total_params(self.index), sum(l["macs"] for l in layers)
+        groups = []
+        for g in dg.groups:
+            if not g.has_weights:
+                continue
+            outs = g.dims_with_role("out")
+            channels = g.n_channels or (g.sizes[outs[0]] if outs else 0)
+            groups.append({"id": g.id, "channels": channels, "prunable": g.prunable,
+                           "blocked": None if g.prunable else (g.blocked[0] if g.blocked else "a single channel"),
+                           "layers": sorted({self.model.graph.node[d.use].name or self.model.graph.node[d.use].output[0] for d in g.const_dims}),
+                           "producers": [d.tensor for d in outs]})
+        return {"model": str(self.path), "opset": self.index.opset, "params": params, "macs": macs,
+                "prunable_params": sum(l["params"] for l in layers if l["prunable"]) / max(params, 1),
+                "prunable_macs": sum(l["macs"] for l in layers if l["prunable"]) / max(macs, 1),
+                "groups": groups, "layers": layers}
+
+    def calibration(self, data: str | Path | dict | None) -> dict[str, np.ndarray] | None:
+        if data is None or isinstance(data, dict):
+            return data
+        return load_calibration(data, self.index)
+
+    def importance(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum") -> dict[int, np.ndarray]:
+        """Score per channel for every prunable group (0 exactly for dead channels)."""
+        if criterion in ("activation", "apoz"):
+            feeds = self.calibration(data)
+            if feeds is None:
+                raise InputError(f"options: --criterion {criterion} needs calibration data (--data FILE.npz)")
+            criterion = activation_criterion(self.depgraph, feeds, "mean" if criterion == "activation" else "nonzero")
+        elif isinstance(criterion, str) and criterion not in CRITERIA:
+            raise InputError(f"options: unknown criterion '{criterion}' (choose from {', '.join(list(CRITERIA) + ['activation', 'apoz'])})")
+        groups = tqdm(self.groups, desc="importance", unit="group", disable=not self.show_progress, leave=False)
+        return {g.id: importance(self.depgraph, g, criterion, aggregate) for g in groups}
+
+    def cost(self, keep: dict[int, np.ndarray]) -> tuple[int, int]:
+        """(params, MACs) after keeping these channels (estimated without surgery)."""
+        return cost.estimate(self.depgraph, keep)
+
+    def plan(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum", **options) -> Plan:
+        """Choose the channels to remove.  Options are those of `AllocationOptions`: ratio,
+        threshold, target_macs, target_params, global_ranking, max_ratio, round_to, ignore,
+        protect_ends."""
+        opts = AllocationOptions(**options)
+        opts.validate()
+        scores = self.importance(criterion, data, aggregate)
+        keep = allocate(self.depgraph, scores, opts, self.cost)
+        plan = make_plan(self.depgraph, keep, {"file": self.path.name, "sha256": self.sha256},
+                         {"criterion": criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom"),
+                          "aggregate": aggregate, **{k: v for k, v in vars(opts).items() if v not in (None, [], False)}})
+        params, macs = self.cost(keep)
+        plan.summary = {"params": [cost.total_params(self.index), params], "macs": [cost.total_macs(self.index), macs]}
+        return plan
+
+    # --- surgery -------------------------------------------------------------------------
+    def apply(self, plan: Plan, data=None, source: str = "plan") -> PruneResult:
+        """Apply a plan, verify the result against the original, and return it (nothing saved)."""
+        keep = resolve(plan, self.depgraph, source)
+        exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
+        pruned = apply_keep(self.depgraph, keep)
+        feeds = self.calibration(data)
+        feeds = {k: v[:8] for k, v in feeds.items()} if feeds else synthetic_inputs(self.index)
+        report = verify(self.model, pruned, feeds, exact=exact)
+        after_index = ModelIndex.build(pruned)
+        before = {"params": cost.total_params(self.index), "macs": cost.total_macs(self.index)}
+        after = {"params": cost.total_params(after_index), "macs": cost.total_macs(after_index)}
+        plan.summary = {"params": [before["params"], after["params"]], "macs": [before["macs"], after["macs"]]}
+        old_layers = {c.node: c for c in cost.layer_costs(self.index)}
+        layers = [{"node": c.node, "op": c.op_type, "channels": [old_layers[c.node].channels, c.channels],
+                   "params": [old_layers[c.node].params, c.params], "macs": [old_layers[c.node].macs, c.macs]}
+                  for c in cost.layer_costs(after_index) if c.node in old_layers]
+        return PruneResult(pruned, plan, report, before, after, layers, exact)
+
+    def _all_dead(self, group_id: int, keep: np.ndarray) -> bool:
+        from .importance import dead_channels
+
+        group = self.depgraph.groups[group_id]
+        return bool(np.all(keep | dead_channels(self.depgraph, group)))
+
+    def prune(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum", **options) -> PruneResult:
+        """plan() then apply()."""
+        return self.apply(self.plan(criterion, data, aggregate, **options), data)

@@ -1,0 +1,155 @@
+"""Stage 6: the plan, the one document that crosses from analysis to surgery and to the origin
+frameworks.  A plan is plain JSON (schema in README.md, "The plan file"):
+
+    {"format": "onnxprune.plan", "version": 1,
+     "model": {"file": ..., "sha256": ...},
+     "options": {...how it was made...},
+     "groups": [{"id", "channels", "keep": [...], "members": [
+                   {"initializer", "node", "axis", "role", "size", "channel_of": null | [...]}]}],
+     "summary": {"params": [before, after], "macs": [before, after]}}
+
+`keep` lists the group's channel indices that stay.  Each member is one axis of one initializer
+as used by one node; `channel_of[i]` is the group channel of element i of that axis (null when it
+is the identity), so a member keeps the elements whose channel is in `keep`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .depgraph import DepGraph
+from .errors import InputError
+from .groups import Group
+
+PLAN_FORMAT = "onnxprune.plan"
+PLAN_VERSION = 1
+
+
+@dataclass
+class Member:
+    initializer: str
+    node: str
+    axis: int
+    role: str
+    size: int
+    channel_of: list[int] | None = None
+
+
+@dataclass
+class GroupPlan:
+    id: int
+    channels: int
+    keep: list[int]
+    members: list[Member]
+
+    @property
+    def removed(self) -> int:
+        return self.channels - len(self.keep)
+
+
+@dataclass
+class Plan:
+    groups: list[GroupPlan]
+    model: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        doc = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model": self.model, "options": self.options,
+               "groups": [asdict(g) for g in self.groups], "summary": self.summary}
+        return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+
+    def write(self, path: str | Path) -> None:
+        from .save import write_atomic
+
+        write_atomic(Path(path), self.to_json().encode())
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "plan") -> "Plan":
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{source}: not a JSON plan ({exc})") from None
+        if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
+            raise InputError(f"{source}: not an onnxprune plan (missing \"format\": \"{PLAN_FORMAT}\")")
+        if doc.get("version") != PLAN_VERSION:
+            raise InputError(f"{source}: plan version {doc.get('version')} is not supported (this onnxprune reads version {PLAN_VERSION})")
+        try:
+            groups = [GroupPlan(id=int(g["id"]), channels=int(g["channels"]), keep=[int(k) for k in g["keep"]],
+                                members=[Member(**m) for m in g["members"]]) for g in doc["groups"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{source}: malformed plan group ({exc})") from None
+        return cls(groups=groups, model=doc.get("model", {}), options=doc.get("options", {}), summary=doc.get("summary", {}))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Plan":
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such plan file")
+        return cls.from_json(path.read_text(), str(path))
+
+
+def members_of(dg: DepGraph, group: Group) -> list[Member]:
+    members = []
+    for dim in group.const_dims:
+        node = dg.index.model.graph.node[dim.use]
+        classes = group.classes[dim]
+        identity = len(classes) == group.n_channels and np.array_equal(classes, np.arange(group.n_channels))
+        members.append(Member(initializer=dim.tensor, node=node.name or node.output[0], axis=dim.axis,
+                              role=group.roles.get(dim, "param"), size=group.sizes[dim],
+                              channel_of=None if identity else classes.tolist()))
+    return members
+
+
+def make_plan(dg: DepGraph, keep: dict[int, np.ndarray], model_info: dict | None = None,
+              options: dict | None = None) -> Plan:
+    groups = [GroupPlan(id=g.id, channels=g.n_channels, keep=np.nonzero(keep.get(g.id, np.ones(g.n_channels, bool)))[0].tolist(),
+                        members=members_of(dg, g)) for g in dg.prunable_groups]
+    return Plan(groups=groups, model=model_info or {}, options=options or {})
+
+
+def _member_key(m: Member) -> tuple:
+    return (m.initializer, m.node, m.axis)
+
+
+def resolve(plan: Plan, dg: DepGraph, source: str = "plan") -> dict[int, np.ndarray]:
+    """Match the plan's groups to the model's and return keep masks; name the first mismatch."""
+    by_member = {}
+    for group in dg.prunable_groups:
+        for member in members_of(dg, group):
+            by_member[_member_key(member)] = (group, member)
+    keep: dict[int, np.ndarray] = {}
+    for gp in plan.groups:
+        if not gp.members:
+            raise InputError(f"{source}: group {gp.id} has no members")
+        first = gp.members[0]
+        if _member_key(first) not in by_member:
+            raise InputError(f"{source}: group {gp.id}: initializer '{first.initializer}' axis {first.axis} at node "
+                             f"'{first.node}' is not a prunable channel axis of this model (plan for another model?)")
+        group, _ = by_member[_member_key(first)]
+        expected = {_member_key(m) for m in members_of(dg, group)}
+        given = {_member_key(m) for m in gp.members}
+        if expected != given:
+            extra = sorted(given - expected) or sorted(expected - given)
+            raise InputError(f"{source}: group {gp.id} does not match the model: member {extra[0][0]} (node {extra[0][1]}, "
+                             f"axis {extra[0][2]}) {'is not in' if given - expected else 'is missing from'} this group")
+        if gp.channels != group.n_channels:
+            raise InputError(f"{source}: group {gp.id} has {gp.channels} channels in the plan but {group.n_channels} in the model")
+        for m in gp.members:
+            if m.size != by_member[_member_key(m)][1].size:
+                raise InputError(f"{source}: group {gp.id}: '{m.initializer}' axis {m.axis} has size {m.size} in the plan but not in the model")
+        mask = np.zeros(group.n_channels, dtype=bool)
+        bad = [k for k in gp.keep if not 0 <= k < group.n_channels]
+        if bad:
+            raise InputError(f"{source}: group {gp.id}: channel {bad[0]} is out of range 0..{group.n_channels - 1}")
+        mask[gp.keep] = True
+        if not group.min_keep_ok(mask):
+            raise InputError(f"{source}: group {gp.id}: keeping only {len(gp.keep)} channel(s) would empty a layer (keep at least one channel of every member)")
+        if group.id in keep:
+            raise InputError(f"{source}: group {gp.id} names the same channels as another group of the plan")
+        keep[group.id] = mask
+    return keep

@@ -1,0 +1,70 @@
+"""Stage 8a: verification.  Every pruned model passes onnx.checker, runs in onnxruntime on the same
+inputs as the original, keeps its graph inputs and outputs (dynamic dimensions included) and
+produces outputs of the same shapes.  When only dead channels were removed, outputs must also be
+equal (relative error at most 1e-5).  Anything else is a bug: nothing is written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .errors import OnnxPruneError
+from .graph import ModelIndex
+from .runtime import make_session
+
+EXACT_TOLERANCE = 1e-5
+
+
+@dataclass
+class OutputCheck:
+    name: str
+    shape_before: tuple[int, ...]
+    shape_after: tuple[int, ...]
+    max_rel_error: float
+
+
+@dataclass
+class VerifyReport:
+    outputs: list[OutputCheck] = field(default_factory=list)
+
+    @property
+    def max_rel_error(self) -> float:
+        return max((o.max_rel_error for o in self.outputs), default=0.0)
+
+
+def _io_signature(model: onnx.ModelProto) -> list[tuple]:
+    init = {t.name for t in model.graph.initializer}
+    return [(vi.name, str(vi.type)) for vi in list(model.graph.input) + list(model.graph.output) if vi.name not in init]
+
+
+def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray], exact: bool = False) -> VerifyReport:
+    try:
+        onnx.checker.check_model(pruned, full_check=pruned.ByteSize() < (1 << 31) - 1)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise OnnxPruneError(f"internal error: the pruned model fails onnx.checker ({str(exc).splitlines()[0]}); nothing written") from None
+    if _io_signature(original) != _io_signature(pruned):
+        raise OnnxPruneError("internal error: pruning changed the model's inputs or outputs; nothing written")
+    before = make_session(original).run(None, feeds)
+    try:
+        after = make_session(pruned).run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - any runtime failure of our output is reported as ours
+        raise OnnxPruneError(f"internal error: onnxruntime cannot run the pruned model ({str(exc).splitlines()[0]}); nothing written") from None
+    report = VerifyReport()
+    for vi, a, b in zip(original.graph.output, before, after):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            raise OnnxPruneError(f"internal error: output '{vi.name}' changed shape {a.shape} -> {b.shape}; nothing written")
+        scale = float(np.max(np.abs(a))) if a.size and np.issubdtype(a.dtype, np.number) else 0.0
+        err = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) / scale if scale > 0 else 0.0
+        report.outputs.append(OutputCheck(vi.name, a.shape, b.shape, err))
+    if exact and report.max_rel_error > EXACT_TOLERANCE:
+        raise OnnxPruneError(f"internal error: removing dead channels changed the outputs (relative error {report.max_rel_error:.2e}); nothing written")
+    return report
+
+
+def model_summary(index: ModelIndex) -> dict:
+    from .cost import total_macs, total_params
+
+    return {"params": total_params(index), "macs": total_macs(index)}
