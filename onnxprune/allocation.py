@@ -81,8 +81,10 @@ def _rounded_keep(n: int, n_keep: int, round_to: int) -> int:
     return n_keep
 
 
-def _keep_top(group: Group, scores: np.ndarray, n_keep: int) -> np.ndarray:
-    """Keep the `n_keep` best channels (stable order), then make sure no layer is emptied."""
+def _keep_top(group: Group, scores: np.ndarray, n_keep: int, round_to: int = 1) -> np.ndarray:
+    """Keep the `n_keep` best channels (stable order), then make sure no layer is emptied.  Channels
+    kept back for an emptied layer would break `round_to`, so the next best ones fill the count up
+    to a multiple of it again (or to the whole group)."""
     order = np.argsort(-scores, kind="stable")
     mask = np.zeros(group.n_channels, dtype=bool)
     mask[order[:n_keep]] = True
@@ -90,6 +92,11 @@ def _keep_top(group: Group, scores: np.ndarray, n_keep: int) -> np.ndarray:
         classes = np.unique(group.classes[dim])
         if not mask[classes].any():
             mask[classes[np.argmax(scores[classes])]] = True
+    wanted = _rounded_keep(group.n_channels, int(mask.sum()), round_to)
+    for channel in order:
+        if mask.sum() >= wanted:
+            break
+        mask[channel] = True
     return mask
 
 
@@ -98,24 +105,27 @@ def by_threshold(groups: list[Group], scores: dict[int, np.ndarray], threshold: 
     for group in groups:
         s = scores[group.id]
         n_keep = _rounded_keep(group.n_channels, int(np.count_nonzero(s > threshold)), round_to)
-        keep[group.id] = _keep_top(group, s, n_keep)
+        keep[group.id] = _keep_top(group, s, n_keep, round_to)
     return keep
 
 
 def by_ratio(groups: list[Group], scores: dict[int, np.ndarray], ratio: float, options: AllocationOptions) -> dict[int, np.ndarray]:
     if not options.global_ranking:
-        return {g.id: _keep_top(g, scores[g.id], _rounded_keep(g.n_channels, g.n_channels - int(ratio * g.n_channels), options.round_to))
+        return {g.id: _keep_top(g, scores[g.id], _rounded_keep(g.n_channels, g.n_channels - int(ratio * g.n_channels), options.round_to), options.round_to)
                 for g in groups}
+    # Remove the n_remove lowest channels of the global ranking, ties broken by position (stable
+    # sort).  Counting every channel at or below the cut score instead removes all channels tied at
+    # the cut (APoZ scores are often exactly equal), far more than `ratio` asks for.
     everything = np.concatenate([scores[g.id] for g in groups]) if groups else np.zeros(0)
     n_remove = int(ratio * len(everything))
-    cut = np.sort(everything)[n_remove - 1] if n_remove > 0 else -np.inf
+    owner = np.repeat(np.arange(len(groups)), [g.n_channels for g in groups])
+    lowest = np.bincount(owner[np.argsort(everything, kind="stable")[:n_remove]], minlength=len(groups))
     keep = {}
-    for group in groups:
-        s = scores[group.id]
-        below = int(np.count_nonzero(s <= cut))
+    for i, group in enumerate(groups):
+        below = int(lowest[i])
         cap = int(options.max_ratio * group.n_channels)
         removed = min(below, cap, group.n_channels - 1)
-        keep[group.id] = _keep_top(group, scores[group.id], _rounded_keep(group.n_channels, group.n_channels - removed, options.round_to))
+        keep[group.id] = _keep_top(group, scores[group.id], _rounded_keep(group.n_channels, group.n_channels - removed, options.round_to), options.round_to)
     return keep
 
 

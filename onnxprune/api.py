@@ -44,6 +44,24 @@ class PruneResult:
     layers: list[dict] = field(default_factory=list)
     exact: bool = False
 
+    def weights(self) -> dict[str, np.ndarray]:
+        """Every float initializer of the pruned model by name: the original initializer names (a
+        copy made for one use of a shared initializer is named `<name>__<node>`)."""
+        from onnx import numpy_helper
+
+        return {t.name: numpy_helper.to_array(t) for t in self.model.graph.initializer
+                if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"}
+
+    def write_weights(self, path: str | Path) -> None:
+        """Save `weights()` as an .npz (atomically), for loading back into the origin framework."""
+        import io
+
+        from .save import write_atomic
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **self.weights())
+        write_atomic(Path(path), buffer.getvalue())
+
 
 def load(path: str | Path) -> "PrunableModel":
     """Load an ONNX file (external data only from inside its folder) for analysis and pruning."""
@@ -88,6 +106,8 @@ class PrunableModel:
 
     @cached_property
     def sha256(self) -> str:
+        if self.loaded.sha256:  # load_model hashed the bytes it read (see load.file_digest)
+            return self.loaded.sha256
         return hashlib.sha256(self.model.SerializeToString()).hexdigest() if self.model.ByteSize() < (1 << 31) - 1 else ""
 
     # --- analysis ------------------------------------------------------------------------

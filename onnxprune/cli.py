@@ -83,6 +83,8 @@ def _write_outputs(model: PrunableModel, result: PruneResult, args) -> dict:
     save(result.model, output, external_data=True if model.loaded.had_external_data else None)
     if getattr(args, "plan_out", None):
         result.plan.write(args.plan_out)
+    if getattr(args, "weights_out", None):
+        result.write_weights(args.weights_out)
     return _result_json(result, output, model.path)
 
 
@@ -97,9 +99,9 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    check_output_path(Path(args.output), [Path(args.model)], args.overwrite)
-    if args.plan_out:
-        check_output_path(Path(args.plan_out), [Path(args.model)], args.overwrite)
+    for path in (args.output, args.plan_out, args.weights_out):
+        if path:
+            check_output_path(Path(path), [Path(args.model)], args.overwrite)
     model = load(args.model)
     model.show_progress = not args.json and sys.stderr.isatty()
     options = _allocation_args(args)
@@ -115,7 +117,9 @@ def cmd_prune(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    check_output_path(Path(args.output), [Path(args.model)], args.overwrite)
+    for path in (args.output, args.weights_out):
+        if path:
+            check_output_path(Path(path), [Path(args.model)], args.overwrite)
     plan = Plan.read(args.plan)
     model = load(args.model)
     result = model.apply(plan, args.data, source=str(args.plan))
@@ -131,6 +135,8 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="where to write the pruned model (atomically)")
     p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--weights-out", help="also write the pruned weights (.npz keyed by the original initializer names) "
+                                         "for loading back into the origin framework")
     p.add_argument("--data", help="calibration inputs (.npy, or .npz keyed by input name) used for verification "
                                   "and the activation criteria; default: random inputs")
 

@@ -93,6 +93,8 @@ def estimate(dg, keep: dict) -> tuple[int, int]:
         if mask is None or mask.all():
             continue
         for dim in group.const_dims:
+            if index.model.graph.node[dim.use].op_type == "Shape":
+                continue  # reads only sizes; surgery slices the weight for its real use (surgery._shared_spec)
             kept = np.count_nonzero(mask[group.classes[dim]]) / group.sizes[dim]
             fractions[(dim.tensor, dim.use)] = fractions.get((dim.tensor, dim.use), 1.0) * kept
     macs = 0

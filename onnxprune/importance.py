@@ -71,14 +71,20 @@ def dead_channels(dg: DepGraph, group: Group) -> np.ndarray:
                         view = ZeroView(np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), whole)
                     views[slot] = view
                 zero[out] = rule.zero(ctx, views, n)
-    consumed = [d for d in group.dims if not d.is_const and _feeds_weight(dg, d)]
-    points = consumed or [d for d in group.dims if not d.is_const]
     dead = np.ones(group.n_channels, dtype=bool)
-    for dim in points:
+    for dim in consumption_points(dg, group):
         alive_here = np.zeros(group.n_channels, dtype=bool)
         np.logical_or.at(alive_here, group.classes[dim], ~zero.get(dim, np.zeros(group.sizes[dim], dtype=bool)))
         dead &= ~alive_here
     return dead
+
+
+def consumption_points(dg: DepGraph, group: Group) -> list[Dim]:
+    """The activation axes where a weight consumes the group's channels (Conv and Gemm inputs).
+    A channel that is zero at all of them can be removed without changing any output, which is
+    what dead-channel detection and mask-based sensitivity analysis both rely on."""
+    consumed = [d for d in group.dims if not d.is_const and _feeds_weight(dg, d)]
+    return consumed or [d for d in group.dims if not d.is_const]
 
 
 def _feeds_weight(dg: DepGraph, dim: Dim) -> bool:
@@ -157,7 +163,7 @@ def activation_criterion(dg: DepGraph, feeds: dict[str, np.ndarray], statistic: 
     onnxruntime on the calibration inputs in one pass for all groups."""
     from .runtime import batches, make_session, with_outputs
 
-    points = {g.id: [d for d in g.dims if not d.is_const and _feeds_weight(dg, d)] for g in dg.prunable_groups}
+    points = {g.id: consumption_points(dg, g) for g in dg.prunable_groups}
     names = sorted({d.tensor for dims in points.values() for d in dims})
     session = make_session(with_outputs(dg.index, names))
     sums: dict[str, np.ndarray] = {}

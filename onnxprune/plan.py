@@ -16,6 +16,7 @@ is the identity), so a member keeps the elements whose channel is in `keep`.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 from .depgraph import DepGraph
 from .errors import InputError
 from .groups import Group
+from .origin import node_scope
 
 PLAN_FORMAT = "onnxprune.plan"
 PLAN_VERSION = 1
@@ -37,6 +39,15 @@ class Member:
     role: str
     size: int
     channel_of: list[int] | None = None
+    op: str = ""
+    input: int = -1
+    scope: str | None = None
+    """Origin-framework layer of the node (onnxprune.origin.node_scope), for the hand-back."""
+
+    def kept(self, keep: list[int] | set[int]) -> np.ndarray:
+        """Indices of this axis's elements that stay when the group keeps channels `keep`."""
+        channels = np.arange(self.size) if self.channel_of is None else np.asarray(self.channel_of)
+        return np.nonzero(np.isin(channels, list(keep)))[0]
 
 
 @dataclass
@@ -61,7 +72,9 @@ class Plan:
     def to_json(self) -> str:
         doc = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model": self.model, "options": self.options,
                "groups": [asdict(g) for g in self.groups], "summary": self.summary}
-        return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+        text = json.dumps(doc, indent=1)
+        # one line per list of numbers keeps a plan readable and diffable
+        return re.sub(r"\[[\d\s,\-]*\]", lambda m: "[" + ", ".join(v.strip() for v in m.group(0)[1:-1].split(",") if v.strip()) + "]", text) + "\n"
 
     def write(self, path: str | Path) -> None:
         from .save import write_atomic
@@ -101,7 +114,8 @@ def members_of(dg: DepGraph, group: Group) -> list[Member]:
         identity = len(classes) == group.n_channels and np.array_equal(classes, np.arange(group.n_channels))
         members.append(Member(initializer=dim.tensor, node=node.name or node.output[0], axis=dim.axis,
                               role=group.roles.get(dim, "param"), size=group.sizes[dim],
-                              channel_of=None if identity else classes.tolist()))
+                              channel_of=None if identity else classes.tolist(), op=node.op_type, input=dim.slot,
+                              scope=node_scope(node)))
     return members
 
 

@@ -62,8 +62,9 @@ class ModelWriter:
             consumers = self.index.consumers.get(name, [])
             specs = {use: _spec_key(uses.get(use, {})) for use in consumers if use[1] >= 0}
             in_subgraph = len(specs) != len(consumers)  # a subgraph reads it: never slice in place
-            if len(set(specs.values())) == 1 and not in_subgraph and name not in self.index.graph_outputs:
-                self._store(name, _take(value, next(iter(uses.values()))))
+            shared = self._shared_spec(value.ndim, uses, specs)
+            if shared is not None and not in_subgraph and name not in self.index.graph_outputs:
+                self._store(name, _take(value, shared))
                 continue
             for (node_i, slot), key in specs.items():
                 if not key:
@@ -71,6 +72,28 @@ class ModelWriter:
                 node = self.model.graph.node[node_i]
                 new_name = self._add_initializer(f"{name}__{node.name or node_i}", _take(value, uses[(node_i, slot)]))
                 node.input[slot] = new_name
+
+    def _shared_spec(self, rank: int, uses: dict[tuple[int, int], dict[int, np.ndarray]],
+                     specs: dict[tuple[int, int], tuple]) -> dict[int, np.ndarray] | None:
+        """The one slicing every use of a constant accepts, or None when uses need different slices.
+
+        A `Shape` node reads only the sizes of the axes in its [start, end) range, so axes outside it
+        may be sliced as the other uses need.  Without this, a conv weight that also feeds
+        `Shape(start=0, end=1)` (dynamo's zero bias, `Expand(0, Shape(W)[0:1])`) would be copied whole
+        for the Shape use, and the pruned model would hold more parameters than the original."""
+        shape_uses = {use for use in specs if self.index.model.graph.node[use[0]].op_type == "Shape"}
+        others = {specs[use] for use in specs if use not in shape_uses}
+        if len(others) != 1:
+            return next(iter(uses.values())) if len(set(specs.values())) == 1 else None
+        spec = next((uses[use] for use in specs if use not in shape_uses and use in uses), {})
+        for node_i, slot in shape_uses:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in self.model.graph.node[node_i].attribute}
+            start, end = attrs.get("start", 0), attrs.get("end", rank)
+            read = range(rank)[slice(start, end)]
+            mine = uses.get((node_i, slot), {})
+            if any(_spec_key({a: mine[a]} if a in mine else {}) != _spec_key({a: spec[a]} if a in spec else {}) for a in read):
+                return None
+        return spec
 
     def set_input_const(self, node_i: int, slot: int, value: np.ndarray) -> None:
         node = self.model.graph.node[node_i]
@@ -133,6 +156,34 @@ def kept_elements(dg: DepGraph, keep: dict[int, np.ndarray]) -> dict[Dim, np.nda
     return kept
 
 
+def _referenced(graph: onnx.GraphProto, names: set[str]) -> set[str]:
+    """Names read by the nodes of `graph` and of its subgraphs, or returned by it."""
+    names.update(o.name for o in graph.output)
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                _referenced(sub, names)
+    return names
+
+
+def _drop_replaced_initializers(model: onnx.ModelProto, index: ModelIndex) -> None:
+    """Remove initializers that every use now reads through a per-use copy.  A shared constant whose
+    uses need different slices gets one copy per use; the original, no longer read by any node, would
+    otherwise stay in the file as dead weight (the pruned model could even outgrow the original)."""
+    used_before = _referenced(index.model.graph, set())
+    used_now = _referenced(model.graph, set())
+    stale = {t.name for t in model.graph.initializer if t.name in used_before and t.name not in used_now}
+    if not stale:
+        return
+    keep = [t for t in model.graph.initializer if t.name not in stale]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    inputs = [vi for vi in model.graph.input if vi.name not in stale]  # IR < 4 lists initializers as inputs
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+
+
 def apply_keep(dg: DepGraph, keep: dict[int, np.ndarray]) -> onnx.ModelProto:
     """A new model in which group `g` keeps the channels where `keep[g]` is True."""
     kept = kept_elements(dg, keep)
@@ -147,6 +198,7 @@ def apply_keep(dg: DepGraph, keep: dict[int, np.ndarray]) -> onnx.ModelProto:
         for i in sorted(t for t in touched if t is not None):
             rule_for(dg.index.model.graph.node[i]).rewrite(RewriteContext(dg.index, i, kept, writer))
         writer.finish()
+        _drop_replaced_initializers(model, dg.index)
     del model.graph.value_info[:]
     inferred = infer_shapes(model)
     if inferred is not model:

@@ -181,3 +181,16 @@ def test_plan_for_another_model_names_the_first_mismatch(sample: Path, tmp_path:
     out = run_cli("apply", sample, tmp_path / "bad.json", "-o", tmp_path / "q.onnx")
     assert out.returncode == 2
     assert "no.such.weight" in out.stderr and not (tmp_path / "q.onnx").exists()
+
+
+def test_weights_out_holds_the_pruned_weights_by_original_name(sample: Path, tmp_path: Path):
+    out = run_cli("prune", sample, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--weights-out", tmp_path / "w.npz")
+    assert out.returncode == 0, out.stderr
+    weights = np.load(tmp_path / "w.npz")
+    pruned = onnx.load(str(tmp_path / "p.onnx"))
+    original = onnx.load(str(sample), load_external_data=False)
+    assert set(weights.files) == {t.name for t in original.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    for tensor in pruned.graph.initializer:
+        if tensor.name in weights.files:
+            assert np.array_equal(weights[tensor.name], onnx.numpy_helper.to_array(tensor))
+    assert weights["head.1.weight"].shape[1] < 64 * 16  # the flatten head lost input features

@@ -37,7 +37,10 @@ class _ConvLike(OpRule):
         weight = ctx.const(1)
         x_shape, y_shape = ctx.in_shape(0), ctx.out_shape(0)
         if weight is None or x_shape is None or y_shape is None or len(ctx.node.output) != 1:
-            c.reasons[ctx.in_dim(0, 1)] = f"{ctx.label} has a weight computed at run time"
+            # Say which: an unknown input shape (after an op shape inference cannot follow) is
+            # not a run-time weight.
+            why = "has a weight computed at run time" if weight is None else "has an input or output of unknown shape"
+            c.reasons[ctx.in_dim(0, 1)] = f"{ctx.label} {why}"
             return c
         groups = int(ctx.attr("group", 1))
         c.link(ctx.in_dim(0, 0), ctx.out_dim(0, 0))
@@ -65,6 +68,10 @@ class _ConvLike(OpRule):
         return c
 
     def zero(self, ctx: NodeContext, views: dict[int, ZeroView], n: int) -> np.ndarray:
+        """Zero where the bias is zero and either the filter is zero or, with group > 1, every
+        input channel of the conv group is zero: a group's outputs read only its own inputs (and
+        zero padding), so this is exact.  Without it a grouped ConvTranspose, whose full-size
+        weight axis consumes (role IN) rather than produces, could never show a dead channel."""
         weight = ctx.const(1)
         groups = int(ctx.attr("group", 1))
         if self.out_axis == 0:
@@ -74,6 +81,8 @@ class _ConvLike(OpRule):
             per_in = weight.shape[0] // groups
             dead = np.array([not np.any(weight[(o // per_out) * per_in:(o // per_out + 1) * per_in, o % per_out] != 0)
                              for o in range(per_out * groups)])
+        if groups > 1 and 0 in views:
+            dead = dead | views[0].value()
         if ctx.input(2):
             dead &= ctx.const(2) == 0
         return dead

@@ -158,13 +158,27 @@ def refine_shapes(index: ModelIndex) -> None:
 
 
 def rewrite_const_entries(ctx, entries, skip=lambda pos, value: False) -> None:
-    """Write the new size of each pruned output axis into the constant its target-shape element came from."""
+    """Write the new size of each pruned output axis into the constant its target-shape element came from.
+
+    A constant that is this node's own input but is also read elsewhere (exporters deduplicate
+    identical shape constants, so two flatten heads can share one `[-1, 512]`) gets a copy for this
+    node: editing it in place would change the other reader's shape too."""
     out_shape = ctx.out_shape(0)
+    edits: dict[str, dict[int, int]] = {}
     for pos, entry in enumerate(entries):
         if not isinstance(entry, ConstEntry) or entry.value <= 0 or skip(pos, entry.value):
             continue
         new = ctx.new_size(ctx.out_dim(0, pos), out_shape[pos] if isinstance(out_shape[pos], int) else entry.value)
         if new != entry.value:
-            ctx.writer.set_const_element(entry.source, entry.pos, new)
-
-
+            edits.setdefault(entry.source, {})[entry.pos] = new
+    for source, changes in edits.items():
+        slot = next((s for s, name in enumerate(ctx.node.input) if name == source), None)
+        if slot is not None and ctx.index.consumers.get(source) != [(ctx.i, slot)]:
+            value = ctx.index.const(source).copy()
+            flat = value.reshape(-1)
+            for pos, new in changes.items():
+                flat[pos] = new
+            ctx.set_const(slot, value)
+            continue
+        for pos, new in changes.items():
+            ctx.writer.set_const_element(source, pos, new)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Coupling, NodeContext, OpRule, RewriteContext
+from .base import Coupling, NodeContext, OpRule, RewriteContext, ZeroView
 from .registry import register
 from .shapecalc import ConstEntry, DimEntry, eval_shape_tensor, rewrite_const_entries
 
@@ -49,8 +49,13 @@ class ResizeRule(OpRule):
         c = Coupling()
         in_shape = ctx.in_shape(0)
         scales, sizes = _resize_targets(ctx)
-        if in_shape is None or ctx.attr("axes") is not None:
+        if in_shape is None:
             return c
+        if ctx.attr("axes") is not None:
+            # Resize-18 `axes`: scales/sizes cover only the listed axes (pinned here); every other
+            # axis keeps its size and content, so it passes through exactly.
+            listed = {int(a) % len(in_shape) for a in ctx.attr("axes")}
+            return _link_axes(ctx, [k for k in range(len(in_shape)) if k not in listed], c)
         for k in range(len(in_shape)):
             if scales is not None and scales.size == len(in_shape) and scales[k] == 1:
                 c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
@@ -60,9 +65,20 @@ class ResizeRule(OpRule):
                 c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
         return c
 
+    def zero(self, ctx: NodeContext, views: dict[int, ZeroView], n: int) -> np.ndarray:
+        """A zero channel resizes to zero, except that tf_crop_and_resize fills points outside the
+        input with `extrapolation_value`: when that is not 0 the channel is no longer zero."""
+        mode = ctx.attr("coordinate_transformation_mode", "half_pixel")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode == "tf_crop_and_resize" and float(ctx.attr("extrapolation_value", 0.0)) != 0.0:
+            return np.zeros(n, dtype=bool)
+        return super().zero(ctx, views, n)
+
     def rewrite(self, ctx: RewriteContext) -> None:
+        """Rewrite a constant size of a pruned axis.  With `axes`, sizes has one entry per listed
+        axis (all pinned), so there is nothing to rewrite and positions are not output axes."""
         _, sizes = _resize_targets(ctx)
-        if sizes is not None:
+        if sizes is not None and ctx.attr("axes") is None:
             rewrite_const_entries(ctx, sizes)
 
 

@@ -1,0 +1,432 @@
+"""Hand-back to PyTorch: slice the original `nn.Module` in place so that it equals the pruned ONNX
+model, ready for fine-tuning.  torch is an optional extra (`pip install onnxprune[torch]`).
+
+Members of a plan are mapped to modules in this order:
+1. the initializer name is a state_dict key (the default dynamo exporter keeps them);
+2. otherwise the member's `scope` names the module (dynamo `name_scopes` metadata, legacy node
+   names such as `/features/features.0/Conv`).
+A BatchNorm that the exporter folded into the preceding conv (dynamo's default `optimize=True`,
+the legacy exporter's constant folding) has no ONNX member of its own: it is found from the conv
+node's scope (dynamo names the BN there) or from the module's data flow, traced with forward hooks
+on `example_inputs`, and sliced with the conv's output channels.
+
+Everything is worked out and checked before the first tensor changes, so a plan that does not fit
+the module raises `InputError` naming the first mismatch and leaves the module untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError
+from .plan import Member, Plan
+
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+@dataclass
+class ModuleCut:
+    """Kept output / input channel indices of one module."""
+
+    out: np.ndarray | None = None
+    inp: np.ndarray | None = None
+    axis: int = 0  # for a bare parameter (a layer scale): the axis `out` indexes
+    sources: list[str] = field(default_factory=list)
+
+
+def _merge(current: np.ndarray | None, new: np.ndarray, what: str) -> np.ndarray:
+    if current is not None and not np.array_equal(current, new):
+        raise InputError(f"plan: {what} is cut in two different ways by the plan")
+    return new
+
+
+def _dataflow_successors(module: nn.Module, example_inputs) -> dict[str, list[str]]:
+    """Module name -> names of the modules that consume its output directly (one traced forward)."""
+    produced: dict[int, str] = {}
+    successors: dict[str, list[str]] = {}
+    handles = []
+
+    def hook(name):
+        def record(_mod, inputs, output):
+            for value in inputs:
+                if isinstance(value, torch.Tensor) and id(value) in produced:
+                    successors.setdefault(produced[id(value)], []).append(name)
+            if isinstance(output, torch.Tensor):
+                produced[id(output)] = name
+        return record
+
+    for name, sub in module.named_modules():
+        if name and not list(sub.children()):
+            handles.append(sub.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            module(*example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return successors
+
+
+class _Mapper:
+    def __init__(self, module: nn.Module, example_inputs):
+        self.module = module
+        self.state = dict(module.state_dict(keep_vars=True))
+        self.modules = dict(module.named_modules())
+        self.example_inputs = example_inputs
+        self._successors: dict[str, list[str]] | None = None
+
+    def successors(self, name: str, member: Member) -> list[str]:
+        if self._successors is None:
+            if self.example_inputs is None:
+                raise InputError(f"plan: '{member.initializer}' (node {member.node}) was folded by the exporter; "
+                                 "pass example_inputs so onnxprune can trace which BatchNorm follows module '{name}'")
+            self._successors = _dataflow_successors(self.module, self.example_inputs)
+        return self._successors.get(name, [])
+
+    def target(self, member: Member) -> tuple[str, str]:
+        """(module name, 'out' | 'in' | 'param:<name>') for a plan member."""
+        if member.initializer in self.state:
+            owner, _, attr = member.initializer.rpartition(".")
+            module = self.modules.get(owner)
+            if isinstance(module, CONV + CONV_T + (nn.Linear,)) and attr in ("weight", "bias"):
+                return owner, self._weight_side(module, member, attr)
+            if isinstance(module, NORM + (nn.PReLU, nn.LayerNorm)):
+                return owner, "out"
+            return owner, f"param:{attr}"
+        scope = self.resolve_scope(member.scope)
+        scope_module = self.modules.get(scope) if scope is not None else None
+        if scope_module is None:
+            raise InputError(f"plan: cannot map '{member.initializer}' (node {member.node}, scope {member.scope}) "
+                             "to a parameter of this module: is it the module that was exported?")
+        if isinstance(scope_module, CONV + CONV_T + (nn.Linear,)):
+            return scope, self._weight_side(scope_module, member, "bias" if member.role == "param" else "weight")
+        if isinstance(scope_module, NORM + (nn.PReLU,)):
+            return scope, "out"
+        raise InputError(f"plan: '{member.initializer}' (node {member.node}) maps to module '{member.scope}' "
+                         f"({type(scope_module).__name__}), which onnxprune cannot slice")
+
+    def resolve_scope(self, scope: str | None) -> str | None:
+        """The module path a node scope names: a dotted path (dynamo), or the legacy exporter's
+        chain `1/body/body.0`, whose parts are paths relative to the nearest enclosing module that
+        is not a container (Sequential, ModuleList, ModuleDict)."""
+        if not scope:
+            return None
+        if scope in self.modules:
+            return scope
+        base, full = "", None
+        for part in scope.split("/"):
+            full = f"{base}.{part}" if base else part
+            module = self.modules.get(full)
+            if module is None:
+                return None
+            if not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+                base = full
+        return full
+
+    @staticmethod
+    def _weight_side(module: nn.Module, member: Member, attr: str) -> str:
+        if attr == "bias" or member.role in ("out", "param"):
+            return "out"
+        return "in"
+
+    def fused_norm(self, owner: str, member: Member) -> str | None:
+        """The BatchNorm folded into this conv/linear's output, if any."""
+        scope = self.resolve_scope(member.scope)
+        if scope and scope != owner and isinstance(self.modules.get(scope), NORM):
+            return scope  # dynamo names the folded BN in the conv node's scope
+        if member.initializer not in self.state:  # legacy constant folding renamed the weight
+            follow = [s for s in self.successors(owner, member) if isinstance(self.modules[s], NORM)]
+            return follow[0] if len(follow) == 1 else None
+        return None
+
+
+def plan_cuts(module: nn.Module, plan: Plan, example_inputs=None) -> dict[str, ModuleCut]:
+    """Work out, without changing anything, which channels of which module the plan keeps."""
+    mapper = _Mapper(module, example_inputs)
+    cuts: dict[str, ModuleCut] = {}
+    params: dict[tuple[str, int], np.ndarray] = {}
+    for group in plan.groups:
+        keep = set(group.keep)
+        for member in group.members:
+            kept = member.kept(keep)
+            owner, side = mapper.target(member)
+            if side.startswith("param:"):
+                params[(f"{owner}.{side[6:]}" if owner else side[6:], member.axis)] = kept
+                continue
+            cut = cuts.setdefault(owner, ModuleCut())
+            if side == "out":
+                cut.out = _merge(cut.out, kept, f"output channels of '{owner}'")
+            else:
+                cut.inp = _merge(cut.inp, kept, f"input channels of '{owner}'")
+            cut.sources.append(member.initializer)
+            if side == "out" and isinstance(mapper.modules[owner], CONV + CONV_T + (nn.Linear,)):
+                norm = mapper.fused_norm(owner, member)
+                if norm:
+                    cuts.setdefault(norm, ModuleCut()).out = _merge(cuts.get(norm, ModuleCut()).out, kept, f"channels of '{norm}'")
+    for (name, axis), kept in params.items():
+        tensor = mapper.state[name]
+        cuts[f"param:{name}"] = ModuleCut(out=kept, axis=axis)
+        if axis >= tensor.dim():
+            raise InputError(f"plan: parameter '{name}' has no axis {axis}")
+    _check_sizes(mapper, cuts, plan)
+    return cuts
+
+
+def _sizes(mod: nn.Module) -> tuple[int | None, int | None]:
+    if isinstance(mod, CONV):
+        return mod.out_channels, mod.in_channels
+    if isinstance(mod, CONV_T):
+        return mod.out_channels, mod.in_channels
+    if isinstance(mod, nn.Linear):
+        return mod.out_features, mod.in_features
+    if isinstance(mod, NORM):
+        return mod.num_features, None
+    if isinstance(mod, nn.PReLU):
+        return mod.num_parameters, None
+    if isinstance(mod, nn.LayerNorm):
+        return mod.normalized_shape[0], None
+    return None, None
+
+
+def _check_sizes(mapper: _Mapper, cuts: dict[str, ModuleCut], plan: Plan) -> None:
+    for name, cut in cuts.items():
+        if name.startswith("param:"):
+            continue
+        mod = mapper.modules[name]
+        out, inp = _sizes(mod)
+        for kept, size, side in ((cut.out, out, "output"), (cut.inp, inp, "input")):
+            if kept is not None and size is not None and len(kept) and kept.max() >= size:
+                raise InputError(f"plan: module '{name}' has {size} {side} channels but the plan keeps index {kept.max()} "
+                                 "(plan for another model?)")
+        if isinstance(mod, CONV + CONV_T) and mod.groups > 1 and cut.out is not None:
+            per_group = mod.out_channels // mod.groups
+            if len(cut.out) % per_group:
+                raise InputError(f"plan: grouped module '{name}' would keep a partial group")
+
+
+def _take(param: torch.Tensor, axis: int, kept: np.ndarray) -> torch.Tensor:
+    return param.detach().index_select(axis, torch.as_tensor(kept, dtype=torch.long, device=param.device)).clone()
+
+
+def _set(mod: nn.Module, attr: str, value: torch.Tensor) -> None:
+    old = getattr(mod, attr)
+    if isinstance(old, nn.Parameter):
+        setattr(mod, attr, nn.Parameter(value, requires_grad=old.requires_grad))
+    else:
+        setattr(mod, attr, value)
+
+
+def _cut_module(mod: nn.Module, cut: ModuleCut) -> None:
+    if isinstance(mod, CONV + CONV_T):
+        transposed = isinstance(mod, CONV_T)
+        out_axis, in_axis = (1, 0) if transposed else (0, 1)
+        if cut.out is not None:
+            if mod.groups > 1:  # whole groups go: the grouped axis is the full-size one
+                per_out = mod.out_channels // mod.groups
+                new_groups = len(cut.out) // per_out
+                per_in = mod.in_channels // mod.groups
+                if transposed:
+                    in_kept = np.concatenate([np.arange(g * per_in, (g + 1) * per_in) for g in np.unique(cut.out // per_out)])
+                    _set(mod, "weight", _take(mod.weight, 0, in_kept))
+                else:
+                    _set(mod, "weight", _take(mod.weight, 0, cut.out))
+                mod.in_channels, mod.groups = per_in * new_groups, new_groups
+            else:
+                _set(mod, "weight", _take(mod.weight, out_axis, cut.out))
+            if mod.bias is not None:
+                _set(mod, "bias", _take(mod.bias, 0, cut.out))
+            mod.out_channels = len(cut.out)
+        if cut.inp is not None and mod.groups == 1:
+            _set(mod, "weight", _take(mod.weight, in_axis, cut.inp))
+            mod.in_channels = len(cut.inp)
+    elif isinstance(mod, nn.Linear):
+        if cut.out is not None:
+            _set(mod, "weight", _take(mod.weight, 0, cut.out))
+            if mod.bias is not None:
+                _set(mod, "bias", _take(mod.bias, 0, cut.out))
+            mod.out_features = len(cut.out)
+        if cut.inp is not None:
+            _set(mod, "weight", _take(mod.weight, 1, cut.inp))
+            mod.in_features = len(cut.inp)
+    elif isinstance(mod, NORM):
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            if getattr(mod, attr, None) is not None:
+                _set(mod, attr, _take(getattr(mod, attr), 0, cut.out))
+        mod.num_features = len(cut.out)
+    elif isinstance(mod, nn.PReLU):
+        if mod.num_parameters > 1:
+            _set(mod, "weight", _take(mod.weight, 0, cut.out))
+            mod.num_parameters = len(cut.out)
+    elif isinstance(mod, nn.LayerNorm):
+        for attr in ("weight", "bias"):
+            if getattr(mod, attr, None) is not None:
+                _set(mod, attr, _take(getattr(mod, attr), 0, cut.out))
+        mod.normalized_shape = (len(cut.out),) + tuple(mod.normalized_shape[1:])
+
+
+def apply_plan(module: nn.Module, plan: Plan | str | Path, example_inputs=None) -> nn.Module:
+    """Slice `module` in place to match the pruned ONNX model; returns it.  `example_inputs` (a
+    tuple) is needed only when the exporter folded BatchNorms under new names (legacy exporter)."""
+    plan = Plan.read(plan) if isinstance(plan, (str, Path)) else plan
+    cuts = plan_cuts(module, plan, example_inputs)
+    if example_inputs is not None:  # rehearse on a copy: a plan the code cannot follow leaves `module` untouched
+        trial = copy.deepcopy(module)
+        _apply_cuts(trial, cuts)
+        try:
+            with torch.no_grad():
+                trial.eval()(*example_inputs)
+        except RuntimeError as exc:
+            raise InputError(f"plan: the sliced module does not run ({str(exc).splitlines()[0]}); its code fixes a channel "
+                             "count the plan changes (torch.chunk/split sizes, a hard-coded view?)") from None
+    _apply_cuts(module, cuts)
+    return module
+
+
+def _apply_cuts(module: nn.Module, cuts: dict[str, ModuleCut]) -> None:
+    modules = dict(module.named_modules())
+    for name, cut in cuts.items():
+        if name.startswith("param:"):
+            owner, _, attr = name[6:].rpartition(".")
+            target = modules[owner] if owner else module
+            _set(target, attr, _take(getattr(target, attr), cut.axis, cut.out))
+        else:
+            _cut_module(modules[name], cut)
+
+
+def apply_masks(module: nn.Module, masks: dict[str, np.ndarray]) -> "MaskHandle":
+    """Keep fine-grained pruned weights at zero during training: multiplies each named parameter
+    by its mask now and after every optimizer step (call `handle.remove()` to stop)."""
+    state = dict(module.named_parameters())
+    missing = [name for name in masks if name not in state]
+    if missing:
+        raise InputError(f"masks: '{missing[0]}' is not a parameter of this module")
+    tensors = {name: torch.as_tensor(np.asarray(mask), dtype=state[name].dtype) for name, mask in masks.items()}
+    for name, mask in tensors.items():
+        if tuple(mask.shape) != tuple(state[name].shape):
+            raise InputError(f"masks: '{name}' has shape {tuple(mask.shape)}, the parameter {tuple(state[name].shape)}")
+    return MaskHandle(module, tensors)
+
+
+class MaskHandle:
+    """Re-applies masks after each backward pass (gradients of masked weights are zeroed too)."""
+
+    def __init__(self, module: nn.Module, masks: dict[str, torch.Tensor]):
+        self.module = module
+        self.masks = masks
+        params = dict(module.named_parameters())
+        self.hooks = [params[n].register_hook(lambda g, m=m: g * m) for n, m in masks.items()]
+        self.apply()
+
+    def apply(self) -> None:
+        params = dict(self.module.named_parameters())
+        with torch.no_grad():
+            for name, mask in self.masks.items():
+                params[name].mul_(mask)
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+
+def export(module: nn.Module, example_inputs, path: str | Path, dynamic_batch: bool = True) -> Path:
+    """Export with the default (dynamo) exporter, batch axis dynamic, quietly."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch")
+        shapes = tuple({0: batch} for _ in example_inputs)
+    module.eval()
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, tuple(example_inputs), str(path), dynamic_shapes=shapes, verbose=False)
+    return path
+
+
+def prune(module: nn.Module, example_inputs, criterion="l1", data=None, workdir: str | Path | None = None,
+          **options) -> tuple[nn.Module, Plan]:
+    """Export, plan, and slice `module` in place: the one-call PyTorch flow.  Options are those of
+    `PrunableModel.plan` (ratio, target_macs, threshold, round_to, ...).  Returns (module, plan)."""
+    import tempfile
+
+    from .api import load
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = export(module, example_inputs, Path(tmp) / "model.onnx")
+        model = load(path)
+        plan = model.plan(criterion=criterion, data=data, **options)
+    apply_plan(module, plan, example_inputs)
+    return module, plan
+
+
+@dataclass
+class IterationRecord:
+    step: int
+    target_macs: float
+    macs: float
+    params: float
+    score: float
+
+
+def iterative_prune(module: nn.Module, example_inputs, finetune, evaluate, target_macs: float = 0.5, steps: int = 4,
+                    schedule: str = "linear", tolerance: float | None = None, criterion="l1", data=None,
+                    **options) -> tuple[nn.Module, list[IterationRecord]]:
+    """Prune a little, fine-tune, prune again (the Vitis AI optimizer's and PaddlePaddle's loop).
+
+    At step k the fraction of the original MACs removed follows `schedule` (linear, paddle_log
+    with interval 1 and end `steps`, or cubic) up to 1 - target_macs.  `finetune(module, step)`
+    trains in place with the user's own data and loss; `evaluate(module) -> float` scores it
+    (higher is better).  With `tolerance`, the loop stops when the score falls more than that
+    below the unpruned score and the last acceptable model is returned: the smallest model that
+    stays within the tolerance.  Returns (module, history); `module` is sliced in place."""
+    from . import schedule as schedules
+    from .api import load
+
+    import tempfile
+
+    baseline = evaluate(module)
+    history = [IterationRecord(0, 1.0, 1.0, 1.0, baseline)]
+    total = 1.0 - target_macs
+    best = None
+    with tempfile.TemporaryDirectory() as tmp:
+        first = load(export(module, example_inputs, Path(tmp) / "step0.onnx"))
+        macs0, params0 = first.inspect()["macs"], first.inspect()["params"]
+        for step in range(1, steps + 1):
+            if schedule == "paddle_log":
+                removed = schedules.paddle_log(step, total, interval_pass=1, end_pass=steps)
+            elif schedule == "cubic":
+                removed = schedules.cubic(step, total, n=steps)
+            else:
+                removed = schedules.linear(step, steps, total)
+            model = load(export(module, example_inputs, Path(tmp) / f"step{step}.onnx"))
+            current = model.inspect()
+            keep_fraction = min(1.0, (1.0 - removed) * macs0 / current["macs"])
+            if keep_fraction < 0.999:
+                plan = model.plan(criterion=criterion, data=data, target_macs=keep_fraction, **options)
+                if tolerance is not None:
+                    best = copy.deepcopy(module)
+                apply_plan(module, plan, example_inputs)
+            finetune(module, step)
+            score = evaluate(module)
+            after = load(export(module, example_inputs, Path(tmp) / f"step{step}_done.onnx")).inspect()
+            history.append(IterationRecord(step, 1.0 - removed, after["macs"] / macs0, after["params"] / params0, score))
+            if tolerance is not None and score < baseline - tolerance and best is not None:
+                return best, history
+    return module, history
+
+
+__all__ = ["apply_plan", "apply_masks", "export", "iterative_prune", "plan_cuts", "prune", "IterationRecord", "MaskHandle"]

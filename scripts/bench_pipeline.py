@@ -1,0 +1,196 @@
+"""Benchmark: onnxprune's whole pipeline against a plain `onnx.load` + `onnx.save` of the same file.
+
+Requirement: "Load, build the dependency graph, remove 30% of prunable channels and save a
+ResNet-50-sized model (about 100 MB of weights); print the time as a ratio to a plain
+`onnx.load` + `onnx.save` of the same file.  Goal: at most 2x."
+
+Per model, in one process and interleaved (baseline, onnxprune, baseline, onnxprune, ...):
+
+* baseline  = onnx.load(path) + onnx.save(model, out)
+* onnxprune = onnxprune.load + depgraph + plan(ratio=0.3, criterion="l1") + apply_keep (surgery)
+              + onnxprune.save;  the stages are also reported one by one
+* verify    = onnxprune.verify.verify(original, pruned, synthetic inputs): what `apply()` adds
+              on top of the surgery (onnx.checker full check, onnxruntime on both models).
+              Reported separately; it is not part of the 2x goal.
+
+Peak memory is measured in a fresh subprocess per model (VmHWM of /proc/self/status, reset after
+the imports, minus the RSS after imports) and printed as a ratio to the weights' size.
+
+This is not a test: it prints a markdown table.  Models are exported (tests/zoo.py, no network)
+into --workdir on first use and reused afterwards.
+
+    .venv/bin/python scripts/bench_pipeline.py [--reps 5] [--workdir /tmp/onnxprune_bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = [("resnet50", "dynamo"), ("resnet50", "legacy"), ("mobilenetv2_full", "dynamo"), ("mobilenetv2_full", "legacy")]
+
+
+def ensure_exported(workdir: Path, name: str, exporter: str) -> Path:
+    """Export a tests/zoo.py benchmark model once; later runs reuse the file."""
+    path = workdir / f"{name}_{exporter}.onnx"
+    if not path.is_file():
+        sys.path.insert(0, str(REPO / "tests"))
+        import zoo  # noqa: PLC0415 - torch is only needed when a model must be exported
+
+        module, inputs = zoo.BENCH_MODELS[name]()
+        zoo.export(module, inputs, path, exporter)
+    return path
+
+
+def file_bytes(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
+def baseline(path: Path, out: Path) -> float:
+    import onnx
+
+    t = time.perf_counter()
+    model = onnx.load(str(path))
+    onnx.save(model, str(out))
+    elapsed = time.perf_counter() - t
+    del model
+    return elapsed
+
+
+def pipeline(path: Path, out: Path, with_verify: bool = True) -> tuple[dict[str, float], object, object]:
+    """The onnxprune side, stage by stage.  Returns (times, PrunableModel, pruned ModelProto)."""
+    import onnxprune
+    from onnxprune.data import synthetic_inputs
+    from onnxprune.plan import resolve
+    from onnxprune.surgery import apply_keep
+    from onnxprune.verify import verify
+
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    model = onnxprune.load(path)
+    times["load"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model.depgraph  # noqa: B018 - builds the index (shape inference) and the dependency graph
+    times["depgraph"] = time.perf_counter() - t
+    t = time.perf_counter()
+    plan = model.plan(ratio=0.3, criterion="l1")
+    times["plan"] = time.perf_counter() - t
+    t = time.perf_counter()
+    keep = resolve(plan, model.depgraph, "plan")
+    pruned = apply_keep(model.depgraph, keep)
+    times["surgery"] = time.perf_counter() - t
+    t = time.perf_counter()
+    onnxprune.save(pruned, out)
+    times["save"] = time.perf_counter() - t
+    times["total"] = sum(times.values())
+    if with_verify:
+        t = time.perf_counter()
+        verify(model.model, pruned, synthetic_inputs(model.index))
+        times["verify"] = time.perf_counter() - t
+    return times, model, pruned
+
+
+def peak_memory(path: Path, out: Path, mode: str) -> int:
+    """Peak RSS growth (bytes) of a fresh interpreter running one side once.  ru_maxrss is not used:
+    Linux carries it over from the forking parent across exec."""
+    code = f"""
+import resource, json, sys
+sys.path.insert(0, {str(REPO / 'scripts')!r})
+import onnx, onnxruntime, numpy, networkx, onnxprune, onnxprune.api, onnxprune.verify, onnx.reference
+import bench_pipeline as b
+from pathlib import Path
+def status(key):
+    with open('/proc/self/status') as f:
+        return int(next(l for l in f if l.startswith(key)).split()[1]) * 1024
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')  # reset the RSS high-water mark after the imports
+start = status('VmRSS:')
+if {mode!r} == 'baseline':
+    b.baseline(Path({str(path)!r}), Path({str(out)!r}))
+else:
+    b.pipeline(Path({str(path)!r}), Path({str(out)!r}), with_verify={mode == 'verify'})
+peak = status('VmHWM:')
+print(json.dumps(peak - start))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/onnxprune_bench"))
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--cases", nargs="*", default=[f"{n}:{e}" for n, e in CASES], help="model:exporter")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    import onnx
+
+    rows = []
+    for case in args.cases:
+        name, exporter = case.split(":")
+        path = ensure_exported(args.workdir, name, exporter)
+        out_base, out_prune = args.workdir / "out_baseline.onnx", args.workdir / "out_pruned.onnx"
+        # warm-up (imports, page cache, allocator)
+        baseline(path, out_base)
+        _, model, pruned = pipeline(path, out_prune)
+        weights = sum(len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes for t in model.model.graph.initializer)
+        kept_params = sum(len(t.raw_data) for t in pruned.graph.initializer) / max(weights, 1)
+        del model, pruned
+        base_t, prune_t, ratios = [], [], []
+        stages: dict[str, list[float]] = {}
+        for rep in range(args.reps):
+            gc.collect()
+            order = ("base", "prune") if rep % 2 == 0 else ("prune", "base")
+            for side in order:
+                if side == "base":
+                    b = baseline(path, out_base)
+                else:
+                    times, _, _ = pipeline(path, out_prune)
+                    for k, v in times.items():
+                        stages.setdefault(k, []).append(v)
+                gc.collect()
+            base_t.append(b)
+            prune_t.append(stages["total"][-1])
+            ratios.append(stages["total"][-1] / b)
+        med = {k: statistics.median(v) for k, v in stages.items()}
+        mb = statistics.median(base_t)
+        row = {"case": f"{name} ({exporter}{', external data' if path.with_name(path.name + '.data').is_file() else ', inline'})",
+               "weights": weights, "file": file_bytes(path), "kept": kept_params, "base": mb, "prune": med["total"],
+               "ratio": statistics.median(ratios), "ratio_spread": (min(ratios), max(ratios)), "stages": med,
+               "verify_ratio": statistics.median(v / b for v, b in zip(stages["verify"], base_t))}
+        if not args.no_memory:
+            row["mem_base"] = peak_memory(path, out_base, "baseline") / weights
+            row["mem_prune"] = peak_memory(path, out_prune, "prune") / weights
+            row["mem_verify"] = peak_memory(path, out_prune, "verify") / weights
+        rows.append(row)
+        print(f"# done {case}: ratio {row['ratio']:.2f}", file=sys.stderr, flush=True)
+
+    print(f"\nPipeline vs onnx.load+onnx.save, {args.reps} interleaved reps, median (ratio = median of paired ratios, [min-max]); "
+          f"cpu_count={os.cpu_count()}\n")
+    print("| model | weights MB | kept | onnx load+save s | onnxprune s | ratio (goal <= 2x) | load / depgraph / plan / surgery / save s | verify s (x baseline) | peak RSS / weights: baseline / onnxprune / +verify |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        s = r["stages"]
+        mem = (f"{r['mem_base']:.2f} / {r['mem_prune']:.2f} / {r['mem_verify']:.2f}" if "mem_base" in r else "-")
+        ok = "ok" if r["ratio"] <= 2 else "MISSED"
+        print(f"| {r['case']} | {r['weights'] / 1e6:.1f} | {r['kept']:.0%} | {r['base']:.3f} | {r['prune']:.3f} | "
+              f"{r['ratio']:.2f}x [{r['ratio_spread'][0]:.2f}-{r['ratio_spread'][1]:.2f}] {ok} | "
+              f"{s['load']:.3f} / {s['depgraph']:.3f} / {s['plan']:.3f} / {s['surgery']:.3f} / {s['save']:.3f} | "
+              f"{s['verify']:.3f} ({r['verify_ratio']:.1f}x) | {mem} |")
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    main()
