@@ -8,8 +8,9 @@ from .allocation import AllocationOptions
 from .api import PrunableModel, PruneResult, load, save
 from .errors import InputError, OnnxPruneError
 from .plan import Plan
+from .sparsity import SparsifyResult, SparsityOptions, sparsify
 
 __version__ = "0.1.0"
 
 __all__ = ["AllocationOptions", "InputError", "OnnxPruneError", "Plan", "PrunableModel", "PruneResult",
-           "load", "save", "__version__"]
+           "SparsifyResult", "SparsityOptions", "load", "save", "sparsify", "__version__"]

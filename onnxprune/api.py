@@ -161,16 +161,34 @@ class PrunableModel:
         """Choose the channels to remove.  Options are those of `AllocationOptions`: ratio,
         threshold, target_macs, target_params, global_ranking, max_ratio, round_to, ignore,
         protect_ends."""
+        sensitivity = options.pop("sensitivity", None)
+        max_loss = options.pop("max_loss", None)
         opts = AllocationOptions(**options)
         opts.validate()
         scores = self.importance(criterion, data, aggregate)
-        keep = allocate(self.depgraph, scores, opts, self.cost)
+        chosen = None
+        if sensitivity is not None or max_loss is not None:
+            keep, chosen = self._allocate_from_sensitivity(sensitivity, scores, opts, max_loss)
+        else:
+            keep = allocate(self.depgraph, scores, opts, self.cost)
         plan = make_plan(self.depgraph, keep, {"file": self.path.name, "sha256": self.sha256},
                          {"criterion": criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom"),
                           "aggregate": aggregate, **{k: v for k, v in vars(opts).items() if v not in (None, [], False)}})
+        if chosen is not None:
+            plan.options["sensitivity_ratios"] = {str(g): r for g, r in sorted(chosen.items())}
+            if max_loss is not None:
+                plan.options["max_loss"] = max_loss
         params, macs = self.cost(keep)
         plan.summary = {"params": [cost.total_params(self.index), params], "macs": [cost.total_macs(self.index), macs]}
         return plan
+
+    def _allocate_from_sensitivity(self, sensitivity, scores, opts: AllocationOptions, max_loss):
+        from . import sensitivity as sens_mod
+
+        if sensitivity is None:
+            raise InputError("options: --max-loss needs --sensitivity SENS.json")
+        sens = sensitivity if isinstance(sensitivity, sens_mod.Sensitivity) else sens_mod.Sensitivity.read(Path(sensitivity))
+        return sens_mod.allocate(self, sens, scores, opts.target_macs, opts.target_params, max_loss)
 
     # --- surgery -------------------------------------------------------------------------
     def apply(self, plan: Plan, data=None, source: str = "plan") -> PruneResult:

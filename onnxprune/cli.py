@@ -105,15 +105,36 @@ def cmd_prune(args) -> int:
     model = load(args.model)
     model.show_progress = not args.json and sys.stderr.isatty()
     options = _allocation_args(args)
-    if all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params")):
+    if args.sensitivity or args.max_loss is not None:
+        options.update(sensitivity=args.sensitivity, max_loss=args.max_loss)
+    elif args.plot:
+        raise InputError("options: --plot needs --sensitivity")
+    elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params")):
         raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs or --target-params")
     plan = model.plan(args.criterion, args.data, args.aggregate, **options)
+    if args.plot:
+        from .sensitivity import Sensitivity, plot
+
+        plot(Sensitivity.read(Path(args.sensitivity)), Path(args.plot),
+             {int(g): r for g, r in plan.options["sensitivity_ratios"].items()})
     result = model.apply(plan, args.data)
+    if args.simplify:
+        _simplify(model, result, args.data)
     summary = _write_outputs(model, result, args)
     print(json.dumps(summary, indent=1) if args.json else "", end="\n" if args.json else "")
     if not args.json:
         _print_result(summary)
     return 0
+
+
+def _simplify(model: PrunableModel, result: PruneResult, data) -> None:
+    """Replace the pruned model by its onnxslim-simplified form, checked on the verification inputs."""
+    from .data import synthetic_inputs
+    from .deploy.simplify import simplify_checked
+
+    feeds = model.calibration(data)
+    feeds = {k: v[:8] for k, v in feeds.items()} if feeds else synthetic_inputs(model.index)
+    result.model = simplify_checked(result.model, feeds)
 
 
 def cmd_apply(args) -> int:
@@ -128,6 +149,123 @@ def cmd_apply(args) -> int:
         print(json.dumps(summary, indent=1))
     else:
         _print_result(summary)
+    return 0
+
+
+def cmd_sensitivity(args) -> int:
+    import numpy as np
+
+    from .sensitivity import DEFAULT_RATIOS, analyse, plot
+
+    for path in (args.output, args.plot):
+        if path:
+            check_output_path(Path(path), [Path(args.model)], False)
+    model = load(args.model)
+    feeds = model.calibration(args.data)
+    labels = None
+    if args.labels:
+        labels = np.load(args.labels)
+        labels = labels[labels.files[0]] if hasattr(labels, "files") else labels
+    elif args.metric == "accuracy" and "labels" in np.load(args.data).files:
+        labels = np.load(args.data)["labels"]
+    try:
+        ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else list(DEFAULT_RATIOS)
+    except ValueError:
+        raise InputError(f"options: --ratios '{args.ratios}' is not a comma-separated list of numbers") from None
+    sens = analyse(model, feeds, labels, args.metric, ratios, args.criterion, args.workers, args.backend,
+                   args.batch, Path(args.output), progress=sys.stderr.isatty() and not args.json)
+    if args.plot:
+        plot(sens, Path(args.plot))
+    if args.json:
+        print(sens.to_json(), end="")
+        return 0
+    baseline = f" (baseline accuracy {sens.baseline:.2%})" if args.metric == "accuracy" else ""
+    print(f"loss ({args.metric}{baseline}) when only this group loses a fraction of its channels:")
+    print(f"{'group':>5} {'ch':>5}  " + " ".join(f"{r:>6.0%}" for r in sens.ratios) + "  layers")
+    for gid in sorted(sens.groups):
+        g = sens.groups[gid]
+        row = " ".join(f"{g['losses'].get(r, float('nan')):>6.3f}" for r in sens.ratios)
+        print(f"{gid:>5} {g['channels']:>5}  {row}  {', '.join(g['layers'][:3])}")
+    print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
+    return 0
+
+
+def cmd_sparsify(args) -> int:
+    from .sparsity import SparsityOptions, format_summary, sparsify
+
+    options = {"sparsity": args.sparsity, "quality": args.quality, "global_threshold": args.global_threshold,
+               "ignore": args.ignore or [], "include_depthwise": args.include_depthwise, "protect_ends": args.protect_ends}
+    SparsityOptions(**options).validate()
+    for path in (args.output, args.masks_out):
+        if path:
+            check_output_path(Path(path), [Path(args.model)], args.overwrite)
+    model = load(args.model)
+    result = sparsify(model, args.data, **options)
+    external = True if model.loaded.had_external_data and args.format == "dense" else None  # sparse weights stay inline
+    output = result.save(args.output, args.format, external_data=external)
+    if args.masks_out:
+        result.write_masks(args.masks_out)
+    summary = {"input": str(model.path), "output": str(output), "format": args.format, "masks_out": args.masks_out,
+               "file_bytes": [_size(model.path), _size(output)], **result.summary()}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(format_summary(summary))
+    print(f"\nfile size:  {_fmt(summary['file_bytes'][0])}B -> {_fmt(summary['file_bytes'][1])}B ({args.format})")
+    identical = "; sparse storage gives outputs identical to dense with zeros" if args.format == "sparse" else ""
+    print(f"verified: onnx.checker ok, onnxruntime runs, output shapes unchanged; max relative output change "
+          f"{summary['max_rel_error']:.2e}{identical}")
+    print(f"wrote {output}" + (f" and {args.masks_out}" if args.masks_out else ""))
+    return 0
+
+
+def cmd_export_ncnn(args) -> int:
+    from .deploy.ncnn import export_ncnn, parse_shape
+
+    shapes = [parse_shape(s) for s in args.inputshape] if args.inputshape else None
+    report = export_ncnn(args.model, args.outdir, shapes, args.fp16)
+    summary = {"param": str(report.files.param), "bin": str(report.files.bin), "inputshape": report.shapes,
+               "fp16": report.fp16, "max_rel_error": report.max_rel_error}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"ncnn vs onnxruntime ({'fp16' if args.fp16 else 'fp32'}, input {report.shapes}): "
+              f"max relative error {report.max_rel_error:.2e}")
+        print(f"wrote {report.files.param} and {report.files.bin}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from .deploy.bench import bench, format_table
+    from .deploy.quantize import quantize
+
+    check_output_path(Path(args.output), [Path(args.model)], args.overwrite)
+    keep = [k.strip() for k in args.keep_float.split(",") if k.strip()] if args.keep_float else []
+    report = quantize(args.model, args.output, args.data, args.per_channel, args.format, keep)
+    timings = bench([args.model, args.output], (1,), threads=1, runs=args.runs)
+    if args.json:
+        print(json.dumps({**report.to_json(), "latency": [t.to_json() for t in timings]}, indent=1))
+        return 0
+    f = report.fidelity
+    print(f"quantized ({args.format}, {'per-channel' if args.per_channel else 'per-tensor'} int8 weights, uint8 activations); "
+          f"kept in float: {', '.join(report.kept_float) or 'none'}")
+    print(f"fidelity on {f.samples} calibration samples: top-1 agreement {f.top1_agreement:.2%}, max abs diff {f.max_abs_diff:.3g}")
+    if f.accuracy_float is not None:
+        print(f"accuracy: float {f.accuracy_float:.2%} -> int8 {f.accuracy_int8:.2%}")
+    print(format_table(timings))
+    print(f"wrote {report.output}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .deploy.bench import bench, format_table
+
+    try:
+        batches = tuple(int(b) for b in args.batch.split(","))
+    except ValueError:
+        raise InputError(f"options: --batch '{args.batch}' is not a comma-separated list of integers") from None
+    timings = bench(args.models, batches, args.threads, args.runs, args.ncnn)
+    print(json.dumps([t.to_json() for t in timings], indent=1) if args.json else format_table(timings))
     return 0
 
 
@@ -178,8 +316,35 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--round-to", type=int, default=1, help="keep channel counts that are multiples of N (4 or 8 suit ncnn)")
     which.add_argument("--ignore", action="append", metavar="REGEX", help="leave groups alone whose initializer or node name matches (repeatable)")
     which.add_argument("--protect-ends", action="store_true", help="leave the first and last layers' channels alone")
+    sens = p.add_argument_group("from a sensitivity analysis (see 'onnxprune sensitivity')")
+    sens.add_argument("--sensitivity", metavar="SENS_JSON", help="choose per-group ratios from this analysis: the least "
+                      "predicted loss that meets --target-macs/--target-params, or the smallest model within --max-loss")
+    sens.add_argument("--max-loss", type=float, help="with --sensitivity: largest loss tolerated per group (metric units)")
+    sens.add_argument("--plot", metavar="PNG", help="with --sensitivity: draw the curves with the chosen ratios marked")
     p.add_argument("--plan-out", help="also write the plan (JSON) that was applied")
+    p.add_argument("--simplify", action="store_true", help="run onnxslim on the pruned model (needs the optional package "
+                                                           "onnxslim); outputs are checked to stay within 1e-4")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("sensitivity", help="measure how much each group suffers when pruned alone",
+                       description="For every group and ratio, prune that group alone and measure a metric on your data: "
+                                   "fidelity to the original outputs without labels, accuracy with labels. One onnxruntime "
+                                   "session evaluates all candidates (channel masks as extra inputs); results are saved after "
+                                   "each candidate, and running the same command again resumes.")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("--data", required=True, help="calibration inputs (.npy, or .npz keyed by input name)")
+    p.add_argument("--labels", help="labels (.npy) for --metric accuracy; default: a 'labels' array in the --data .npz")
+    p.add_argument("--metric", default="top1-agreement", choices=["accuracy", "top1-agreement", "cosine", "mse", "kl"],
+                   help="loss to measure (default top1-agreement: fraction of changed top-1 predictions)")
+    p.add_argument("--ratios", help="comma-separated fractions to try (default 0.1,0.2,...,0.9)")
+    p.add_argument("--criterion", default="l1", choices=list(CRITERIA) + ["activation", "apoz"], help="which channels go first (default l1)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"], help="run workers locally or on a Ray cluster")
+    p.add_argument("--batch", type=int, default=32, help="samples per onnxruntime run (default 32)")
+    p.add_argument("-o", "--output", required=True, help="sensitivity file (JSON); an existing one is resumed")
+    p.add_argument("--plot", metavar="PNG", help="also draw the curves")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("apply", help="apply a plan file (possibly edited by hand) to a model",
                        description="Apply a plan written by 'prune --plan-out' (or edited by hand) to the model it was made for.")
@@ -187,6 +352,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("plan", help="plan JSON file")
     _add_common_output(p)
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("sparsify", help="zero the smallest weights (fine-grained sparsity) and write a compact, verified model",
+                       description="Magnitude pruning of single weights in Conv, ConvTranspose, Gemm and MatMul layers: the "
+                                   "smallest |w| of each layer (--sparsity), or |w| < Q * std(w) per layer (--quality, Han et "
+                                   "al. 2015); one ranking across layers with --global. Depthwise convs stay dense unless "
+                                   "--include-depthwise. Writes dense ONNX with exact zeros (compresses well) or, with "
+                                   "--format sparse, ONNX sparse initializers; --masks-out writes the masks for retraining.")
+    p.add_argument("model", help="ONNX model file (never modified)")
+    p.add_argument("-o", "--output", required=True, help="where to write the sparsified model (atomically)")
+    how = p.add_argument_group("how much (choose one)")
+    how.add_argument("--sparsity", type=float, help="fraction of each layer's weights to zero, in [0, 1), e.g. 0.75")
+    how.add_argument("--quality", type=float, help="zero |w| < Q * std(w) of each layer (Han et al.), Q >= 0")
+    which = p.add_argument_group("which weights")
+    which.add_argument("--global", dest="global_threshold", action="store_true", help="one magnitude ranking (or std) across all layers")
+    which.add_argument("--ignore", action="append", metavar="REGEX", help="leave weights alone whose initializer or node name matches (repeatable)")
+    which.add_argument("--include-depthwise", action="store_true", help="sparsify depthwise convs too (default: left dense)")
+    which.add_argument("--protect-ends", action="store_true", help="leave the first and last layers' weights dense")
+    p.add_argument("--format", default="dense", choices=["dense", "sparse"],
+                   help="dense: exact zeros in ordinary initializers (default); sparse: ONNX sparse initializers (COO)")
+    p.add_argument("--masks-out", metavar="NPZ", help="also write the masks (.npz keyed by initializer name, True = keep)")
+    p.add_argument("--data", help="inputs (.npy, or .npz keyed by input name) for verification; default: random inputs")
+    p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_sparsify)
+
+    p = sub.add_parser("export-ncnn", help="convert to ncnn (.param/.bin) with pnnx and check it against onnxruntime",
+                       description="Convert with pnnx (optional package 'pnnx') in a temporary folder, run ncnn (optional "
+                                   "package 'ncnn') and onnxruntime on the same random input, require a max relative error "
+                                   "of 1e-4 (fp32; 2e-2 with --fp16), then write OUTDIR/<name>.ncnn.param and .bin.")
+    p.add_argument("model", help="ONNX model file (never modified)")
+    p.add_argument("outdir", help="folder for <name>.ncnn.param and <name>.ncnn.bin")
+    p.add_argument("--inputshape", action="append", metavar="1,3,224,224",
+                   help="input shape, once per model input (default: the model's own, dynamic batch as 1)")
+    p.add_argument("--fp16", action="store_true", help="store weights in fp16 and run ncnn's fp16 paths")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_export_ncnn)
+
+    p = sub.add_parser("quantize", help="static int8 quantization (onnxruntime) with fidelity and latency report",
+                       description="onnxruntime quant_pre_process + quantize_static calibrated on --data (MinMax), uint8 "
+                                   "activations and int8 weights. Reports top-1 agreement and max abs difference against "
+                                   "the float model on --data (accuracy too if the .npz has 'labels') and batch-1 latency.")
+    p.add_argument("model", help="float ONNX model file (never modified); prune first, then quantize")
+    p.add_argument("-o", "--output", required=True, help="where to write the quantized model (atomically)")
+    p.add_argument("--data", required=True, help="calibration inputs (.npy, or .npz keyed by input name, optional 'labels')")
+    p.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
+    p.add_argument("--format", default="qdq", choices=["qdq", "qoperator"], help="QuantizeLinear/DequantizeLinear pairs (default) or QLinear* ops")
+    p.add_argument("--keep-float", metavar="first,last|NAME,...", help="nodes left in float: first / last Conv, Gemm or MatMul, or node names")
+    p.add_argument("--runs", type=int, default=50, help="timed rounds for the latency report (default 50)")
+    p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("bench", help="latency of models side by side (onnxruntime, optionally ncnn)",
+                       description="Median and interquartile range of latency for each model, runs interleaved in one "
+                                   "process, speedup against the first model. --ncnn also converts each float model with "
+                                   "pnnx and times ncnn fp32 and fp16 (no batch axis in ncnn: batch B is B runs).")
+    p.add_argument("models", nargs="+", help="ONNX model files; the first is the reference")
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    p.add_argument("--runs", type=int, default=30, help="timed rounds (default 30)")
+    p.add_argument("--ncnn", action="store_true", help="also time ncnn (optional packages pnnx and ncnn)")
+    p.add_argument("--json", action="store_true", help="print the timings as JSON")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -27,7 +27,7 @@ def _is_repeated(field: FieldDescriptor) -> bool:
     return bool(is_repeated) if is_repeated is not None else field.label == field.LABEL_REPEATED
 
 
-def _copy_fields(source: Message, target: Message, skip: str) -> None:
+def copy_fields(source: Message, target: Message, skip: str) -> None:
     """Copy every set field of `source` into `target` except the field named `skip`."""
     for field, value in source.ListFields():
         if field.name == skip:
@@ -49,7 +49,7 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     for nothing: inference reads the data of small shape-like constants only (Reshape targets,
     axes, ...), and those stay.  It also keeps models above 2 GB within protobuf's limit."""
     graph = onnx.GraphProto()
-    _copy_fields(model.graph, graph, skip="initializer")
+    copy_fields(model.graph, graph, skip="initializer")
     for tensor in model.graph.initializer:
         if math.prod(tensor.dims) <= STRIP_ABOVE_ELEMENTS:
             graph.initializer.append(tensor)
@@ -60,7 +60,7 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
         stub.data_location = onnx.TensorProto.EXTERNAL
         stub.external_data.add(key="location", value="onnxprune-weightless-copy")
     copy = onnx.ModelProto()
-    _copy_fields(model, copy, skip="graph")
+    copy_fields(model, copy, skip="graph")
     copy.graph.CopyFrom(graph)
     return copy
 

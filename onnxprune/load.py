@@ -56,8 +56,9 @@ def _check_location(path: Path, location: str) -> Path:
     return target
 
 
-def load_model(path: str | os.PathLike) -> LoadedModel:
-    """Read `path` into memory with its external data, refusing anything unsafe or malformed."""
+def load_model(path: str | os.PathLike, allow_quantized: bool = False) -> LoadedModel:
+    """Read `path` into memory with its external data, refusing anything unsafe or malformed.
+    `allow_quantized` admits quantized models for the commands that only run them (bench)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -79,7 +80,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
         except (OSError, ValueError) as exc:
             raise InputError(f"{path}: cannot read external data ({exc})") from None
-    check_supported(model, path, raw if not locations else path)
+    check_supported(model, path, raw if not locations else path, allow_quantized)
     return LoadedModel(model=model, path=path, had_external_data=bool(locations),
                        sha256=file_digest(raw, [path.parent / loc for loc in sorted(set(locations))]))
 
@@ -100,7 +101,8 @@ def file_digest(raw: bytes, data_files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def check_supported(model: onnx.ModelProto, path: Path, source: bytes | Path | None = None) -> None:
+def check_supported(model: onnx.ModelProto, path: Path, source: bytes | Path | None = None,
+                    allow_quantized: bool = False) -> None:
     """Refuse what the checker accepts but onnxprune cannot prune exactly.
 
     `source`, when given, is what the checker reads instead of serialising `model` again (as long
@@ -114,8 +116,8 @@ def check_supported(model: onnx.ModelProto, path: Path, source: bytes | Path | N
     except ValueError as exc:  # > 2 GB in memory is fine for us, the checker only refuses to serialise
         if "2GB" not in str(exc) and "2 GB" not in str(exc):
             raise InputError(f"{path}: invalid ONNX model: {exc}") from None
-    quantized = [n.name or n.op_type for n in model.graph.node
-                 if n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul")]
+    quantized = [n.name or n.op_type for n in model.graph.node if not allow_quantized and
+                 n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul")]
     if quantized:
         raise UnsupportedModelError(
             f"{path}: quantized model (node {quantized[0]}); channel pruning of quantized models is not supported, prune the float model and quantize afterwards")

@@ -8,10 +8,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import onnx
+from onnx import numpy_helper
 
 from .errors import InputError
+from .graph import copy_fields
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # above ~1 GB of weights, write external data (protobuf stops at 2 GB)
 
@@ -51,6 +54,33 @@ def weights_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
+def _external_header(model: onnx.ModelProto, data: BinaryIO, location: str, threshold: int = 1024) -> onnx.ModelProto:
+    """Write the bytes of every initializer of at least `threshold` bytes to `data` and return the
+    model with those initializers pointing there.  Done by hand rather than with onnx's
+    save_as_external_data, which needs a full copy of the model (it converts in place) and looks
+    for an existing data file relative to the current directory instead of the target folder."""
+    graph = onnx.GraphProto()
+    copy_fields(model.graph, graph, skip="initializer")
+    offset = 0
+    for tensor in model.graph.initializer:
+        raw = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+        if len(raw) < threshold or tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            graph.initializer.append(tensor)
+            continue
+        data.write(raw)
+        stub = graph.initializer.add()
+        stub.name, stub.data_type, stub.doc_string = tensor.name, tensor.data_type, tensor.doc_string
+        stub.dims.extend(tensor.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+            stub.external_data.add(key=key, value=value)
+        offset += len(raw)
+    header = onnx.ModelProto()
+    copy_fields(model, header, skip="graph")
+    header.graph.CopyFrom(graph)
+    return header
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> Path:
     """Save `model` to `path` atomically.  External data (`<name>.data` beside it) is used when asked
     for, or when the weights are too large for one protobuf."""
@@ -62,11 +92,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
     try:
         target = staging / path.name
         if external_data:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            onnx.save_model(copy, target, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=path.name + ".data", size_threshold=1024)
             data = staging / (path.name + ".data")
+            with open(data, "wb") as handle:
+                header = _external_header(model, handle, path.name + ".data")
+            onnx.save_model(header, target)
             os.chmod(data, _default_mode())
             os.replace(data, path.with_name(path.name + ".data"))
         else:

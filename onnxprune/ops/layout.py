@@ -74,6 +74,12 @@ class SplitRule(Mover):
             size = out[axis]
             c.link(ctx.in_dim(0, axis), ctx.out_dim(slot, axis), offset + np.arange(size), np.arange(size))
             offset += size
+        sizes = {ctx.index.shape(name)[axis] for name in ctx.node.output}
+        if ctx.attr("split") is None and not ctx.input(1) and len(sizes) == 1:
+            # An equal split (torch.chunk, tf.split(x, n)) stays equal: the origin framework's code
+            # divides by n, so pruning keeps the same channels of every part in lockstep.
+            for slot in range(1, len(ctx.node.output)):
+                c.link(ctx.out_dim(0, axis), ctx.out_dim(slot, axis))
         return c
 
     def rewrite(self, ctx: RewriteContext) -> None:
