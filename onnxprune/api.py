@@ -26,7 +26,7 @@ from .data import load_calibration, synthetic_inputs
 from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex
-from .importance import CRITERIA, Criterion, activation_criterion, importance
+from .importance import CRITERIA, NORMALISATIONS, Criterion, activation_criterion, importance
 from .load import LoadedModel, check_supported, load_model
 from .plan import Plan, make_plan, resolve
 from .save import save_model
@@ -141,7 +141,8 @@ class PrunableModel:
             return data
         return load_calibration(data, self.index)
 
-    def importance(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum") -> dict[int, np.ndarray]:
+    def importance(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum",
+                   normalise: str = "mean") -> dict[int, np.ndarray]:
         """Score per channel for every prunable group (0 exactly for dead channels)."""
         if criterion in ("activation", "apoz"):
             feeds = self.calibration(data)
@@ -151,21 +152,25 @@ class PrunableModel:
         elif isinstance(criterion, str) and criterion not in CRITERIA:
             raise InputError(f"options: unknown criterion '{criterion}' (choose from {', '.join(list(CRITERIA) + ['activation', 'apoz'])})")
         groups = tqdm(self.groups, desc="importance", unit="group", disable=not self.show_progress, leave=False)
-        return {g.id: importance(self.depgraph, g, criterion, aggregate) for g in groups}
+        if normalise not in NORMALISATIONS:
+            raise InputError(f"options: unknown normalisation '{normalise}' (choose from {', '.join(NORMALISATIONS)})")
+        return {g.id: importance(self.depgraph, g, criterion, aggregate, normalise) for g in groups}
 
     def cost(self, keep: dict[int, np.ndarray]) -> tuple[int, int]:
         """(params, MACs) after keeping these channels (estimated without surgery)."""
         return cost.estimate(self.depgraph, keep)
 
     def plan(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum", **options) -> Plan:
-        """Choose the channels to remove.  Options are those of `AllocationOptions`: ratio,
+        """Choose the channels to remove.  Options are those of `AllocationOptions` (ratio,
         threshold, target_macs, target_params, global_ranking, max_ratio, round_to, ignore,
-        protect_ends."""
+        protect_ends), plus normalise ("mean", "max", "none": see importance.importance) and
+        sensitivity / max_loss (allocation from a sensitivity analysis)."""
         sensitivity = options.pop("sensitivity", None)
         max_loss = options.pop("max_loss", None)
+        normalise = options.pop("normalise", "mean")
         opts = AllocationOptions(**options)
         opts.validate()
-        scores = self.importance(criterion, data, aggregate)
+        scores = self.importance(criterion, data, aggregate, normalise)
         chosen = None
         if sensitivity is not None or max_loss is not None:
             keep, chosen = self._allocate_from_sensitivity(sensitivity, scores, opts, max_loss)
@@ -173,7 +178,7 @@ class PrunableModel:
             keep = allocate(self.depgraph, scores, opts, self.cost)
         plan = make_plan(self.depgraph, keep, {"file": self.path.name, "sha256": self.sha256},
                          {"criterion": criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom"),
-                          "aggregate": aggregate, **{k: v for k, v in vars(opts).items() if v not in (None, [], False)}})
+                          "aggregate": aggregate, "normalise": normalise, **{k: v for k, v in vars(opts).items() if v not in (None, [], False)}})
         if chosen is not None:
             plan.options["sensitivity_ratios"] = {str(g): r for g, r in sorted(chosen.items())}
             if max_loss is not None:

@@ -75,7 +75,8 @@ def _print_result(summary: dict) -> None:
 def _allocation_args(args) -> dict:
     return {"ratio": args.ratio, "threshold": args.threshold, "target_macs": args.target_macs,
             "target_params": args.target_params, "global_ranking": args.global_ranking, "max_ratio": args.max_ratio,
-            "round_to": args.round_to, "ignore": args.ignore or [], "protect_ends": args.protect_ends}
+            "round_to": args.round_to, "ignore": args.ignore or [], "protect_ends": args.protect_ends,
+            "normalise": args.normalise}
 
 
 def _write_outputs(model: PrunableModel, result: PruneResult, args) -> dict:
@@ -312,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="importance criterion (default l1); activation and apoz need --data")
     which.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="combine the scores of a group's layers (default sum)")
     which.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across all groups instead of per group")
+    which.add_argument("--normalize", dest="normalise", default="mean", choices=["mean", "max", "none"],
+                       help="how scores are scaled per group before a global ranking (default mean; none: a layer with "
+                            "small weights overall loses more)")
     which.add_argument("--max-ratio", type=float, default=0.9, help="never remove more than this fraction of a group (default 0.9)")
     which.add_argument("--round-to", type=int, default=1, help="keep channel counts that are multiples of N (4 or 8 suit ncnn)")
     which.add_argument("--ignore", action="append", metavar="REGEX", help="leave groups alone whose initializer or node name matches (repeatable)")

@@ -82,12 +82,13 @@ def _node_macs(index: ModelIndex) -> dict[int, int]:
 
 def estimate(dg, keep: dict) -> tuple[int, int]:
     """(params, MACs) after keeping `keep[group_id]` channels, without doing the surgery: each
-    weight shrinks by the kept fraction of each of its pruned axes, and so do its MACs."""
+    weight shrinks by the kept fraction of each of its pruned axes, and so do its MACs.  A constant
+    whose uses need different slices costs one copy per distinct slice, as surgery makes them."""
     index = dg.index
     if not hasattr(dg, "_cost_base"):
         dg._cost_base = (_node_macs(index), total_params(index))
     node_macs, params = dg._cost_base
-    fractions: dict[tuple[str, int], float] = {}  # (initializer, use) -> kept fraction of its elements
+    specs: dict[str, dict[int, dict[int, np.ndarray]]] = {}  # initializer -> use -> axis -> kept indices
     for group in dg.groups:
         mask = keep.get(group.id)
         if mask is None or mask.all():
@@ -95,16 +96,21 @@ def estimate(dg, keep: dict) -> tuple[int, int]:
         for dim in group.const_dims:
             if index.model.graph.node[dim.use].op_type == "Shape":
                 continue  # reads only sizes; surgery slices the weight for its real use (surgery._shared_spec)
-            kept = np.count_nonzero(mask[group.classes[dim]]) / group.sizes[dim]
-            fractions[(dim.tensor, dim.use)] = fractions.get((dim.tensor, dim.use), 1.0) * kept
+            specs.setdefault(dim.tensor, {}).setdefault(dim.use, {})[dim.axis] = np.nonzero(mask[group.classes[dim]])[0]
+
+    def fraction(name: str, use_spec: dict[int, np.ndarray]) -> float:
+        shape = index.shape(name)
+        return float(np.prod([len(kept) / shape[axis] for axis, kept in use_spec.items()])) if use_spec else 1.0
+
     macs = 0
     for i, m in node_macs.items():
         weight = index.model.graph.node[i].input[1]
-        macs += m * fractions.get((weight, i), 1.0)
-    counted: set[str] = set()
-    for (name, _use), fraction in sorted(fractions.items()):
-        if name in counted or name not in index.initializers:
+        macs += m * fraction(weight, specs.get(weight, {}).get(i, {}))
+    for name, uses in specs.items():
+        if name not in index.initializers:
             continue
-        counted.add(name)
-        params -= _float_params(index, [name]) * (1 - fraction)
+        readers = {i for i, slot in index.consumers.get(name, []) if slot >= 0 and index.model.graph.node[i].op_type != "Shape"}
+        distinct = {tuple((a, k.tobytes()) for a, k in sorted(spec.items())): spec for spec in uses.values()}
+        copies = [fraction(name, spec) for spec in distinct.values()] + ([1.0] if readers - set(uses) else [])
+        params += _float_params(index, [name]) * (sum(copies) - 1)
     return int(round(params)), int(round(macs))

@@ -188,9 +188,17 @@ CRITERIA: dict[str, Criterion] = {"l1": l1, "l2": l2, "bn": bn_scale, "fpgm": fp
 AGGREGATES = {"sum": np.sum, "mean": np.mean, "max": np.max}
 
 
-def importance(dg: DepGraph, group: Group, criterion: str | Criterion = "l1", aggregate: str = "sum") -> np.ndarray:
-    """Scores per channel, aggregated over the group's producing layers and normalised by their
-    mean (so groups are comparable in a global ranking); 0 exactly for dead channels."""
+NORMALISATIONS = ("mean", "max", "none")
+
+
+def importance(dg: DepGraph, group: Group, criterion: str | Criterion = "l1", aggregate: str = "sum",
+               normalise: str = "mean") -> np.ndarray:
+    """Scores per channel, aggregated over the group's producing layers; 0 exactly for dead channels.
+
+    `normalise` decides what a global ranking compares: "mean" (default, as Torch-Pruning does)
+    divides by the group's mean, so each layer competes on the spread of its own channels and
+    layers with many inputs (large norms) are not spared; "max" divides by the largest score;
+    "none" compares raw scores, so a layer whose weights are small overall loses more."""
     fn = CRITERIA[criterion] if isinstance(criterion, str) else criterion
     raw = fn(dg, group)
     if isinstance(raw, list):
@@ -198,7 +206,11 @@ def importance(dg: DepGraph, group: Group, criterion: str | Criterion = "l1", ag
     scores = np.abs(np.asarray(raw, dtype=np.float64))
     if scores.shape != (group.n_channels,):
         raise ValueError(f"importance function returned shape {scores.shape}, expected ({group.n_channels},)")
-    if getattr(fn, "normalise", True):
+    if normalise not in NORMALISATIONS:
+        raise ValueError(f"normalise must be one of {NORMALISATIONS}")
+    if getattr(fn, "normalise", True) and normalise == "mean":
         scores = scores / max(scores.mean(), 1e-300)
+    elif getattr(fn, "normalise", True) and normalise == "max":
+        scores = scores / max(scores.max(), 1e-300)
     dead = dead_channels(dg, group)
     return np.where(dead, 0.0, np.maximum(scores, np.finfo(np.float64).tiny))

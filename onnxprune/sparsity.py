@@ -178,7 +178,8 @@ def select_weights(uses: list[WeightUse], options: SparsityOptions) -> list[Weig
 
 def _magnitude(weight: np.ndarray) -> np.ndarray:
     """|w| flattened, in a float type that holds every value of the weight exactly."""
-    return np.abs(np.asarray(weight).astype(np.float64 if weight.dtype == np.float64 else np.float32)).ravel()
+    weight = np.asarray(weight)
+    return np.abs(weight.astype(np.float64 if weight.dtype == np.float64 else np.float32)).ravel()
 
 
 def _keep_all_but_smallest(magnitude: np.ndarray, n_zero: int) -> np.ndarray:
@@ -212,7 +213,7 @@ def magnitude_masks(weights: dict[str, np.ndarray], sparsity: float | None = Non
     return {name: part.reshape(np.shape(weights[name])) for name, part in zip(weights, parts)}
 
 
-def apply_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray]) -> onnx.ModelProto:
+def zero_masked(model: onnx.ModelProto, masks: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A copy of `model` whose masked initializers hold exact zeros where their mask is False."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -231,7 +232,7 @@ def to_sparse(model: onnx.ModelProto, names: set[str] | list[str]) -> onnx.Model
     that is smaller.  Indices are linearised (one int64 per non-zero, not one per axis): onnx
     requires int64 indices, onnxruntime accepts the linear form and densifies at load time.  A
     float32 weight therefore costs 12 bytes per non-zero instead of 4 per element: sparse storage
-    pays off above 2/3 sparsity (1/3 more bytes than dense below it, which is then kept)."""
+    pays off above 2/3 sparsity, and below that the dense tensor stays."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -326,6 +327,7 @@ class SparsifyResult:
         write_atomic(Path(path), buffer.getvalue())
 
     def summary(self) -> dict:
+        """Options, layers, totals, sizes and verification as plain data (the CLI's --json)."""
         return {"options": {k: v for k, v in vars(self.options).items() if v not in (None, [], False)},
                 "layers": [{"name": l.name, "op": l.op, "nodes": l.nodes, "scope": l.scope, "params": l.params,
                             "zeros": l.zeros, "sparsity": l.sparsity} for l in self.layers],
@@ -354,7 +356,7 @@ def sparsify(model: str | Path | onnx.ModelProto | PrunableModel, data=None, **o
         raise InputError(f"{model.path}: no prunable weights {why}")
     weights = {u.name: model.index.const(u.name) for u in chosen}
     masks = magnitude_masks(weights, opts.sparsity, opts.quality, opts.global_threshold)
-    sparsified = apply_masks(model.model, masks)
+    sparsified = zero_masked(model.model, masks)
     feeds = model.calibration(data)
     feeds = {k: v[:8] for k, v in feeds.items()} if feeds else synthetic_inputs(model.index)
     report = verify(model.model, sparsified, feeds)
@@ -378,5 +380,5 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["LayerSparsity", "SparsifyResult", "SparsityOptions", "apply_masks", "check_sparse", "magnitude_masks",
-           "select_weights", "serialized_sizes", "sparsify", "to_sparse", "weight_uses"]
+__all__ = ["LayerSparsity", "SparsifyResult", "SparsityOptions", "check_sparse", "magnitude_masks", "select_weights",
+           "serialized_sizes", "sparsify", "to_sparse", "weight_uses", "zero_masked"]

@@ -201,6 +201,36 @@ def apply_keep(dg: DepGraph, keep: dict[int, np.ndarray]) -> onnx.ModelProto:
         _drop_replaced_initializers(model, dg.index)
     del model.graph.value_info[:]
     inferred = infer_shapes(model)
+    known = set()
     if inferred is not model:
-        model.graph.value_info.extend(inferred.graph.value_info)
+        model.graph.value_info.extend(vi for vi in inferred.graph.value_info if _as_specific(vi, dg.index.shape(vi.name)))
+        known = {vi.name for vi in model.graph.value_info}
+    model.graph.value_info.extend(_carried_shapes(dg, kept, known))
     return model
+
+
+def _as_specific(vi: onnx.ValueInfoProto, before) -> bool:
+    """Inference found this tensor's shape at least as precisely as the original index had it
+    (a size it could not derive comes back as a made-up symbol such as 'unk__3')."""
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return False
+    dims = t.shape.dim
+    if before is None:
+        return all(d.HasField("dim_value") or d.dim_param for d in dims)
+    return len(dims) == len(before) and all(d.HasField("dim_value") or not isinstance(b, int) for d, b in zip(dims, before))
+
+
+def _carried_shapes(dg: DepGraph, kept: dict[Dim, np.ndarray], known: set[str]) -> list[onnx.ValueInfoProto]:
+    """Shapes onnx's inference cannot work out again (run-time flatten chains, some contrib ops):
+    the original's, with each pruned axis at its new size.  Surgery knows both exactly."""
+    index = dg.index
+    io = index.graph_inputs | index.graph_outputs | set(index.initializers) | set(index.constant_nodes)
+    carried = []
+    for name in index.producer:
+        shape = index.shape(name)
+        if name in known or name in io or shape is None or name not in index.elem_types:
+            continue
+        new = [len(kept[Dim(name, a)]) if Dim(name, a) in kept else d for a, d in enumerate(shape)]
+        carried.append(onnx.helper.make_tensor_value_info(name, index.elem_types[name], new))
+    return carried

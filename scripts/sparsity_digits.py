@@ -73,8 +73,8 @@ def finetune_gradual(names: list[str], sparsity: float, data, epochs: int, rule:
     return module
 
 
-def measure(label: str, model_path: Path, sparsity: float, x: np.ndarray, y: np.ndarray) -> dict:
-    result = onnxprune.sparsify(model_path, sparsity=sparsity) if sparsity else None
+def measure(label: str, model_path: Path, sparsity: float, x: np.ndarray, y: np.ndarray, **options) -> dict:
+    result = onnxprune.sparsify(model_path, sparsity=sparsity, **options) if sparsity else None
     model = result.model if result else onnxprune.load(model_path).model
     sizes = result.sizes() if result else {"dense_zeros": serialized_sizes(model), "sparse": (None, None)}
     zeros = result.totals["model_sparsity"] if result else 0.0
@@ -97,6 +97,8 @@ def main() -> None:
         one_shot = onnxprune.sparsify(ONNX, sparsity=sparsity)
         names = list(one_shot.masks)
         rows.append(measure(f"{sparsity:.0%} one-shot", ONNX, sparsity, x_test, y_test))
+        rows.append(measure(f"{sparsity:.0%} one-shot, --protect-ends", ONNX, sparsity, x_test, y_test, protect_ends=True))
+        rows.append(measure(f"{sparsity:.0%} one-shot, --global", ONNX, sparsity, x_test, y_test, global_threshold=True))
         runs = {f"{sparsity:.0%} + fine-tune, fixed masks ({args.epochs} ep)": finetune_fixed(one_shot.masks, data, args.epochs)}
         for rule in ("cubic", "paddle_log"):
             runs[f"{sparsity:.0%} gradual, {rule} ({args.epochs} ep)"] = finetune_gradual(names, sparsity, data, args.epochs, rule)

@@ -107,18 +107,11 @@ def test_criterion_and_mode(case_id, mode, criterion, loaded, calibration, tmp_p
 # --------------------------------------------------------------------------- targets
 
 
-TF_CNN_MACS = pytest.mark.xfail(strict=True, reason=(
-    "after-pruning MACs under-counted: surgery drops value_info and onnx shape inference cannot follow "
-    "tf2onnx's run-time flatten shape (Shape->Gather->Cast->Slice->Concat->Cast->Reshape), so the pruned "
-    "model's MatMul outputs have no shape and cost._macs counts them as 0"))
-
-
 def _target_cases():
     for case_id in TARGET_MODELS:
         for kind in ("target_macs", "target_params"):
             for target in (0.3, 0.5, 0.7):
-                marks = [TF_CNN_MACS] if (case_id, kind) == ("fixture-tf_cnn", "target_macs") else []
-                yield pytest.param(case_id, kind, target, marks=marks, id=f"{case_id}-{kind}-{target}")
+                yield pytest.param(case_id, kind, target, id=f"{case_id}-{kind}-{target}")
 
 
 @pytest.mark.parametrize("case_id, kind, target", list(_target_cases()))
@@ -279,15 +272,14 @@ def _group_of_weight(pm: onnxprune.PrunableModel, weight: np.ndarray) -> int:
     raise AssertionError("no prunable group produced by the scaled conv")
 
 
-@pytest.mark.xfail(strict=True, reason="importance is normalised by each group's mean (importance.importance), so a whole "
-                                       "layer scaled by 0.01 ranks exactly as before in the global ranking")
 def test_global_ranking_prunes_small_layer_more(small_layer_model):
+    """With raw scores (normalise="none") a layer whose weights are small overall loses more."""
     removed_from_c2 = {}
     for scale, (path, weight) in small_layer_model.items():
         pm = onnxprune.load(path)
         gid = _group_of_weight(pm, weight)
         removed_from_c2[scale] = (removed(pm.plan(criterion="l1", ratio=0.3))[gid],
-                                  removed(pm.plan(criterion="l1", ratio=0.3, global_ranking=True))[gid])
+                                  removed(pm.plan(criterion="l1", ratio=0.3, global_ranking=True, normalise="none"))[gid])
     uniform, global_ = removed_from_c2[0.01]
     assert global_ > uniform, f"global removed {global_}, uniform {uniform}"
     # ... and because c2 is small: the same model with c2 unscaled loses fewer of c2's channels

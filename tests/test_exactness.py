@@ -266,22 +266,9 @@ def test_case_list_complete():
 
 _UNDERCOUNT = ("after pruning, onnx shape inference cannot re-derive some intermediate shapes (surgery drops value_info; "
                "{what}), so cost._macs counts those layers as 0 MACs in PruneResult.after / the CLI summary")
-KNOWN_COST_MISMATCH = {
-    "mobilenetv3-dynamo_noopt": _UNDERCOUNT.format(what="the convs after the squeeze-excite lose their shapes"),
-    "shufflenet-dynamo_noopt": _UNDERCOUNT.format(what="the convs of the split ShuffleUnit lose their spatial sizes"),
-    "fixture-tf_cnn": _UNDERCOUNT.format(what="tf2onnx's run-time flatten Shape->Gather->Cast->Slice->Concat->Cast->Reshape"),
-    "fixture-paddle_cnn": _UNDERCOUNT.format(what="paddle2onnx's run-time flatten Shape->Slice->Concat->Reshape"),
-    "fixture-paddle_gap": _UNDERCOUNT.format(what="the MatMul head after the run-time flatten"),
-    "prelu_layerscale-dynamo": "cost.estimate counts a PReLU slope shared by two groups once, but surgery needs one copy per use",
-    "prelu_layerscale-legacy": "cost.estimate counts a PReLU slope shared by two groups once, but surgery needs one copy per use",
-}
-
-
 def test_cost_estimate_matches_pruned_model(case, case_path, request):
     """Targets are met on the estimate (PrunableModel.cost); the summary reports the pruned model's
     own cost.  Both must agree, or targets are missed and summaries mislead."""
-    if case.id in KNOWN_COST_MISMATCH:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_COST_MISMATCH[case.id]))
     pm = onnxprune.load(case_path(case))
     plan = pm.plan(criterion="l1", ratio=0.3)
     result = pm.apply(plan)

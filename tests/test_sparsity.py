@@ -254,6 +254,21 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(sample: Path, ca
     assert folder_digest(sample.parent) == before
 
 
+def test_readme_sparsity_example_runs(tmp_path: Path, monkeypatch):
+    import os
+    import re
+
+    section = (ROOT / "README.md").read_text().split("## Fine-grained sparsity", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    os.symlink(MODELS, tmp_path / "models")
+    (tmp_path / "out").mkdir()
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the documented example itself
+    assert (tmp_path / "out" / "digits_sparse.onnx").exists() and set(np.load(tmp_path / "out" / "digits_masks.npz").files) == set(namespace["result"].masks)
+    assert (~namespace["masks"]["w"]).sum() == round(0.9 * 64 * 32)
+
+
 def test_cli_refuses_a_model_without_weights(tmp_path: Path, capsys):
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],

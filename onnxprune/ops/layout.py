@@ -416,8 +416,9 @@ class ShapeRule(OpRule):
         if rank is None:
             return c
         escape = shape_value_escapes(ctx.index, ctx.output(0))
+        read = range(rank)[slice(ctx.attr("start", 0), ctx.attr("end", rank))]
         for k in range(rank):
-            if escape is None:
+            if escape is None or k not in read:
                 c.fixed.add(ctx.in_dim(0, k))
             else:
                 c.reasons[ctx.in_dim(0, k)] = f"{ctx.label} reads this size and it flows into {escape}"
