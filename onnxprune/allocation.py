@@ -48,17 +48,24 @@ class AllocationOptions:
             raise InputError(f"options: --round-to {self.round_to} must be at least 1")
         if self.threshold is not None and self.threshold < 0:
             raise InputError(f"options: --threshold {self.threshold} is negative")
-        for pattern in self.ignore:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise InputError(f"options: --ignore '{pattern}' is not a valid regular expression ({exc})") from None
+        compile_patterns(self.ignore)
+
+
+def compile_patterns(patterns: list[str]) -> list[re.Pattern]:
+    """`--ignore` regular expressions, or an InputError naming the one that does not compile."""
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise InputError(f"options: --ignore '{pattern}' is not a valid regular expression ({exc})") from None
+    return compiled
 
 
 def eligible_groups(dg: DepGraph, options: AllocationOptions) -> list[Group]:
     """Prunable groups minus the ignored ones and, if asked, those of the first and last layers."""
     groups = dg.prunable_groups
-    patterns = [re.compile(p) for p in options.ignore]
+    patterns = compile_patterns(options.ignore)
     ends: set[int] = set()
     if options.protect_ends:
         weighted = sorted({d.use for g in dg.groups for d in g.const_dims if g.roles.get(d) in ("out", "in")})

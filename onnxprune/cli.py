@@ -122,9 +122,13 @@ def cmd_prune(args) -> int:
     if args.simplify:
         _simplify(model, result, args.data)
     summary = _write_outputs(model, result, args)
-    print(json.dumps(summary, indent=1) if args.json else "", end="\n" if args.json else "")
-    if not args.json:
-        _print_result(summary)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    _print_result(summary)
+    if args.round_to == 1 and args.threshold is None and any(len(g.keep) % 8 for g in plan.groups if g.removed):
+        print("tip: channel counts that are not multiples of 8 (4 on ARM) can make the model slower, not faster; "
+              "try --round-to 8 (README, Benchmarks)")
     return 0
 
 

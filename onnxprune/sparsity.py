@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +36,7 @@ from onnx import numpy_helper
 
 from .api import PrunableModel
 from .data import synthetic_inputs
+from .allocation import compile_patterns
 from .errors import InputError, OnnxPruneError
 from .graph import ModelIndex
 from .load import load_model
@@ -76,11 +76,7 @@ class SparsityOptions:
             raise InputError(f"options: --sparsity {self.sparsity} is outside [0, 1) (a fraction: 0.75 zeroes 75% of the weights)")
         if self.quality is not None and not self.quality >= 0:
             raise InputError(f"options: --quality {self.quality} is negative (it multiplies each layer's weight std)")
-        for pattern in self.ignore:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise InputError(f"options: --ignore '{pattern}' is not a valid regular expression ({exc})") from None
+        compile_patterns(self.ignore)
 
 
 @dataclass
@@ -163,7 +159,7 @@ def weight_uses(index: ModelIndex) -> list[WeightUse]:
 def select_weights(uses: list[WeightUse], options: SparsityOptions) -> list[WeightUse]:
     """The weights to sparsify: minus ignored names, depthwise convs (unless included) and, with
     `protect_ends`, the weights of the first and last weighted layers (by node order)."""
-    patterns = [re.compile(p) for p in options.ignore]
+    patterns = compile_patterns(options.ignore)
     ends: set[int] = set()
     if options.protect_ends and uses:
         ids = [i for u in uses for i in u.node_ids]

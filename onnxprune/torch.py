@@ -301,9 +301,11 @@ def _apply_cuts(module: nn.Module, cuts: dict[str, ModuleCut]) -> None:
             _cut_module(modules[name], cut)
 
 
-def apply_masks(module: nn.Module, masks: dict[str, np.ndarray]) -> "MaskHandle":
-    """Keep fine-grained pruned weights at zero during training: multiplies each named parameter
-    by its mask now and after every optimizer step (call `handle.remove()` to stop)."""
+def apply_masks(module: nn.Module, masks: dict[str, np.ndarray], optimizer: torch.optim.Optimizer | None = None) -> "MaskHandle":
+    """Keep fine-grained pruned weights at zero during training: multiplies each named parameter by
+    its mask now, zeroes the masked gradients, and, given the optimizer, re-applies the masks after
+    each of its steps (momentum or weight decay accumulated before would otherwise move masked
+    weights).  Call `handle.remove()` to stop."""
     state = dict(module.named_parameters())
     missing = [name for name in masks if name not in state]
     if missing:
@@ -312,17 +314,19 @@ def apply_masks(module: nn.Module, masks: dict[str, np.ndarray]) -> "MaskHandle"
     for name, mask in tensors.items():
         if tuple(mask.shape) != tuple(state[name].shape):
             raise InputError(f"masks: '{name}' has shape {tuple(mask.shape)}, the parameter {tuple(state[name].shape)}")
-    return MaskHandle(module, tensors)
+    return MaskHandle(module, tensors, optimizer)
 
 
 class MaskHandle:
-    """Re-applies masks after each backward pass (gradients of masked weights are zeroed too)."""
+    """Masks gradients during backward and, with an optimizer, the weights after every step."""
 
-    def __init__(self, module: nn.Module, masks: dict[str, torch.Tensor]):
+    def __init__(self, module: nn.Module, masks: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None):
         self.module = module
         self.masks = masks
         params = dict(module.named_parameters())
         self.hooks = [params[n].register_hook(lambda g, m=m: g * m) for n, m in masks.items()]
+        if optimizer is not None:
+            self.hooks.append(optimizer.register_step_post_hook(lambda *_: self.apply()))
         self.apply()
 
     def apply(self) -> None:

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from benchlib import ensure_exported  # noqa: E402
 MODELS = ("resnet50", "mobilenetv2_full")
 VARIANTS = {
     "uniform": {},
@@ -38,18 +40,6 @@ VARIANTS = {
     "global": {"global_ranking": True},
     "global, round_to=8": {"global_ranking": True, "round_to": 8},
 }
-
-
-def ensure_exported(workdir: Path, name: str, exporter: str) -> Path:
-    """Export a tests/zoo.py benchmark model once; later runs reuse the file."""
-    path = workdir / f"{name}_{exporter}.onnx"
-    if not path.is_file():
-        sys.path.insert(0, str(REPO / "tests"))
-        import zoo  # noqa: PLC0415 - torch is only needed when a model must be exported
-
-        module, inputs = zoo.BENCH_MODELS[name]()
-        zoo.export(module, inputs, path, exporter)
-    return path
 
 
 def session(model_bytes: bytes, threads: int):

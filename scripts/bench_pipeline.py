@@ -36,19 +36,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from benchlib import ensure_exported  # noqa: E402
 CASES = [("resnet50", "dynamo"), ("resnet50", "legacy"), ("mobilenetv2_full", "dynamo"), ("mobilenetv2_full", "legacy")]
-
-
-def ensure_exported(workdir: Path, name: str, exporter: str) -> Path:
-    """Export a tests/zoo.py benchmark model once; later runs reuse the file."""
-    path = workdir / f"{name}_{exporter}.onnx"
-    if not path.is_file():
-        sys.path.insert(0, str(REPO / "tests"))
-        import zoo  # noqa: PLC0415 - torch is only needed when a model must be exported
-
-        module, inputs = zoo.BENCH_MODELS[name]()
-        zoo.export(module, inputs, path, exporter)
-    return path
 
 
 def file_bytes(path: Path) -> int:

@@ -125,3 +125,21 @@ def test_iterative_prune_follows_the_schedule_and_calls_back():
     assert reached[0] == 1.0 and all(a > b for a, b in zip(reached, reached[1:]))
     assert abs(reached[-1] - 0.5) <= 0.02
     assert [round(h.target_macs, 3) for h in history] == [1.0, round(1 - 0.5 / 3, 3), round(1 - 1 / 3, 3), 0.5]
+
+
+def test_masks_hold_with_momentum_accumulated_before_masking():
+    """Momentum built up before the masks would move masked weights; the optimizer hook stops it."""
+    module, example = zoo.MODELS["resnet"]()
+    name, param = next((n, p) for n, p in module.named_parameters() if p.dim() == 4)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
+    module.train()
+    optimizer.zero_grad()
+    module(*example).square().mean().backward()
+    optimizer.step()  # momentum buffers now non-zero everywhere
+    mask = (np.random.default_rng(1).random(tuple(param.shape)) > 0.5).astype(np.float32)
+    apply_masks(module, {name: mask}, optimizer)
+    for _ in range(2):
+        optimizer.zero_grad()
+        module(*example).square().mean().backward()
+        optimizer.step()
+    assert np.all(dict(module.named_parameters())[name].detach().numpy()[mask == 0] == 0)
