@@ -31,7 +31,8 @@ from .load import LoadedModel, check_supported, load_model
 from .plan import Plan, make_plan, resolve
 from .save import save_model
 from .surgery import apply_keep
-from .verify import VerifyReport, verify
+from . import verify as verification  # looked up at call time, so tests can make verification fail
+from .verify import VerifyReport
 
 
 @dataclass
@@ -163,11 +164,14 @@ class PrunableModel:
     def plan(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum", **options) -> Plan:
         """Choose the channels to remove.  Options are those of `AllocationOptions` (ratio,
         threshold, target_macs, target_params, global_ranking, max_ratio, round_to, ignore,
-        protect_ends), plus normalise ("mean", "max", "none": see importance.importance) and
-        sensitivity / max_loss (allocation from a sensitivity analysis)."""
+        protect_ends), plus normalise ("mean", "max", "none": see importance.importance),
+        sensitivity / max_loss (allocation from a sensitivity analysis) and allocator: your own
+        strategy, called as allocator(depgraph, scores, options, cost_of) -> {group id: keep mask},
+        where cost_of(keep) -> (params, MACs) prices a candidate without surgery."""
         sensitivity = options.pop("sensitivity", None)
         max_loss = options.pop("max_loss", None)
         normalise = options.pop("normalise", "mean")
+        allocator = options.pop("allocator", allocate)
         opts = AllocationOptions(**options)
         opts.validate()
         scores = self.importance(criterion, data, aggregate, normalise)
@@ -175,7 +179,7 @@ class PrunableModel:
         if sensitivity is not None or max_loss is not None:
             keep, chosen = self._allocate_from_sensitivity(sensitivity, scores, opts, max_loss)
         else:
-            keep = allocate(self.depgraph, scores, opts, self.cost)
+            keep = allocator(self.depgraph, scores, opts, self.cost)
         plan = make_plan(self.depgraph, keep, {"file": self.path.name, "sha256": self.sha256},
                          {"criterion": criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom"),
                           "aggregate": aggregate, "normalise": normalise, **{k: v for k, v in vars(opts).items() if v not in (None, [], False)}})
@@ -203,7 +207,7 @@ class PrunableModel:
         pruned = apply_keep(self.depgraph, keep)
         feeds = self.calibration(data)
         feeds = {k: v[:8] for k, v in feeds.items()} if feeds else synthetic_inputs(self.index)
-        report = verify(self.model, pruned, feeds, exact=exact)
+        report = verification.verify(self.model, pruned, feeds, exact=exact)
         after_index = ModelIndex.build(pruned)
         before = {"params": cost.total_params(self.index), "macs": cost.total_macs(self.index)}
         after = {"params": cost.total_params(after_index), "macs": cost.total_macs(after_index)}

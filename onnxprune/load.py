@@ -9,6 +9,7 @@ keeps a reference to the input's data file, so the input can never be modified b
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +57,25 @@ def _check_location(path: Path, location: str) -> Path:
     return target
 
 
+def _read(path: Path) -> bytes:
+    """The file's bytes, or an InputError saying why there are none (never an OSError traceback)."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not an ONNX file")
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise InputError(f"{path}: not a regular file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the file ({exc.strerror})") from None
+
+
 def load_model(path: str | os.PathLike, allow_quantized: bool = False) -> LoadedModel:
     """Read `path` into memory with its external data, refusing anything unsafe or malformed.
     `allow_quantized` admits quantized models for the commands that only run them (bench)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    raw = path.read_bytes()
+    raw = _read(path)
     if not raw:
         raise InputError(f"{path}: file is empty, not an ONNX model")
     model = onnx.ModelProto()
@@ -108,6 +121,8 @@ def check_supported(model: onnx.ModelProto, path: Path, source: bytes | Path | N
     `source`, when given, is what the checker reads instead of serialising `model` again (as long
     as `onnx.save`): the bytes `model` was parsed from, or the file it was loaded from when it has
     external data (the checker then resolves the data files itself)."""
+    check_structure(model, path)
+    check_tensors(model, path)
     try:
         onnx.checker.check_model(source if isinstance(source, bytes) else str(source) if source else model, full_check=False)
     except onnx.checker.ValidationError as exc:
@@ -121,3 +136,102 @@ def check_supported(model: onnx.ModelProto, path: Path, source: bytes | Path | N
     if quantized:
         raise UnsupportedModelError(
             f"{path}: quantized model (node {quantized[0]}); channel pruning of quantized models is not supported, prune the float model and quantize afterwards")
+
+
+MAX_INPUT_ELEMENTS = 1 << 32
+"""A graph input declaring more elements than this (dynamic axes counted as 1) cannot be run for
+verification; it is refused before anything tries to allocate it."""
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return node.name or (node.output[0] if node.output else node.op_type)
+
+
+def check_structure(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse, with a message naming the culprit, what onnx.checker either accepts (an opset newer
+    than the installed onnx, which later fails in onnxruntime) or reports vaguely (a dangling input
+    and a cycle both read "must be topologically sorted")."""
+    known = onnx.defs.onnx_opset_version()
+    imported = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
+    if imported.get("ai.onnx", 0) > known:
+        raise InputError(f"{path}: opset {imported['ai.onnx']} is newer than the installed onnx {onnx.__version__} "
+                         f"knows (up to {known}); upgrade onnx")
+    graph = model.graph
+    available = {vi.name for vi in graph.input} | {t.name for t in graph.initializer} | \
+                {t.values.name for t in graph.sparse_initializer}
+    producer: dict[str, onnx.NodeProto] = {}
+    for node in graph.node:
+        if (node.domain or "ai.onnx") not in imported and model.opset_import:
+            raise InputError(f"{path}: node '{_label(node)}' uses domain '{node.domain}', which the model does not "
+                             "import (no opset_import entry)")
+        for name in filter(None, node.output):
+            if name in producer or name in available:
+                raise InputError(f"{path}: tensor '{name}' is produced more than once (again by node "
+                                 f"'{_label(node)}'); ONNX graphs assign every tensor once")
+            producer[name] = node
+    for node in graph.node:
+        for name in filter(None, node.input):
+            if name not in producer and name not in available:
+                raise InputError(f"{path}: node '{_label(node)}' reads '{name}', which no node, initializer or "
+                                 "graph input provides")
+    for vi in graph.output:
+        if vi.name not in producer and vi.name not in available:
+            raise InputError(f"{path}: graph output '{vi.name}' is not produced by any node")
+    _check_acyclic(graph, producer, path)
+
+
+def _check_acyclic(graph: onnx.GraphProto, producer: dict[str, onnx.NodeProto], path: Path) -> None:
+    """Kahn's algorithm over the main graph (subgraphs read outer names only, they add no edges)."""
+    position = {id(node): i for i, node in enumerate(graph.node)}
+    waiting = [len({position[id(producer[n])] for n in node.input if n in producer}) for node in graph.node]
+    users: dict[int, set[int]] = {}
+    for i, node in enumerate(graph.node):
+        for j in {position[id(producer[n])] for n in node.input if n in producer}:
+            users.setdefault(j, set()).add(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    while ready:
+        for j in users.get(ready.pop(), ()):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                ready.append(j)
+    stuck = [i for i, count in enumerate(waiting) if count > 0]
+    if stuck:
+        raise InputError(f"{path}: the graph has a cycle (through node '{_label(graph.node[stuck[0]])}')")
+
+
+SUB_BYTE_TYPES = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+                  if hasattr(onnx.TensorProto, name)}
+
+
+def _held_elements(tensor: onnx.TensorProto) -> int | None:
+    """How many elements a tensor's data holds, or None where that is not simply countable
+    (unloaded external data, packed 4-bit types, strings in raw_data)."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type in SUB_BYTE_TYPES:
+        return None
+    if tensor.HasField("raw_data"):
+        if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            return None
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        return len(tensor.raw_data) // itemsize
+    field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+    per_element = 2 if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+    return len(getattr(tensor, field)) // per_element
+
+
+def check_tensors(model: onnx.ModelProto, path: Path) -> None:
+    """Every initializer and Constant holds as many elements as its dims declare (a short or
+    missing buffer would otherwise surface as a numpy reshape error deep in the pipeline, and a
+    huge declared size must never be allocated), and no graph input is too large to run."""
+    tensors = [(t.name, t) for t in model.graph.initializer] + [
+        (n.output[0], a.t) for n in model.graph.node if n.op_type == "Constant" and n.output
+        for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    for name, tensor in tensors:
+        declared, held = math.prod(tensor.dims), _held_elements(tensor)
+        if held is not None and held != declared:
+            raise InputError(f"{path}: tensor '{name}' declares {declared} elements but holds {held}")
+    initializers = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
+        if vi.name not in initializers and math.prod(dims) > MAX_INPUT_ELEMENTS:
+            raise InputError(f"{path}: graph input '{vi.name}' declares {math.prod(dims)} elements, more than "
+                             f"2**{MAX_INPUT_ELEMENTS.bit_length() - 1}; too large to run")

@@ -3,6 +3,9 @@ batched runs over calibration data."""
 
 from __future__ import annotations
 
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -12,13 +15,35 @@ import onnxruntime as ort
 from .graph import ModelIndex
 
 
-def make_session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+PROTOBUF_LIMIT = (1 << 31) - 1
+"""protobuf cannot serialise a message larger than this (2 GB)."""
+
+
+@contextmanager
+def model_source(model: onnx.ModelProto) -> Iterator[bytes | str]:
+    """What onnxruntime and onnx.checker read `model` from: its bytes, or, for a model protobuf
+    cannot serialise (over 2 GB), the path of a temporary copy with external data, removed after
+    use.  The file route also avoids holding a serialised copy of every weight in memory."""
+    if model.ByteSize() <= PROTOBUF_LIMIT:
+        yield model.SerializeToString()
+        return
+    from .save import save_model
+
+    with tempfile.TemporaryDirectory(prefix="onnxprune-") as folder:
+        yield str(save_model(model, Path(folder) / "model.onnx", external_data=True))
+
+
+def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0) -> ort.InferenceSession:
+    """An onnxruntime CPU session on a model, its bytes or its path (see `model_source`)."""
+    if isinstance(model, onnx.ModelProto):
+        with model_source(model) as source:
+            return make_session(source, threads)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def with_outputs(index: ModelIndex, names: list[str]) -> onnx.ModelProto:

@@ -1,6 +1,7 @@
 """Stage 8b: saving.  Outputs appear atomically: everything is written into a temporary folder
-beside the target and renamed into place only when complete, so a crash or a full disk never
-leaves a half-written model, and the input (already fully in memory) is never touched."""
+beside the target, read back by onnx.checker and renamed into place only when complete, so a
+crash or a full disk never leaves a half-written model, and the input (already fully in memory)
+is never touched."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import BinaryIO
 import onnx
 from onnx import numpy_helper
 
-from .errors import InputError
+from .errors import InputError, OnnxPruneError
 from .graph import copy_fields
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # above ~1 GB of weights, write external data (protobuf stops at 2 GB)
@@ -81,6 +82,16 @@ def _external_header(model: onnx.ModelProto, data: BinaryIO, location: str, thre
     return header
 
 
+def _check_written(staged: Path, path: Path) -> None:
+    """Read the staged file back through onnx.checker (path form: external data is resolved from
+    the file, not loaded) before it replaces anything, so a short write never reaches `path`."""
+    try:
+        onnx.checker.check_model(str(staged))
+    except (onnx.checker.ValidationError, OSError) as exc:
+        raise OnnxPruneError(f"internal error: the written {path.name} does not read back ({str(exc).splitlines()[0]}); "
+                             "nothing written") from None
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> Path:
     """Save `model` to `path` atomically.  External data (`<name>.data` beside it) is used when asked
     for, or when the weights are too large for one protobuf."""
@@ -96,10 +107,12 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
             with open(data, "wb") as handle:
                 header = _external_header(model, handle, path.name + ".data")
             onnx.save_model(header, target)
-            os.chmod(data, _default_mode())
-            os.replace(data, path.with_name(path.name + ".data"))
         else:
             onnx.save_model(model, target)
+        _check_written(target, path)
+        if external_data:
+            os.chmod(data, _default_mode())
+            os.replace(data, path.with_name(path.name + ".data"))
         os.chmod(target, _default_mode())
         os.replace(target, path)
     finally:

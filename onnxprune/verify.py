@@ -12,7 +12,7 @@ import onnx
 
 from .errors import OnnxPruneError
 from .graph import ModelIndex
-from .runtime import make_session
+from .runtime import make_session, model_source
 
 EXACT_TOLERANCE = 1e-5
 
@@ -40,17 +40,18 @@ def _io_signature(model: onnx.ModelProto) -> list[tuple]:
 
 
 def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray], exact: bool = False) -> VerifyReport:
-    try:
-        onnx.checker.check_model(pruned, full_check=pruned.ByteSize() < (1 << 31) - 1)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise OnnxPruneError(f"internal error: the pruned model fails onnx.checker ({str(exc).splitlines()[0]}); nothing written") from None
     if _io_signature(original) != _io_signature(pruned):
         raise OnnxPruneError("internal error: pruning changed the model's inputs or outputs; nothing written")
-    before = make_session(original).run(None, feeds)
-    try:
-        after = make_session(pruned).run(None, feeds)
-    except Exception as exc:  # noqa: BLE001 - any runtime failure of our output is reported as ours
-        raise OnnxPruneError(f"internal error: onnxruntime cannot run the pruned model ({str(exc).splitlines()[0]}); nothing written") from None
+    before = make_session(original).run(None, feeds)  # one session alive at a time: each holds the weights
+    with model_source(pruned) as source:  # serialised (or written, above 2 GB) once for both checks
+        try:
+            onnx.checker.check_model(source, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise OnnxPruneError(f"internal error: the pruned model fails onnx.checker ({str(exc).splitlines()[0]}); nothing written") from None
+        try:
+            after = make_session(source).run(None, feeds)
+        except Exception as exc:  # noqa: BLE001 - any runtime failure of our output is reported as ours
+            raise OnnxPruneError(f"internal error: onnxruntime cannot run the pruned model ({str(exc).splitlines()[0]}); nothing written") from None
     report = VerifyReport()
     for vi, a, b in zip(original.graph.output, before, after):
         a, b = np.asarray(a), np.asarray(b)
