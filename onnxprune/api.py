@@ -204,10 +204,12 @@ class PrunableModel:
         """Apply a plan, verify the result against the original, and return it (nothing saved)."""
         keep = resolve(plan, self.depgraph, source)
         exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
-        pruned = apply_keep(self.depgraph, keep)
         feeds = self.calibration(data)
         feeds = {k: v[:8] for k, v in feeds.items()} if feeds else synthetic_inputs(self.index)
-        report = verification.verify(self.model, pruned, feeds, exact=exact)
+        # The original runs first, from its file when its weights are external (no serialised copy).
+        reference = verification.reference_outputs(str(self.path) if self.loaded.had_external_data else self.model, feeds)
+        pruned = apply_keep(self.depgraph, keep)
+        report = verification.verify(self.model, pruned, feeds, exact=exact, reference=reference)
         after_index = ModelIndex.build(pruned)
         before = {"params": cost.total_params(self.index), "macs": cost.total_macs(self.index)}
         after = {"params": cost.total_params(after_index), "macs": cost.total_macs(after_index)}

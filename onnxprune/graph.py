@@ -22,22 +22,28 @@ STRIP_ABOVE_ELEMENTS = 4096
 """Initializers with more elements than this are handed to shape inference without their data."""
 
 
-def _is_repeated(field: FieldDescriptor) -> bool:
-    is_repeated = getattr(field, "is_repeated", None)  # protobuf >= 5.28; `label` is gone in 7
-    return bool(is_repeated) if is_repeated is not None else field.label == field.LABEL_REPEATED
+CACHE_ABOVE_BYTES = 1 << 24
+"""Constants larger than this are decoded again on each use instead of cached: every cached value
+is a second copy of its weight (protobuf hands out raw_data as a fresh bytes object), which for a
+multi-GB model would double the memory; decoding one weight again costs a memcpy."""
+
+
+def _is_repeated(descriptor: FieldDescriptor) -> bool:
+    is_repeated = getattr(descriptor, "is_repeated", None)  # protobuf >= 5.28; `label` is gone in 7
+    return bool(is_repeated) if is_repeated is not None else descriptor.label == descriptor.LABEL_REPEATED
 
 
 def copy_fields(source: Message, target: Message, skip: str) -> None:
     """Copy every set field of `source` into `target` except the field named `skip`."""
-    for field, value in source.ListFields():
-        if field.name == skip:
+    for descriptor, value in source.ListFields():
+        if descriptor.name == skip:
             continue
-        if _is_repeated(field):
-            getattr(target, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(target, field.name).CopyFrom(value)
+        if _is_repeated(descriptor):
+            getattr(target, descriptor.name).extend(value)
+        elif descriptor.type == descriptor.TYPE_MESSAGE:
+            getattr(target, descriptor.name).CopyFrom(value)
         else:
-            setattr(target, field.name, value)
+            setattr(target, descriptor.name, value)
 
 
 def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -196,7 +202,7 @@ class ModelIndex:
                 value = np.array(onnx.helper.get_attribute_value(attr))
         elif name in self.producer:
             value = self._fold(name)
-        if value is not None:
+        if value is not None and value.nbytes <= CACHE_ABOVE_BYTES:
             self._const_cache[name] = value
         return value
 

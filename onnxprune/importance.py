@@ -53,7 +53,7 @@ def dead_channels(dg: DepGraph, group: Group) -> np.ndarray:
     for node_i in producers:
         ctx = NodeContext(index, node_i)
         rule = rule_for(ctx.node)
-        for out_slot, name in enumerate(ctx.node.output):
+        for name in ctx.node.output:
             for out in [d for d in group.dims if d.tensor == name and not d.is_const]:
                 n = group.sizes[out]
                 views = {}
@@ -91,10 +91,12 @@ def _feeds_weight(dg: DepGraph, dim: Dim) -> bool:
     return any(other.is_const and dg.roles.get(other) == IN for other in dg.graph.neighbors(dim))
 
 
-def _producer_rows(dg: DepGraph, group: Group):
-    """(dim, rows) for each producing weight of the group: rows[e] is the filter of element e."""
+def _producer_rows(dg: DepGraph, group: Group, dtype=np.float64):
+    """(dim, rows) for each producing weight of the group: rows[e] is the filter of element e
+    (as `dtype`; None keeps the weight's own type and spares a float64 copy of it)."""
     for dim in group.dims_with_role(OUT):
-        value = dg.index.const(dim.tensor).astype(np.float64)
+        value = dg.index.const(dim.tensor)
+        value = value if dtype is None else value.astype(dtype)
         yield dim, np.moveaxis(value, dim.axis, 0).reshape(value.shape[dim.axis], -1)
 
 
@@ -106,7 +108,8 @@ def _per_channel(group: Group, dim, per_element: np.ndarray) -> np.ndarray:
 
 def l1(dg: DepGraph, group: Group) -> list[np.ndarray]:
     """Sum of |w| of the filters producing each channel (Li et al. 2017)."""
-    return [_per_channel(group, d, np.abs(rows).sum(axis=1)) for d, rows in _producer_rows(dg, group)]
+    # |w| is exact in the weight's own type; summing in float64 spares a float64 copy of the weight
+    return [_per_channel(group, d, np.abs(rows).sum(axis=1, dtype=np.float64)) for d, rows in _producer_rows(dg, group, None)]
 
 
 def l2(dg: DepGraph, group: Group) -> list[np.ndarray]:

@@ -3,6 +3,7 @@ batched runs over calibration data."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,16 +16,27 @@ import onnxruntime as ort
 from .graph import ModelIndex
 
 
-PROTOBUF_LIMIT = (1 << 31) - 1
-"""protobuf cannot serialise a message larger than this (2 GB)."""
+FILE_ROUTE_ABOVE = 1 << 28
+"""Models larger than this (256 MB) reach onnxruntime and onnx.checker through a temporary file
+with external data: protobuf cannot serialise a message over 2 GB at all, and below that the
+serialised bytes would be one more copy of every weight in memory."""
+
+
+def weights_size(model: onnx.ModelProto) -> int:
+    """Bytes of the initializers, from their dims: ModelProto.ByteSize() would serialise the whole
+    model to find out (a transient copy of every weight), and raw_data hands out a copy."""
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            total += math.prod(tensor.dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return total
 
 
 @contextmanager
 def model_source(model: onnx.ModelProto) -> Iterator[bytes | str]:
-    """What onnxruntime and onnx.checker read `model` from: its bytes, or, for a model protobuf
-    cannot serialise (over 2 GB), the path of a temporary copy with external data, removed after
-    use.  The file route also avoids holding a serialised copy of every weight in memory."""
-    if model.ByteSize() <= PROTOBUF_LIMIT:
+    """What onnxruntime and onnx.checker read `model` from: its bytes, or for a large model the
+    path of a temporary copy with external data, removed after use (see FILE_ROUTE_ABOVE)."""
+    if weights_size(model) <= FILE_ROUTE_ABOVE:
         yield model.SerializeToString()
         return
     from .save import save_model
@@ -33,13 +45,17 @@ def model_source(model: onnx.ModelProto) -> Iterator[bytes | str]:
         yield str(save_model(model, Path(folder) / "model.onnx", external_data=True))
 
 
-def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0) -> ort.InferenceSession:
-    """An onnxruntime CPU session on a model, its bytes or its path (see `model_source`)."""
+def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, prepack: bool = True) -> ort.InferenceSession:
+    """An onnxruntime CPU session on a model, its bytes or its path (see `model_source`).
+    `prepack=False` suits one-off runs (verification): onnxruntime then keeps no repacked copy of
+    every Conv/Gemm weight and can map external data from the file instead of reading it."""
     if isinstance(model, onnx.ModelProto):
         with model_source(model) as source:
-            return make_session(source, threads)
+            return make_session(source, threads, prepack)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from .depgraph import DepGraph
 from .errors import OnnxPruneError
-from .graph import ModelIndex, infer_shapes
+from .graph import ModelIndex, copy_fields, infer_shapes
 from .ops import Dim, RewriteContext, rule_for
 
 
@@ -167,6 +167,15 @@ def _referenced(graph: onnx.GraphProto, names: set[str]) -> set[str]:
     return names
 
 
+def _fill_untouched(model: onnx.ModelProto, index: ModelIndex) -> None:
+    """Copy in the initializers surgery did not replace.  The new model starts with name-only
+    placeholders instead of a full copy of the original, so the weights that get sliced are never
+    held three times (original, copy, slice): for a multi-GB model that is the peak memory."""
+    for tensor in model.graph.initializer:
+        if tensor.data_type == onnx.TensorProto.UNDEFINED:
+            tensor.CopyFrom(index.initializers[tensor.name])
+
+
 def _drop_replaced_initializers(model: onnx.ModelProto, index: ModelIndex) -> None:
     """Remove initializers that every use now reads through a per-use copy.  A shared constant whose
     uses need different slices gets one copy per use; the original, no longer read by any node, would
@@ -188,7 +197,10 @@ def apply_keep(dg: DepGraph, keep: dict[int, np.ndarray]) -> onnx.ModelProto:
     """A new model in which group `g` keeps the channels where `keep[g]` is True."""
     kept = kept_elements(dg, keep)
     model = onnx.ModelProto()
-    model.CopyFrom(dg.index.model)
+    copy_fields(dg.index.model, model, skip="graph")
+    copy_fields(dg.index.model.graph, model.graph, skip="initializer")
+    for tensor in dg.index.model.graph.initializer:  # data filled in by _fill_untouched
+        model.graph.initializer.add(name=tensor.name)
     writer = ModelWriter(model, dg.index)
     if kept:
         writer.slice_constants(kept)
@@ -199,6 +211,7 @@ def apply_keep(dg: DepGraph, keep: dict[int, np.ndarray]) -> onnx.ModelProto:
             rule_for(dg.index.model.graph.node[i]).rewrite(RewriteContext(dg.index, i, kept, writer))
         writer.finish()
         _drop_replaced_initializers(model, dg.index)
+    _fill_untouched(model, dg.index)
     del model.graph.value_info[:]
     inferred = infer_shapes(model)
     known = set()

@@ -39,17 +39,26 @@ def _io_signature(model: onnx.ModelProto) -> list[tuple]:
     return [(vi.name, str(vi.type)) for vi in list(model.graph.input) + list(model.graph.output) if vi.name not in init]
 
 
-def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray], exact: bool = False) -> VerifyReport:
+def reference_outputs(original: onnx.ModelProto | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The original model's outputs on `feeds` (from the model or its file's path)."""
+    return make_session(original, prepack=False).run(None, feeds)
+
+
+def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray], exact: bool = False,
+           reference: list[np.ndarray] | None = None) -> VerifyReport:
+    """Check `pruned` against `original` on `feeds`.  `reference`, the original's outputs on
+    `feeds`, may be computed beforehand (api.apply runs the original before surgery, so that its
+    onnxruntime session and the pruned model are never in memory together)."""
     if _io_signature(original) != _io_signature(pruned):
         raise OnnxPruneError("internal error: pruning changed the model's inputs or outputs; nothing written")
-    before = make_session(original).run(None, feeds)  # one session alive at a time: each holds the weights
+    before = reference if reference is not None else reference_outputs(original, feeds)
     with model_source(pruned) as source:  # serialised (or written, above 2 GB) once for both checks
         try:
             onnx.checker.check_model(source, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise OnnxPruneError(f"internal error: the pruned model fails onnx.checker ({str(exc).splitlines()[0]}); nothing written") from None
         try:
-            after = make_session(source).run(None, feeds)
+            after = make_session(source, prepack=False).run(None, feeds)
         except Exception as exc:  # noqa: BLE001 - any runtime failure of our output is reported as ours
             raise OnnxPruneError(f"internal error: onnxruntime cannot run the pruned model ({str(exc).splitlines()[0]}); nothing written") from None
     report = VerifyReport()

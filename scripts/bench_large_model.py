@@ -62,7 +62,8 @@ def child(model: str, output: str, verify: bool) -> None:
     import onnxprune.verify
     from onnxprune.cli import main
 
-    if not verify:
+    if not verify:  # neither the original's reference run nor the checks of the pruned model
+        onnxprune.verify.reference_outputs = lambda *args, **kwargs: None
         onnxprune.verify.verify = lambda *args, **kwargs: onnxprune.verify.VerifyReport()
     start = time.perf_counter()
     code = main(["prune", model, "-o", output, "--ratio", "0.3", "--json"])

@@ -110,10 +110,11 @@ def test_same_input_and_options_give_identical_bytes(sample: Path, tmp_path: Pat
 
 def test_models_over_the_protobuf_limit_go_through_files(sample: Path, tmp_path: Path, capsys, monkeypatch):
     """Above 2 GB protobuf cannot serialise: the checker and onnxruntime then read a temporary copy
-    with external data.  The limit is lowered so the small sample takes that route."""
+    with external data (from 256 MB on).  The limit is lowered so the small sample takes that
+    route, and serialising anything with weights fails as it would above 2 GB."""
     import onnxprune.runtime
 
-    monkeypatch.setattr(onnxprune.runtime, "PROTOBUF_LIMIT", 1000)
+    monkeypatch.setattr(onnxprune.runtime, "FILE_ROUTE_ABOVE", 1000)
     monkeypatch.setattr(onnx.ModelProto, "SerializeToString", _refuse_large_serialisation(onnx.ModelProto.SerializeToString))
     code, _, err = run_cli(capsys, "prune", sample, "-o", tmp_path / "p.onnx", "--ratio", "0.3")
     assert code == 0, err
