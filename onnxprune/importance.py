@@ -31,6 +31,8 @@ def _view(dg: DepGraph, zero: dict[Dim, np.ndarray], in_dim: Dim, out: Dim, n: i
         return None
     edge = dg.graph.edges[in_dim, out]["edges"][0]
     z_in = zero.get(in_dim)
+    if z_in is None and in_dim.is_const:  # only constants an op actually reads are worth a scan
+        z_in = zero[in_dim] = _slice_zero(dg.index.const(in_dim.tensor), in_dim.axis)
     if z_in is None:
         return ZeroView(np.zeros(n, dtype=bool), np.ones(n, dtype=bool), False)
     if edge.is_identity:
@@ -47,8 +49,6 @@ def dead_channels(dg: DepGraph, group: Group) -> np.ndarray:
     """Bool per channel: exactly zero at every point where a weight consumes it."""
     index = dg.index
     zero: dict[Dim, np.ndarray] = {}
-    for dim in group.const_dims:
-        zero[dim] = _slice_zero(index.const(dim.tensor), dim.axis)
     producers = sorted({index.producer[d.tensor] for d in group.dims if not d.is_const and d.tensor in index.producer})
     for node_i in producers:
         ctx = NodeContext(index, node_i)

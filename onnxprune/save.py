@@ -1,5 +1,6 @@
 """Stage 8b: saving.  Outputs appear atomically: everything is written into a temporary folder
-beside the target, read back by onnx.checker and renamed into place only when complete, so a
+beside the target, checked (every byte written; external-data offsets read back by onnx.checker)
+and renamed into place only when complete, so a
 crash or a full disk never leaves a half-written model, and the input (already fully in memory)
 is never touched."""
 
@@ -82,9 +83,18 @@ def _external_header(model: onnx.ModelProto, data: BinaryIO, location: str, thre
     return header
 
 
+def _write_checked(staged: Path, payload: bytes, path: Path) -> None:
+    """Write a model held inline and make sure every byte landed.  The model was checked in memory
+    already; parsing 100 MB back through onnx.checker would cost more than the write itself."""
+    staged.write_bytes(payload)
+    if staged.stat().st_size != len(payload):
+        raise OnnxPruneError(f"internal error: {path.name} was written short; nothing written")
+
+
 def _check_written(staged: Path, path: Path) -> None:
-    """Read the staged file back through onnx.checker (path form: external data is resolved from
-    the file, not loaded) before it replaces anything, so a short write never reaches `path`."""
+    """Read the staged header back through onnx.checker (path form: it checks that every external
+    tensor's offset and length lie inside the data file without loading them) before it replaces
+    anything, so a short write never reaches `path`."""
     try:
         onnx.checker.check_model(str(staged))
     except (onnx.checker.ValidationError, OSError) as exc:
@@ -106,10 +116,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
             data = staging / (path.name + ".data")
             with open(data, "wb") as handle:
                 header = _external_header(model, handle, path.name + ".data")
-            onnx.save_model(header, target)
+            _write_checked(target, header.SerializeToString(), path)
+            _check_written(target, path)
         else:
-            onnx.save_model(model, target)
-        _check_written(target, path)
+            _write_checked(target, model.SerializeToString(), path)
         if external_data:
             os.chmod(data, _default_mode())
             os.replace(data, path.with_name(path.name + ".data"))

@@ -50,12 +50,14 @@ def test_failed_verification_writes_nothing(sample: Path, tmp_path: Path, capsys
 
 @pytest.mark.parametrize("external", [True, False])
 def test_crash_mid_save_leaves_nothing(sample: Path, tmp_path: Path, capsys, monkeypatch, external: bool):
-    """onnx.save_model writes part of the file, then fails (a full disk, a kill)."""
-    def crash(model, path, *args, **kwargs):
-        Path(path).write_bytes(model.SerializeToString()[:100])
+    """Writing the model file gets part of the way, then fails (a full disk, a kill)."""
+    write_bytes = Path.write_bytes
+
+    def crash(self, data):
+        write_bytes(self, data[:100])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(onnx, "save_model", crash)
+    monkeypatch.setattr(Path, "write_bytes", crash)
     if not external:
         onnx.save(onnx.load(str(sample)), str(sample.parent / "inline.onnx"))
         sample = sample.parent / "inline.onnx"
