@@ -168,23 +168,32 @@ def allocate(dg: DepGraph, scores: dict[int, np.ndarray], options: AllocationOpt
         if abs(fraction(high) - target) <= 0.01 * target:
             break
     keep = by_ratio(groups, scores, high, options)
-    if options.round_to == 1:
-        keep = _refill(groups, scores, keep, lambda k: cost_of(k)[which] / max(base, 1), target)
-    return keep
+    return _refill(groups, scores, keep, lambda k: cost_of(k)[which] / max(base, 1), target, options.round_to)
 
 
-def _refill(groups: list[Group], scores: dict[int, np.ndarray], keep: dict[int, np.ndarray], fraction, target: float) -> dict[int, np.ndarray]:
-    """The ratio steps are coarse on small models: give back the best removed channels one at a
-    time while the cost stays under the target, until it is within 1% of it."""
+def _refill(groups: list[Group], scores: dict[int, np.ndarray], keep: dict[int, np.ndarray], fraction, target: float,
+            round_to: int = 1) -> dict[int, np.ndarray]:
+    """The ratio steps are coarse on small models: give back the best removed channels, `round_to`
+    at a time per group (so kept counts stay multiples of it), while the cost stays under the
+    target, until it is within 1% of it."""
     current = fraction(keep)
-    candidates = sorted(((scores[g.id][c], g.id, int(c)) for g in groups for c in np.nonzero(~keep[g.id])[0]), reverse=True)
-    for _, gid, channel in candidates:
+    chunks = []
+    for g in groups:
+        removed = np.nonzero(~keep[g.id])[0]
+        removed = removed[np.argsort(-scores[g.id][removed], kind="stable")]
+        for start in range(0, len(removed), round_to):
+            chunk = removed[start:start + round_to]
+            chunks.append((float(scores[g.id][chunk[0]]), g.id, chunk))
+    chunks.sort(key=lambda item: (-item[0], item[1]))
+    for _, gid, chunk in chunks:
         if current >= 0.99 * target:
             break
-        keep[gid][channel] = True
+        if len(chunk) < round_to and np.count_nonzero(~keep[gid]) != len(chunk):
+            continue  # a short remainder may only go back when it completes the group
+        keep[gid][chunk] = True
         trial = fraction(keep)
         if trial <= target * 1.01:
             current = trial
         else:
-            keep[gid][channel] = False
+            keep[gid][chunk] = False
     return keep
