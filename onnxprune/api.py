@@ -25,7 +25,7 @@ from .allocation import AllocationOptions, allocate
 from .data import load_calibration, synthetic_inputs
 from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
-from .graph import ModelIndex
+from .graph import ModelIndex, weightless_copy
 from .importance import CRITERIA, NORMALISATIONS, Criterion, activation_criterion, importance
 from .load import LoadedModel, check_supported, load_model
 from .plan import Plan, make_plan, resolve
@@ -200,25 +200,44 @@ class PrunableModel:
         return sens_mod.allocate(self, sens, scores, opts.target_macs, opts.target_params, max_loss)
 
     # --- surgery -------------------------------------------------------------------------
-    def apply(self, plan: Plan, data=None, source: str = "plan") -> PruneResult:
-        """Apply a plan, verify the result against the original, and return it (nothing saved)."""
+    def apply(self, plan: Plan, data=None, source: str = "plan", release_original: bool = False) -> PruneResult:
+        """Apply a plan, verify the result against the original, and return it (nothing saved).
+
+        `release_original` drops this object's copy of the original model once the pruned one
+        exists, so verification never holds both models' weights and an onnxruntime session at
+        once (the CLI uses it; the object cannot be used again afterwards)."""
         keep = resolve(plan, self.depgraph, source)
         exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
         feeds = self.calibration(data)
         feeds = {k: v[:8] for k, v in feeds.items()} if feeds else synthetic_inputs(self.index)
-        # The original runs first, from its file when its weights are external (no serialised copy).
-        reference = verification.reference_outputs(str(self.path) if self.loaded.had_external_data else self.model, feeds)
-        pruned = apply_keep(self.depgraph, keep)
-        report = verification.verify(self.model, pruned, feeds, exact=exact, reference=reference)
-        after_index = ModelIndex.build(pruned)
+        # onnxruntime reads the original from its file where there is one (no serialised copy) and,
+        # when our copy is released, only after the release: the two are never in memory together.
+        from_file = self.path.is_file() and (release_original or self.loaded.had_external_data)
+        late = release_original and self.path.is_file()
+        reference = None if late else verification.reference_outputs(str(self.path) if from_file else self.model, feeds)
         before = {"params": cost.total_params(self.index), "macs": cost.total_macs(self.index)}
+        old_layers = {c.node: c for c in cost.layer_costs(self.index)}
+        pruned = apply_keep(self.depgraph, keep)
+        original = weightless_copy(self.model)  # inputs, outputs and graph: all verification needs of it
+        if release_original:
+            self._release()
+        if reference is None:
+            reference = verification.reference_outputs(str(self.path), feeds)
+        report = verification.verify(original, pruned, feeds, exact=exact, reference=reference)
+        after_index = ModelIndex.build(pruned)
         after = {"params": cost.total_params(after_index), "macs": cost.total_macs(after_index)}
         plan.summary = {"params": [before["params"], after["params"]], "macs": [before["macs"], after["macs"]]}
-        old_layers = {c.node: c for c in cost.layer_costs(self.index)}
         layers = [{"node": c.node, "op": c.op_type, "channels": [old_layers[c.node].channels, c.channels],
                    "params": [old_layers[c.node].params, c.params], "macs": [old_layers[c.node].macs, c.macs]}
                   for c in cost.layer_costs(after_index) if c.node in old_layers]
         return PruneResult(pruned, plan, report, before, after, layers, exact)
+
+    def _release(self) -> None:
+        """Let go of the original model and everything derived from it (its weights' memory
+        returns to the system once nothing refers to the ModelProto)."""
+        for name in ("index", "depgraph"):
+            self.__dict__.pop(name, None)
+        self.loaded = LoadedModel(onnx.ModelProto(), self.loaded.path, self.loaded.had_external_data, self.loaded.sha256)
 
     def _all_dead(self, group_id: int, keep: np.ndarray) -> bool:
         from .importance import dead_channels

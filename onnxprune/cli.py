@@ -118,9 +118,9 @@ def cmd_prune(args) -> int:
 
         plot(Sensitivity.read(Path(args.sensitivity)), Path(args.plot),
              {int(g): r for g, r in plan.options["sensitivity_ratios"].items()})
-    result = model.apply(plan, args.data)
+    result = model.apply(plan, args.data, release_original=True)
     if args.simplify:
-        _simplify(model, result, args.data)
+        _simplify(result, args.data)
     summary = _write_outputs(model, result, args)
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -132,13 +132,14 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def _simplify(model: PrunableModel, result: PruneResult, data) -> None:
+def _simplify(result: PruneResult, data) -> None:
     """Replace the pruned model by its onnxslim-simplified form, checked on the verification inputs."""
-    from .data import synthetic_inputs
+    from .data import load_calibration, synthetic_inputs
     from .deploy.simplify import simplify_checked
+    from .graph import ModelIndex
 
-    feeds = model.calibration(data)
-    feeds = {k: v[:8] for k, v in feeds.items()} if feeds else synthetic_inputs(model.index)
+    index = ModelIndex.build(result.model)  # same inputs as the original, whose copy is released
+    feeds = {k: v[:8] for k, v in load_calibration(data, index).items()} if data else synthetic_inputs(index)
     result.model = simplify_checked(result.model, feeds)
 
 
@@ -148,7 +149,7 @@ def cmd_apply(args) -> int:
             check_output_path(Path(path), [Path(args.model)], args.overwrite)
     plan = Plan.read(args.plan)
     model = load(args.model)
-    result = model.apply(plan, args.data, source=str(args.plan))
+    result = model.apply(plan, args.data, source=str(args.plan), release_original=True)
     summary = _write_outputs(model, result, args)
     if args.json:
         print(json.dumps(summary, indent=1))
