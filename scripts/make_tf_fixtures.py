@@ -53,6 +53,8 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
+from fixturelib import verify_fixture
+
 SEED = 0
 OPSET = 13
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
@@ -157,15 +159,7 @@ def export(name, model, rng):
     y3 = model(x3, training=False).numpy()
     np.savez(OUT / f"{name}.npz", x=x2, y=y2)
 
-    # verify
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    iname = sess.get_inputs()[0].name
-    for xin, yref in ((x2, y2), (x3, y3)):
-        (got,) = sess.run(None, {iname: xin})
-        np.testing.assert_allclose(got, yref, rtol=1e-4, atol=1e-5)
-    print(f"{path.name}: {path.stat().st_size} bytes, "
-          f"{len(proto.graph.node)} nodes, verified batch 2 and 3")
+    verify_fixture(path, [(x2, y2), (x3, y3)])
 
 
 def main():

@@ -184,40 +184,38 @@ def _axes_arg(ctx: NodeContext) -> list[int] | None:
     return []
 
 
+def _couple_unit_axes(ctx: NodeContext, rank: int, axes: set[int], squeeze: bool) -> Coupling:
+    """Squeeze drops the size-1 `axes` of its input, Unsqueeze inserts them into its output; every
+    other axis of the wider side maps to the next axis of the narrower side."""
+    c = Coupling()
+    narrow = 0
+    for k in range(rank):
+        wide = ctx.in_dim(0, k) if squeeze else ctx.out_dim(0, k)
+        if k in axes:
+            c.fixed.add(wide)
+            continue
+        c.link(wide, ctx.out_dim(0, narrow) if squeeze else ctx.in_dim(0, narrow))
+        narrow += 1
+    return c
+
+
 @register("Squeeze")
 class SqueezeRule(Mover):
     def couple(self, ctx: NodeContext) -> Coupling:
-        c = Coupling()
         shape, axes = ctx.in_shape(0), _axes_arg(ctx)
         if shape is None or axes is None:
-            return c
+            return Coupling()
         axes = {a % len(shape) for a in axes} or {k for k, s in enumerate(shape) if s == 1}
-        out_axis = 0
-        for k in range(len(shape)):
-            if k in axes:
-                c.fixed.add(ctx.in_dim(0, k))
-            else:
-                c.link(ctx.in_dim(0, k), ctx.out_dim(0, out_axis))
-                out_axis += 1
-        return c
+        return _couple_unit_axes(ctx, len(shape), axes, squeeze=True)
 
 
 @register("Unsqueeze")
 class UnsqueezeRule(Mover):
     def couple(self, ctx: NodeContext) -> Coupling:
-        c = Coupling()
         out, axes = ctx.out_shape(0), _axes_arg(ctx)
         if out is None or axes is None:
-            return c
-        axes = {a % len(out) for a in axes}
-        in_axis = 0
-        for k in range(len(out)):
-            if k in axes:
-                c.fixed.add(ctx.out_dim(0, k))
-            else:
-                c.link(ctx.in_dim(0, in_axis), ctx.out_dim(0, k))
-                in_axis += 1
-        return c
+            return Coupling()
+        return _couple_unit_axes(ctx, len(out), {a % len(out) for a in axes}, squeeze=False)
 
 
 def _same(a, b) -> bool:
