@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import cost
 from .allocation import AllocationOptions, allocate
-from .data import load_calibration, synthetic_inputs
+from .data import load_calibration, verification_inputs
 from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex, weightless_copy
@@ -208,8 +208,7 @@ class PrunableModel:
         once (the CLI uses it; the object cannot be used again afterwards)."""
         keep = resolve(plan, self.depgraph, source)
         exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
-        feeds = self.calibration(data)
-        feeds = {k: v[:8] for k, v in feeds.items()} if feeds else synthetic_inputs(self.index)
+        feeds = verification_inputs(self.index, data)
         # onnxruntime reads the original from its file where there is one (no serialised copy) and,
         # when our copy is released, only after the release: the two are never in memory together.
         from_file = self.path.is_file() and (release_original or self.loaded.had_external_data)

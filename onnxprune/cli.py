@@ -13,7 +13,7 @@ from .api import PrunableModel, PruneResult, load, save
 from .errors import InputError, OnnxPruneError
 from .importance import CRITERIA
 from .plan import Plan
-from .save import check_output_path
+from .save import check_output_paths
 
 
 def _fmt(n: float) -> str:
@@ -100,9 +100,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    for path in (args.output, args.plan_out, args.weights_out):
-        if path:
-            check_output_path(Path(path), [Path(args.model)], args.overwrite)
+    check_output_paths(args.model, (args.output, args.plan_out, args.weights_out), args.overwrite)
     model = load(args.model)
     model.show_progress = not args.json and sys.stderr.isatty()
     options = _allocation_args(args)
@@ -134,19 +132,16 @@ def cmd_prune(args) -> int:
 
 def _simplify(result: PruneResult, data) -> None:
     """Replace the pruned model by its onnxslim-simplified form, checked on the verification inputs."""
-    from .data import load_calibration, synthetic_inputs
+    from .data import verification_inputs
     from .deploy.simplify import simplify_checked
     from .graph import ModelIndex
 
-    index = ModelIndex.build(result.model)  # same inputs as the original, whose copy is released
-    feeds = {k: v[:8] for k, v in load_calibration(data, index).items()} if data else synthetic_inputs(index)
-    result.model = simplify_checked(result.model, feeds)
+    # the pruned model has the original's inputs, and the original's copy is released by now
+    result.model = simplify_checked(result.model, verification_inputs(ModelIndex.build(result.model), data))
 
 
 def cmd_apply(args) -> int:
-    for path in (args.output, args.weights_out):
-        if path:
-            check_output_path(Path(path), [Path(args.model)], args.overwrite)
+    check_output_paths(args.model, (args.output, args.weights_out), args.overwrite)
     plan = Plan.read(args.plan)
     model = load(args.model)
     result = model.apply(plan, args.data, source=str(args.plan), release_original=True)
@@ -159,21 +154,14 @@ def cmd_apply(args) -> int:
 
 
 def cmd_sensitivity(args) -> int:
-    import numpy as np
-
+    from .data import load_labels
     from .sensitivity import DEFAULT_RATIOS, analyse, plot
 
-    for path in (args.output, args.plot):
-        if path:
-            check_output_path(Path(path), [Path(args.model)], False)
+    check_output_paths(args.model, (args.output, args.plot), False)
     model = load(args.model)
     feeds = model.calibration(args.data)
-    labels = None
-    if args.labels:
-        labels = np.load(args.labels)
-        labels = labels[labels.files[0]] if hasattr(labels, "files") else labels
-    elif args.metric == "accuracy" and "labels" in np.load(args.data).files:
-        labels = np.load(args.data)["labels"]
+    n_samples = len(next(iter(feeds.values())))
+    labels = load_labels(args.labels, args.data, n_samples) if args.labels or args.metric == "accuracy" else None
     try:
         ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else list(DEFAULT_RATIOS)
     except ValueError:
@@ -202,9 +190,7 @@ def cmd_sparsify(args) -> int:
     options = {"sparsity": args.sparsity, "quality": args.quality, "global_threshold": args.global_threshold,
                "ignore": args.ignore or [], "include_depthwise": args.include_depthwise, "protect_ends": args.protect_ends}
     SparsityOptions(**options).validate()
-    for path in (args.output, args.masks_out):
-        if path:
-            check_output_path(Path(path), [Path(args.model)], args.overwrite)
+    check_output_paths(args.model, (args.output, args.masks_out), args.overwrite)
     model = load(args.model)
     result = sparsify(model, args.data, **options)
     external = True if model.loaded.had_external_data and args.format == "dense" else None  # sparse weights stay inline
@@ -245,7 +231,7 @@ def cmd_quantize(args) -> int:
     from .deploy.bench import bench, format_table
     from .deploy.quantize import quantize
 
-    check_output_path(Path(args.output), [Path(args.model)], args.overwrite)
+    check_output_paths(args.model, (args.output,), args.overwrite)
     keep = [k.strip() for k in args.keep_float.split(",") if k.strip()] if args.keep_float else []
     report = quantize(args.model, args.output, args.data, args.per_channel, args.format, keep)
     timings = bench([args.model, args.output], (1,), threads=1, runs=args.runs)

@@ -67,3 +67,32 @@ def synthetic_inputs(index: ModelIndex, batch: int = 2, seed: int = 0) -> dict[s
         else:
             feeds[vi.name] = np.zeros(shape, dtype=dtype)
     return feeds
+
+
+VERIFY_SAMPLES = 8
+
+
+def verification_inputs(index: ModelIndex, data: str | Path | dict | None) -> dict[str, np.ndarray]:
+    """What verification runs both models on: the first samples of the user's data (a file or
+    arrays already loaded), or deterministic random inputs."""
+    feeds = load_calibration(data, index) if isinstance(data, (str, Path)) else data
+    return {k: v[:VERIFY_SAMPLES] for k, v in feeds.items()} if feeds else synthetic_inputs(index)
+
+
+def load_labels(path: str | Path | None, data: str | Path, n: int) -> np.ndarray | None:
+    """Labels from their own .npy/.npz, else the 'labels' array of the calibration .npz, if any;
+    their count must match the samples'."""
+    source = Path(path) if path else Path(data)
+    if not source.is_file():
+        raise InputError(f"{source}: no such labels file")
+    try:
+        loaded = np.load(source, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{source}: not a .npy/.npz file ({exc})") from None
+    if isinstance(loaded, np.ndarray):
+        labels = loaded if path else None
+    else:
+        labels = loaded[loaded.files[0]] if path else (loaded["labels"] if "labels" in loaded.files else None)
+    if labels is not None and len(labels) != n:
+        raise InputError(f"{source}: {len(labels)} labels for {n} samples")
+    return labels

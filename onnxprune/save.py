@@ -41,14 +41,18 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def check_output_path(output: Path, inputs: list[Path], overwrite: bool) -> None:
-    """Refuse to write over an input unless asked to."""
+def check_output_paths(source: str | os.PathLike, outputs, overwrite: bool) -> None:
+    """Refuse, unless asked to, any output (None entries skipped) that would write over the input
+    model or its external data file, or whose own data file would."""
     if overwrite:
         return
-    out = output.resolve()
-    for source in inputs:
-        src = source.resolve()
-        if out == src or out.with_name(out.name + ".data") == src.with_name(src.name + ".data"):
+    src = Path(source).resolve()
+    protected = {src, src.with_name(src.name + ".data")}
+    for output in outputs:
+        if output is None:
+            continue
+        out = Path(output).resolve()
+        if out in protected or out.with_name(out.name + ".data") in protected:
             raise InputError(f"{output}: refusing to overwrite the input model (use --overwrite)")
 
 

@@ -35,8 +35,8 @@ import onnx
 from onnx import numpy_helper
 
 from .api import PrunableModel
-from .data import synthetic_inputs
 from .allocation import compile_patterns
+from .data import verification_inputs
 from .errors import InputError, OnnxPruneError
 from .graph import ModelIndex
 from .load import load_model
@@ -353,8 +353,7 @@ def sparsify(model: str | Path | onnx.ModelProto | PrunableModel, data=None, **o
     weights = {u.name: model.index.const(u.name) for u in chosen}
     masks = magnitude_masks(weights, opts.sparsity, opts.quality, opts.global_threshold)
     sparsified = zero_masked(model.model, masks)
-    feeds = model.calibration(data)
-    feeds = {k: v[:8] for k, v in feeds.items()} if feeds else synthetic_inputs(model.index)
+    feeds = verification_inputs(model.index, model.calibration(data))
     report = verify(model.model, sparsified, feeds)
     layers = [LayerSparsity(u.name, u.op, u.nodes, int(masks[u.name].size),
                             int(np.count_nonzero(np.where(masks[u.name], weights[u.name], 0) == 0)), u.scope) for u in chosen]

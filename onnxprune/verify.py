@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 
 from .errors import OnnxPruneError
-from .graph import ModelIndex
 from .runtime import make_session, model_source
 
 EXACT_TOLERANCE = 1e-5
@@ -72,9 +71,3 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, 
     if exact and report.max_rel_error > EXACT_TOLERANCE:
         raise OnnxPruneError(f"internal error: removing dead channels changed the outputs (relative error {report.max_rel_error:.2e}); nothing written")
     return report
-
-
-def model_summary(index: ModelIndex) -> dict:
-    from .cost import total_macs, total_params
-
-    return {"params": total_params(index), "macs": total_macs(index)}

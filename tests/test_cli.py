@@ -194,3 +194,24 @@ def test_weights_out_holds_the_pruned_weights_by_original_name(sample: Path, tmp
         if tensor.name in weights.files:
             assert np.array_equal(weights[tensor.name], onnx.numpy_helper.to_array(tensor))
     assert weights["head.1.weight"].shape[1] < 64 * 16  # the flatten head lost input features
+
+
+def test_output_onto_the_input_data_file_is_refused(sample: Path):
+    before = digest(sample.parent)
+    out = run_cli("prune", sample, "-o", sample.with_name(sample.name + ".data"), "--ratio", "0.3")
+    assert out.returncode == 2 and "refusing to overwrite the input model" in out.stderr
+    assert digest(sample.parent) == before
+
+
+def test_sensitivity_labels_file_problems_are_bad_input(sample: Path, tmp_path: Path):
+    missing = run_cli("sensitivity", sample, "--data", CALIB, "--labels", tmp_path / "none.npy", "--metric", "accuracy",
+                      "-o", tmp_path / "s.json")
+    assert missing.returncode == 2 and "no such labels file" in missing.stderr
+    np.save(tmp_path / "x.npy", np.load(CALIB)["x"])
+    no_labels = run_cli("sensitivity", sample, "--data", tmp_path / "x.npy", "--metric", "accuracy", "-o", tmp_path / "s.json")
+    assert no_labels.returncode == 2 and "needs labels" in no_labels.stderr
+    np.save(tmp_path / "short.npy", np.zeros(3, np.int64))
+    short = run_cli("sensitivity", sample, "--data", CALIB, "--labels", tmp_path / "short.npy", "--metric", "accuracy",
+                    "-o", tmp_path / "s.json")
+    assert short.returncode == 2 and "3 labels for 360 samples" in short.stderr
+    assert not (tmp_path / "s.json").exists()

@@ -124,10 +124,6 @@ def shape_value_escapes(index: ModelIndex, name: str, depth: int = 0) -> str | N
     return None
 
 
-def as_array(entries: list[Entry]) -> np.ndarray:
-    return np.array([e.value if isinstance(e, ConstEntry) else -1 for e in entries], dtype=np.int64)
-
-
 def refine_shapes(index: ModelIndex) -> None:
     """Fill in Reshape/Expand output sizes that shape inference left unknown but that the symbolic
     target shape gives (for example a conv bias built as Expand(0, Shape(weight)[0:1]))."""
