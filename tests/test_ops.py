@@ -111,6 +111,15 @@ def group_of(m: onnxprune.PrunableModel, tensor: str, axis: int):
     return found[0]
 
 
+def with_initializers(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` whose initializers hold `values` (by name)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(values[t.name], t.name))
+    return out
+
+
 def plant_dead(model: onnx.ModelProto, only: list[str] | None = None):
     """Zero the channels {1, n-1} (just {1} below 4 channels) of every prunable group: every
     constant of the group except consuming weights (role IN) and divisors.  Returns the planted
@@ -128,11 +137,7 @@ def plant_dead(model: onnx.ModelProto, only: list[str] | None = None):
             mask = np.isin(g.classes[d], sorted(chans))
             v = np.moveaxis(values[d.tensor], d.axis, 0)
             v[mask] = 0
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        t.CopyFrom(numpy_helper.from_array(values[t.name], t.name))
-    return out, planted
+    return with_initializers(model, values), planted
 
 
 @dataclass
@@ -471,10 +476,7 @@ def test_shared_initializer_groups_independent():
     values["ca.w"][2] = 0
     values["cb.w"][5] = 0
     values["shared.b"][[2, 5]] = 0
-    planted = onnx.ModelProto()
-    planted.CopyFrom(model)
-    for t in planted.graph.initializer:
-        t.CopyFrom(numpy_helper.from_array(values[t.name], t.name))
+    planted = with_initializers(model, values)
     m = onnxprune.PrunableModel(planted)
     plan = m.plan(threshold=0)
     removed = {gp.id: set(range(gp.channels)) - set(gp.keep) for gp in plan.groups}
@@ -506,10 +508,7 @@ def test_shared_initializer_groups_independent():
     values_ab["ca.w"][5] = 0
     values_ab["cb.w"] = values["cb.w"].copy()
     values_ab["cb.w"][2] = 0
-    both = onnx.ModelProto()
-    both.CopyFrom(planted)
-    for t in both.graph.initializer:
-        t.CopyFrom(numpy_helper.from_array(values_ab[t.name], t.name))
+    both = with_initializers(planted, values_ab)
     mb = onnxprune.PrunableModel(both)
     plan = mb.plan(threshold=0)
     result = mb.apply(plan)
@@ -563,8 +562,7 @@ def test_shared_reshape_target_copied():
     values = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
     values["ca.w"][1] = 0
     values["ca.b"][1] = 0
-    for t in model.graph.initializer:
-        t.CopyFrom(numpy_helper.from_array(values[t.name], t.name))
+    model = with_initializers(model, values)
     m = onnxprune.PrunableModel(model)
     plan = m.plan(threshold=0)
     assert sorted(gp.channels - len(gp.keep) for gp in plan.groups) == [0, 1]
