@@ -6,7 +6,7 @@ import numpy as np
 
 from .base import Coupling, NodeContext, OpRule, RewriteContext, ZeroView
 from .registry import register
-from .shapecalc import ConstEntry, DimEntry, eval_shape_tensor, rewrite_const_entries
+from .shapecalc import DimEntry, eval_shape_tensor, rewrite_const_entries
 
 
 def _link_axes(ctx: NodeContext, axes, c: Coupling | None = None) -> Coupling:
@@ -41,6 +41,14 @@ def _resize_targets(ctx: NodeContext) -> tuple[np.ndarray | None, list | None]:
     return scales, sizes
 
 
+def _keeps_size(entry, tensor: str, axis: int, size) -> bool:
+    """A Resize target element that leaves axis `axis` of `tensor` as it is: read from that very
+    axis (it then follows pruning), or a constant equal to its size."""
+    if isinstance(entry, DimEntry):
+        return (entry.tensor, entry.axis) == (tensor, axis)
+    return entry.value == size
+
+
 @register("Resize", "Upsample")
 class ResizeRule(OpRule):
     zero_mode = "first"
@@ -59,9 +67,7 @@ class ResizeRule(OpRule):
         for k in range(len(in_shape)):
             if scales is not None and scales.size == len(in_shape) and scales[k] == 1:
                 c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
-            elif sizes is not None and len(sizes) == len(in_shape) and (
-                    sizes[k] == DimEntry(ctx.input(0), k, sizes[k][2] if isinstance(sizes[k], DimEntry) else -1)
-                    or (isinstance(sizes[k], ConstEntry) and sizes[k].value == in_shape[k])):
+            elif sizes is not None and len(sizes) == len(in_shape) and _keeps_size(sizes[k], ctx.input(0), k, in_shape[k]):
                 c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
         return c
 
