@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-import numpy as np
 import onnx
 
+from .groups import KeepMasks
 from .graph import ModelIndex
 from .ops import NodeContext
 from .ops.registry import op_label
@@ -96,7 +96,7 @@ class CostModel:
         index = self.index
         return [i for i in range(len(index.model.graph.node)) if (ctx := NodeContext(index, i)).rule.macs(ctx)]
 
-    def estimate(self, keep: dict[int, np.ndarray]) -> ModelCost:
+    def estimate(self, keep: KeepMasks) -> ModelCost:
         """The cost after keeping `keep[group_id]` channels, without doing the surgery."""
         from .surgery import kept_elements, plan_slicing
 
