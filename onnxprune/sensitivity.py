@@ -126,7 +126,10 @@ def masked_model(dg: DepGraph, group_ids: list[int]) -> onnx.ModelProto:
 
 
 def _weight_dims(dg: DepGraph, node_i: int):
-    return [d for d in dg.roles if d.is_const and d.use == node_i and dg.roles[d] == IN]
+    """The consuming-weight dims of node `node_i`: its constant weights' (per use), or those of a
+    weight computed from constants (DequantizeLinear output) that it reads."""
+    inputs = set(dg.index.model.graph.node[node_i].input)
+    return [d for d, role in dg.roles.items() if role == IN and (d.use == node_i if d.is_const else d.tensor in inputs)]
 
 
 # --- evaluation --------------------------------------------------------------------------------
