@@ -26,6 +26,7 @@ from .data import load_calibration, verification_inputs
 from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex, weightless_copy
+from .inputs import ChosenInputs, choose_inputs
 from .importance import CRITERIA, NORMALISATIONS, Criterion, activation_criterion, importance
 from .load import LoadedModel, check_supported, load_model
 from .plan import Plan, make_plan, resolve
@@ -64,9 +65,13 @@ class PruneResult:
         write_atomic(Path(path), buffer.getvalue())
 
 
-def load(path: str | Path) -> "PrunableModel":
-    """Load an ONNX file (external data only from inside its folder) for analysis and pruning."""
-    return PrunableModel(load_model(path))
+def load(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> "PrunableModel":
+    """Load an ONNX file (external data only from inside its folder) for analysis and pruning.
+    `input_shapes` ({input name: dims}, the CLI's --input-shape) fixes the sizes that verification
+    runs dynamic inputs at; without it they are chosen so that the original runs."""
+    model = PrunableModel(load_model(path))
+    model.input_shapes = dict(input_shapes or {})
+    return model
 
 
 def save(model: onnx.ModelProto, path: str | Path, external_data: bool | None = None) -> Path:
@@ -83,6 +88,8 @@ class PrunableModel:
             loaded = LoadedModel(loaded, Path("<model>"), False)
         self.loaded = loaded
         self.show_progress = show_progress
+        self.input_shapes: dict[str, tuple[int, ...]] = {}
+        self._checked: tuple[object, ChosenInputs] | None = None
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -136,6 +143,23 @@ class PrunableModel:
                 "prunable_params": sum(l["params"] for l in layers if l["prunable"]) / max(params, 1),
                 "prunable_macs": sum(l["macs"] for l in layers if l["prunable"]) / max(macs, 1),
                 "groups": groups, "layers": layers}
+
+    def check_runs(self, data: str | Path | dict | None = None) -> ChosenInputs:
+        """The inputs verification uses (the first samples of `data`, or inputs chosen so that the
+        original runs, see inputs.choose_inputs) and the original's outputs on them, computed once.
+        Run first, so that a model onnxruntime cannot run on them is refused (bad input, naming
+        what to pass) before any work, and never blamed on the pruning."""
+        key = data if data is None or isinstance(data, (str, Path)) else id(data)
+        if self._checked is not None and self._checked[0] == key:
+            return self._checked[1]
+        runnable = str(self.path) if self.path.is_file() else self.model  # from the file: no serialised copy
+        if data is None:
+            chosen = choose_inputs(self.index, self.input_shapes, self.path, runnable)
+        else:
+            feeds = verification_inputs(self.index, data)
+            chosen = ChosenInputs(feeds, verification.reference_outputs(runnable, feeds, str(self.path)))
+        self._checked = (key, chosen)
+        return chosen
 
     def calibration(self, data: str | Path | dict | None) -> dict[str, np.ndarray] | None:
         if data is None or isinstance(data, dict):
@@ -208,20 +232,14 @@ class PrunableModel:
         once (the CLI uses it; the object cannot be used again afterwards)."""
         keep = resolve(plan, self.depgraph, source)
         exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
-        feeds = verification_inputs(self.index, data)
-        # onnxruntime reads the original from its file where there is one (no serialised copy) and,
-        # when our copy is released, only after the release: the two are never in memory together.
-        from_file = self.path.is_file() and (release_original or self.loaded.had_external_data)
-        late = release_original and self.path.is_file()
-        reference = None if late else verification.reference_outputs(str(self.path) if from_file else self.model, feeds)
+        checked = self.check_runs(data)  # before surgery: its session is gone when the pruned model exists
+        feeds, reference = checked.feeds, checked.outputs
         before = {"params": cost.total_params(self.index), "macs": cost.total_macs(self.index)}
         old_layers = {c.node: c for c in cost.layer_costs(self.index)}
         pruned = apply_keep(self.depgraph, keep)
         original = weightless_copy(self.model)  # inputs, outputs and graph: all verification needs of it
         if release_original:
             self._release()
-        if reference is None:
-            reference = verification.reference_outputs(str(self.path), feeds)
         report = verification.verify(original, pruned, feeds, exact=exact, reference=reference)
         after_index = ModelIndex.build(pruned)
         after = {"params": cost.total_params(after_index), "macs": cost.total_macs(after_index)}

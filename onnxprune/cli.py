@@ -12,7 +12,9 @@ from . import __version__
 from .api import PrunableModel, PruneResult, load, save
 from .errors import InputError, OnnxPruneError
 from .importance import CRITERIA
+from .inputs import parse_input_shapes
 from .plan import Plan
+from .runtime import sample_count
 from .save import check_output_paths
 
 
@@ -101,7 +103,7 @@ def cmd_inspect(args) -> int:
 
 def cmd_prune(args) -> int:
     check_output_paths(args.model, (args.output, args.plan_out, args.weights_out), args.overwrite)
-    model = load(args.model)
+    model = load(args.model, parse_input_shapes(args.input_shape))
     model.show_progress = not args.json and sys.stderr.isatty()
     options = _allocation_args(args)
     if args.sensitivity or args.max_loss is not None:
@@ -110,6 +112,7 @@ def cmd_prune(args) -> int:
         raise InputError("options: --plot needs --sensitivity")
     elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params")):
         raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs or --target-params")
+    model.check_runs(args.data)  # the original must run on the verification inputs before any work
     plan = model.plan(args.criterion, args.data, args.aggregate, **options)
     if args.plot:
         from .sensitivity import Sensitivity, plot
@@ -118,7 +121,7 @@ def cmd_prune(args) -> int:
              {int(g): r for g, r in plan.options["sensitivity_ratios"].items()})
     result = model.apply(plan, args.data, release_original=True)
     if args.simplify:
-        _simplify(result, args.data)
+        _simplify(result, model.check_runs(args.data).feeds)
     summary = _write_outputs(model, result, args)
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -130,20 +133,18 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def _simplify(result: PruneResult, data) -> None:
+def _simplify(result: PruneResult, feeds) -> None:
     """Replace the pruned model by its onnxslim-simplified form, checked on the verification inputs."""
-    from .data import verification_inputs
     from .deploy.simplify import simplify_checked
-    from .graph import ModelIndex
 
-    # the pruned model has the original's inputs, and the original's copy is released by now
-    result.model = simplify_checked(result.model, verification_inputs(ModelIndex.build(result.model), data))
+    result.model = simplify_checked(result.model, feeds)
 
 
 def cmd_apply(args) -> int:
     check_output_paths(args.model, (args.output, args.weights_out), args.overwrite)
     plan = Plan.read(args.plan)
-    model = load(args.model)
+    model = load(args.model, parse_input_shapes(args.input_shape))
+    model.check_runs(args.data)
     result = model.apply(plan, args.data, source=str(args.plan), release_original=True)
     summary = _write_outputs(model, result, args)
     if args.json:
@@ -160,7 +161,7 @@ def cmd_sensitivity(args) -> int:
     check_output_paths(args.model, (args.output, args.plot), False)
     model = load(args.model)
     feeds = model.calibration(args.data)
-    n_samples = len(next(iter(feeds.values())))
+    n_samples = sample_count(feeds)
     labels = load_labels(args.labels, args.data, n_samples) if args.labels or args.metric == "accuracy" else None
     try:
         ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else list(DEFAULT_RATIOS)
@@ -191,7 +192,7 @@ def cmd_sparsify(args) -> int:
                "ignore": args.ignore or [], "include_depthwise": args.include_depthwise, "protect_ends": args.protect_ends}
     SparsityOptions(**options).validate()
     check_output_paths(args.model, (args.output, args.masks_out), args.overwrite)
-    model = load(args.model)
+    model = load(args.model, parse_input_shapes(args.input_shape))
     result = sparsify(model, args.data, **options)
     external = True if model.loaded.had_external_data and args.format == "dense" else None  # sparse weights stay inline
     output = result.save(args.output, args.format, external_data=external)
@@ -268,7 +269,16 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights-out", help="also write the pruned weights (.npz keyed by the original initializer names) "
                                          "for loading back into the origin framework")
     p.add_argument("--data", help="calibration inputs (.npy, or .npz keyed by input name) used for verification "
-                                  "and the activation criteria; default: random inputs")
+                                  "and the activation criteria; more samples than a fixed batch are fed in chunks of it; "
+                                  "default: random inputs of sizes the original model runs at")
+    _add_input_shape(p)
+
+
+def _add_input_shape(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x640x640",
+                   help="size of a dynamic input for the random verification inputs (repeatable, one per input; "
+                        "ignored with --data); default: the model's size hints, then common sizes, the first the "
+                        "original model runs at")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense: exact zeros in ordinary initializers (default); sparse: ONNX sparse initializers (COO)")
     p.add_argument("--masks-out", metavar="NPZ", help="also write the masks (.npz keyed by initializer name, True = keep)")
     p.add_argument("--data", help="inputs (.npy, or .npz keyed by input name) for verification; default: random inputs")
+    _add_input_shape(p)
     p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_sparsify)

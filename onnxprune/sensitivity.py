@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .depgraph import DepGraph
 from .errors import InputError
 from .importance import consumption_points
+from .runtime import sample_count
 from .save import write_atomic
 
 SENS_FORMAT = "onnxprune.sensitivity"
@@ -144,7 +145,7 @@ class Evaluator:
     """One onnxruntime session over the masked model, the data in batches, the reference outputs."""
 
     def __init__(self, setup: EvalSetup, reference: list[np.ndarray] | None = None):
-        from .runtime import batches, make_session
+        from .runtime import batches, make_session, run_chunked
 
         model = onnx.ModelProto()
         model.ParseFromString(setup.model_bytes)
@@ -157,7 +158,7 @@ class Evaluator:
     def run(self, masks: dict[int, np.ndarray]) -> list[np.ndarray]:
         full = {mask_input_name(g): masks.get(g, np.ones(n, dtype=np.float32)).astype(np.float32)
                 for g, n in self.setup.channels.items()}
-        outputs = [self.session.run(None, {**chunk, **full}) for chunk in self.chunks]
+        outputs = [run_chunked(self.session, {**chunk, **full}) for chunk in self.chunks]
         return [np.concatenate([o[k] for o in outputs]) for k in range(len(outputs[0]))]
 
     def loss(self, masks: dict[int, np.ndarray]) -> float:
@@ -240,7 +241,7 @@ def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = Non
     metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
     if metric == "accuracy" and labels is None:
         raise InputError("options: --metric accuracy needs labels (--labels, or a 'labels' array in the .npz)")
-    n = len(next(iter(feeds.values())))
+    n = sample_count(feeds)
     if labels is not None and len(labels) != n:
         raise InputError(f"labels: {len(labels)} labels for {n} samples")
     ratios = [float(r) for r in ratios]
