@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -110,6 +111,10 @@ def cmd_prune(args) -> int:
         options.update(sensitivity=args.sensitivity, max_loss=args.max_loss)
     elif args.plot:
         raise InputError("options: --plot needs --sensitivity")
+    if args.plot:
+        from .sensitivity import plotting
+
+        plotting()
     elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params")):
         raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs or --target-params")
     model.check_runs(args.data)  # the original must run on the verification inputs before any work
@@ -156,9 +161,11 @@ def cmd_apply(args) -> int:
 
 def cmd_sensitivity(args) -> int:
     from .data import load_labels
-    from .sensitivity import DEFAULT_RATIOS, analyse, plot
+    from .sensitivity import DEFAULT_RATIOS, analyse, plot, plotting
 
     check_output_paths(args.model, (args.output, args.plot), False)
+    if args.plot:
+        plotting()
     model = load(args.model)
     feeds = model.calibration(args.data)
     n_samples = sample_count(feeds)
@@ -428,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader that went away (`| head`) is seen here
+        return code
     except InputError as exc:
         if args.debug:
             traceback.print_exc()
@@ -442,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnxprune: interrupted; nothing written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `onnxprune inspect m.onnx | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would raise again
+        return 0
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
         if args.debug:
             traceback.print_exc()

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .depgraph import DepGraph
 from .errors import InputError
 from .importance import consumption_points
-from .runtime import sample_count
+from .runtime import run_chunked, sample_count
 from .save import write_atomic
 
 SENS_FORMAT = "onnxprune.sensitivity"
@@ -145,7 +145,7 @@ class Evaluator:
     """One onnxruntime session over the masked model, the data in batches, the reference outputs."""
 
     def __init__(self, setup: EvalSetup, reference: list[np.ndarray] | None = None):
-        from .runtime import batches, make_session, run_chunked
+        from .runtime import batches, make_session
 
         model = onnx.ModelProto()
         model.ParseFromString(setup.model_bytes)
@@ -381,8 +381,9 @@ def ratios_for_target(sens: Sensitivity, cost_of_ratios: Callable[[dict[int, flo
     return current
 
 
-def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) -> None:
-    """Sensitivity curves per group, chosen ratios marked; written atomically as PNG."""
+def plotting():
+    """matplotlib's pyplot (headless), or bad input saying what to install.  Called before any
+    analysis when a plot is asked for, so that a missing package does not cost the whole run."""
     try:
         import matplotlib
 
@@ -390,6 +391,12 @@ def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) 
         import matplotlib.pyplot as plt
     except ImportError:
         raise InputError("options: --plot needs matplotlib (pip install 'onnxprune[plot]')") from None
+    return plt
+
+
+def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) -> None:
+    """Sensitivity curves per group, chosen ratios marked; written atomically as PNG."""
+    plt = plotting()
     import io
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
