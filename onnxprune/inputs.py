@@ -35,6 +35,10 @@ CANDIDATE_SIZES = (224, 32, 320, 64, 640, 48, 96, 128, 256, 512, 16)
 sizes that survive strides of 32, with small ones early because a failed run at a large size is
 slow (a CRNN recogniser runs only where its feature map's height collapses to 1)."""
 
+MAX_ELEMENTS = 1 << 24
+"""Assignments with a larger input (64 MB of float32) are not tried: the all-axes-one-size round
+would otherwise make a batch of 640 images of 640x640."""
+
 MAX_ATTEMPTS = 40
 """Assignments tried at most before giving up (each is one onnxruntime run of the original)."""
 
@@ -263,7 +267,7 @@ def choose_inputs(index: ModelIndex, shapes: dict[str, tuple[int, ...]] | None =
     attempts = 0
     seen: list[dict] = []
     for assignment in _shape_assignments(index, shapes, batch):
-        if assignment in seen:
+        if assignment in seen or max((int(np.prod(d)) for d in assignment.values()), default=0) > MAX_ELEMENTS:
             continue
         seen.append(assignment)
         for feeds in _candidate_feeds(index, assignment, seed):
