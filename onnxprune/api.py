@@ -139,7 +139,10 @@ class PrunableModel:
                            "blocked": None if g.prunable else (g.blocked[0] if g.blocked else "a single channel"),
                            "layers": sorted({self.model.graph.node[d.use].name or self.model.graph.node[d.use].output[0] for d in g.const_dims}),
                            "producers": [d.tensor for d in outs]})
+        control_flow = [n.name or n.output[0] for n in self.model.graph.node
+                        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)]
         return {"model": str(self.path), "opset": self.index.opset, "params": params, "macs": macs,
+                "control_flow": control_flow,
                 "prunable_params": sum(l["params"] for l in layers if l["prunable"]) / max(params, 1),
                 "prunable_macs": sum(l["macs"] for l in layers if l["prunable"]) / max(macs, 1),
                 "groups": groups, "layers": layers}

@@ -30,6 +30,10 @@ def _print_inspect(info: dict) -> None:
     print(f"model: {info['model']} (opset {info['opset']})")
     print(f"parameters: {_fmt(info['params'])}   MACs per sample: {_fmt(info['macs'])}")
     print(f"prunable: {info['prunable_params']:.1%} of parameters, {info['prunable_macs']:.1%} of MACs")
+    if info["control_flow"]:
+        names = ", ".join(info["control_flow"][:3]) + (" ..." if len(info["control_flow"]) > 3 else "")
+        print(f"control flow: {len(info['control_flow'])} node(s) hold subgraphs ({names}); only the layers outside "
+              "them are analysed and pruned" + ("; nothing outside is prunable" if not any(g["prunable"] for g in info["groups"]) else ""))
     print(f"\n{'group':>5} {'channels':>8}  {'status':<9} layers / reason")
     for g in info["groups"]:
         status = "prunable" if g["prunable"] else "blocked"

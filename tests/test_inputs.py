@@ -179,6 +179,10 @@ def test_custom_choice_of_a_scalar_input_and_0d_data_on_a_vad_net(tmp_path, caps
     code, out, err = run_cli(capsys, "prune", path, "-o", tmp_path / "p.onnx", "--threshold", "0", "--data", data)
     assert code == 0, err
     assert "channels removed: 0" in out  # nothing outside the If to prune; said, not crashed
+    code, out, err = run_cli(capsys, "inspect", path)
+    assert code == 0, err
+    assert ("control flow: 1 node(s) hold subgraphs (If_0); only the layers outside them are analysed and pruned; "
+            "nothing outside is prunable\n") in out
 
 
 # --- data for a model whose batch is fixed at 1 ----------------------------------------------------
