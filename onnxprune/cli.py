@@ -268,7 +268,7 @@ def cmd_bench(args) -> int:
         batches = tuple(int(b) for b in args.batch.split(","))
     except ValueError:
         raise InputError(f"options: --batch '{args.batch}' is not a comma-separated list of integers") from None
-    timings = bench(args.models, batches, args.threads, args.runs, args.ncnn)
+    timings = bench(args.models, batches, args.threads, args.runs, args.ncnn, shapes=parse_input_shapes(args.input_shape))
     print(json.dumps([t.to_json() for t in timings], indent=1) if args.json else format_table(timings))
     return 0
 
@@ -430,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     p.add_argument("--runs", type=int, default=30, help="timed rounds (default 30)")
     p.add_argument("--ncnn", action="store_true", help="also time ncnn (optional packages pnnx and ncnn)")
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x640x640",
+                   help="size of a dynamic input (repeatable; axis 0 is replaced by each --batch); default: sizes the "
+                        "first model runs at")
     p.add_argument("--json", action="store_true", help="print the timings as JSON")
     p.set_defaults(func=cmd_bench)
     return parser

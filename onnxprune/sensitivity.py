@@ -202,7 +202,9 @@ class Sensitivity:
     @classmethod
     def read(cls, path: Path) -> "Sensitivity":
         try:
-            doc = json.loads(Path(path).read_text())
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not a sensitivity file (not UTF-8 JSON text)") from None
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"{path}: not a sensitivity file ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != SENS_FORMAT or doc.get("version") != SENS_VERSION:

@@ -254,6 +254,14 @@ def test_binary_plan_file(tmp_path, capsys):
     assert not (tmp_path / "p.onnx").exists()
 
 
+def test_binary_sensitivity_file(tmp_path, capsys):
+    sens = tmp_path / "sens.json"
+    sens.write_bytes(b"\xff\xfe\x00binary")
+    code, _, err = run_cli(capsys, "prune", SAMPLE, "-o", tmp_path / "p.onnx", "--sensitivity", sens, "--target-macs", "0.5")
+    assert (code, err) == (2, f"onnxprune: error: {sens}: not a sensitivity file (not UTF-8 JSON text)\n")
+    assert not (tmp_path / "p.onnx").exists()
+
+
 def test_inspect_into_a_closed_pipe_is_quiet(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "onnxprune.cli", "inspect", str(SAMPLE)], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
