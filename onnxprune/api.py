@@ -27,7 +27,7 @@ from .data import load_calibration, verification_inputs
 from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex, weightless_copy
-from .inputs import ChosenInputs, choose_inputs
+from .inputs import ChosenInputs, check_input_shapes, choose_inputs
 from .importance import CRITERIA, NORMALIZATIONS, Criterion, activation_criterion, importance
 from .load import LoadedModel, check_supported, load_model
 from .ops import OUT, PARAM
@@ -90,7 +90,10 @@ def load(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = Non
     `input_shapes` (input name -> shape) are the sizes the model really runs at: costs (MACs,
     `target_macs`) are counted there instead of counting dynamic sizes as 1, and verification's
     random inputs have them (without it those sizes are chosen so that the original runs)."""
-    return PrunableModel(load_model(path), input_shapes=input_shapes)
+    model = PrunableModel(load_model(path), input_shapes=input_shapes)
+    if input_shapes:
+        check_input_shapes(model.index, input_shapes, model.path)
+    return model
 
 
 def save(model: onnx.ModelProto | PruneResult, path: str | Path, external_data: bool | None = None) -> Path:

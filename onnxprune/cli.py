@@ -26,9 +26,10 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}"
 
 
-def _print_inspect(info: dict) -> None:
+def _print_inspect(info: dict, shapes: dict[str, tuple[int, ...]] | None = None) -> None:
     print(f"model: {info['model']} (opset {info['opset']})")
-    print(f"parameters: {_fmt(info['params'])}   MACs: {_fmt(info['macs'])} (one run; dynamic sizes counted as 1)")
+    at = ("at " + " ".join(f"{k}:{'x'.join(map(str, d))}" for k, d in shapes.items())) if shapes else "dynamic sizes counted as 1"
+    print(f"parameters: {_fmt(info['params'])}   MACs: {_fmt(info['macs'])} (one run; {at})")
     print(f"prunable: {info['prunable_params']:.1%} of parameters, {info['prunable_macs']:.1%} of MACs")
     if info["control_flow"]:
         names = ", ".join(info["control_flow"][:3]) + (" ..." if len(info["control_flow"]) > 3 else "")
@@ -129,12 +130,13 @@ def _pruned(args) -> Pruning:
 
 
 def cmd_inspect(args) -> int:
-    model = load(args.model)
+    shapes = parse_input_shapes(args.input_shape)
+    model = load(args.model, shapes)
     info = model.inspect()
     if args.json:
         print(json.dumps(info, indent=1))
     else:
-        _print_inspect(info)
+        _print_inspect(info, shapes)
     return 0
 
 
@@ -324,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "multiply-accumulates per layer and in total.")
     p.add_argument("model", help="ONNX model file")
     p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x640x640",
+                   help="size of a dynamic input (repeatable): costs are counted at it")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("prune", help="remove channels and write a smaller, verified model",

