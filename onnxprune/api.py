@@ -24,11 +24,11 @@ from .groups import KeepMasks, Scores
 from . import cost
 from .cost import CostModel, ModelCost
 from .allocation import AllocationOptions, allocate
-from .data import load_calibration, verification_inputs
+from .data import load_calibration, model_inputs, verification_inputs
 from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex, weightless_copy
-from .inputs import ChosenInputs, check_input_shapes, choose_inputs
+from .inputs import ChosenInputs, check_input_shapes, choose_inputs, declared_dims
 from .importance import CRITERIA, NORMALIZATIONS, Criterion, activation_criterion, importance
 from .load import LoadedModel, check_supported, load_model
 from .ops import OUT, PARAM
@@ -168,7 +168,9 @@ class PrunableModel:
                            "producers": [d.tensor for d in outs]})
         control_flow = [n.name or n.output[0] for n in self.model.graph.node
                         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)]
+        shapes = self.cost_shapes
         return {"model": str(self.path), "opset": self.index.opset, "params": params, "macs": macs,
+                "cost_shapes": {k: list(v) for k, v in shapes.items()} if shapes else None,
                 "control_flow": control_flow,
                 "prunable_params": sum(l["params"] for l in layers if l["prunable"]) / max(params, 1),
                 "prunable_macs": sum(l["macs"] for l in layers if l["prunable"]) / max(macs, 1),
@@ -212,9 +214,24 @@ class PrunableModel:
         return {g.id: importance(self.depgraph, g, criterion, aggregate, normalize) for g in groups}
 
     @cached_property
+    def cost_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """The input sizes costs are counted at: `input_shapes` when given; else, for a model with
+        dynamic sizes beyond the batch (an image of any size, a sequence of any length), the sizes
+        verification runs it at (check_runs), one sample; else None (the batch counts as 1)."""
+        if self.input_shapes:
+            return self.input_shapes
+        declared = {vi.name: declared_dims(vi) for vi in model_inputs(self.index)}
+        if not any(None in dims[1:] for dims in declared.values()):
+            return None
+        feeds = self.check_runs().feeds
+        return {name: tuple(1 if k == 0 and dims and dims[0] is None else s for k, s in enumerate(feeds[name].shape))
+                for name, dims in declared.items() if name in feeds}
+
+    @cached_property
     def cost_index(self) -> ModelIndex:
-        """The index costs are counted on: at `input_shapes` when given."""
-        return ModelIndex.build(self.model, self.input_shapes) if self.input_shapes else self.index
+        """The index costs are counted on: at `cost_shapes`."""
+        shapes = self.cost_shapes
+        return ModelIndex.build(self.model, shapes) if shapes else self.index
 
     @cached_property
     def cost_model(self) -> CostModel:
@@ -276,7 +293,7 @@ class PrunableModel:
         before_layers = {c.node: c for c in cost.layer_costs(self.cost_index)}
         return Pruning(apply_keep(self.depgraph, keep), plan, weightless_copy(self.model), checked.feeds, exact,
                        self.cost_model.base, before_layers, self.path, checked.outputs, self.loaded.had_external_data,
-                       self.input_shapes)
+                       self.cost_shapes)
 
     def apply(self, plan: Plan, data=None, source: str = "plan") -> PruneResult:
         """Apply a plan, verify the result against the original, and return it (nothing saved)."""

@@ -26,9 +26,10 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}"
 
 
-def _print_inspect(info: dict, shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+def _print_inspect(info: dict) -> None:
     print(f"model: {info['model']} (opset {info['opset']})")
-    at = ("at " + " ".join(f"{k}:{'x'.join(map(str, d))}" for k, d in shapes.items())) if shapes else "dynamic sizes counted as 1"
+    shapes = info.get("cost_shapes")
+    at = ("at " + " ".join(f"{k}:{'x'.join(map(str, d))}" for k, d in shapes.items())) if shapes else "a dynamic batch counted as 1"
     print(f"parameters: {_fmt(info['params'])}   MACs: {_fmt(info['macs'])} (one run; {at})")
     print(f"prunable: {info['prunable_params']:.1%} of parameters, {info['prunable_macs']:.1%} of MACs")
     if info["control_flow"]:
@@ -136,7 +137,7 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
     else:
-        _print_inspect(info, shapes)
+        _print_inspect(info)
     return 0
 
 

@@ -76,6 +76,12 @@ def infer_shapes(model: onnx.ModelProto, hints: list[onnx.ValueInfoProto] = ()) 
     model carry no data (see `weightless_copy`)."""
     copy = weightless_copy(model)
     inputs = {vi.name: vi for vi in copy.graph.input}
+    if any(hint.name in inputs for hint in hints):
+        # concrete input sizes: declared shapes with dynamic sizes would shadow what inference
+        # now derives from them, so only the fully static ones stay
+        static = [vi for vi in copy.graph.value_info if _is_static(vi)]
+        del copy.graph.value_info[:]
+        copy.graph.value_info.extend(static)
     for hint in hints:
         if hint.name in inputs:
             inputs[hint.name].CopyFrom(hint)
@@ -86,6 +92,11 @@ def infer_shapes(model: onnx.ModelProto, hints: list[onnx.ValueInfoProto] = ()) 
     except (onnx.shape_inference.InferenceError, ValueError):
         # A model whose graph alone cannot be serialised; fall back to declared shapes.
         return model
+
+
+def _is_static(vi: onnx.ValueInfoProto) -> bool:
+    shape = _shape_of(vi)
+    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
 
 
 def _shape_of(value_info: onnx.ValueInfoProto) -> tuple[Size, ...] | None:

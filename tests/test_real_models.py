@@ -27,9 +27,7 @@ from conftest import io_signature, rel_error, session  # noqa: E402
 
 NAMES = list(realmodels.MODELS)
 
-TARGET_MISSES = {
-    "ppocrv4-rec": "lands at 54.2% of MACs (issue 15, item 2: the cost model's estimate and the pruned model's count disagree)",
-}
+TARGET_MISSES: dict[str, str] = {}
 """Models whose --target-macs 0.5 is known to miss by more than 1%: expected failures (strict, so
 a fix shows up as an unexpected pass to remove here), never reported as passed."""
 
@@ -101,10 +99,12 @@ def test_inspect(name):
     assert info["macs"] >= 0 and 0.0 <= info["prunable_macs"] <= 1.0
     assert all(g["prunable"] or g["blocked"] for g in info["groups"])  # every block has a reason
     real = realmodels.MODELS[name].real_size
-    if real:  # costs at the size the package feeds: at least those with dynamic sizes counted as 1
+    if real:  # costs are counted at the size the package feeds when it is given
         code, out, err = cli("inspect", model_path(name), "--json", *[a for s in real for a in ("--input-shape", s)])
         assert code == 0, err
-        assert json.loads(out)["macs"] >= info["macs"]
+        at_real = json.loads(out)
+        given = {k: [int(d) for d in v.split("x") if d] for k, v in (s.split(":") for s in real)}
+        assert at_real["cost_shapes"] == given and at_real["macs"] > 0
 
 
 @pytest.mark.parametrize("name", NAMES)
