@@ -29,6 +29,7 @@ from .graph import ModelIndex, weightless_copy
 from .importance import CRITERIA, NORMALISATIONS, Criterion, activation_criterion, importance
 from .load import LoadedModel, check_supported, load_model
 from .plan import Plan, make_plan, resolve
+from .recovery import ReconstructOptions, Recovery
 from .save import save_model
 from .surgery import apply_keep
 from . import verify as verification  # looked up at call time, so tests can make verification fail
@@ -44,6 +45,8 @@ class PruneResult:
     after: dict
     layers: list[dict] = field(default_factory=list)
     exact: bool = False
+    recovery: Recovery | None = None
+    """With data: agreement with the original before (and after) reconstruction (onnxprune.recovery)."""
 
     def weights(self) -> dict[str, np.ndarray]:
         """Every float initializer of the pruned model by name: the original initializer names (a
@@ -200,14 +203,20 @@ class PrunableModel:
         return sens_mod.allocate(self, sens, scores, opts.target_macs, opts.target_params, max_loss)
 
     # --- surgery -------------------------------------------------------------------------
-    def apply(self, plan: Plan, data=None, source: str = "plan", release_original: bool = False) -> PruneResult:
+    def apply(self, plan: Plan, data=None, source: str = "plan", release_original: bool = False,
+              reconstruct: bool | ReconstructOptions = False, labels: np.ndarray | None = None) -> PruneResult:
         """Apply a plan, verify the result against the original, and return it (nothing saved).
 
         `release_original` drops this object's copy of the original model once the pruned one
         exists, so verification never holds both models' weights and an onnxruntime session at
-        once (the CLI uses it; the object cannot be used again afterwards)."""
+        once (the CLI uses it; the object cannot be used again afterwards).  With `data`, the
+        result carries a quality report (`recovery`: agreement with the original on all of the
+        data, accuracy with `labels`); `reconstruct` (True or ReconstructOptions) re-fits the
+        layers that consume pruned channels on that data first (onnxprune.recovery)."""
         keep = resolve(plan, self.depgraph, source)
         exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
+        if reconstruct and data is None:
+            raise InputError("options: --reconstruct needs calibration data (--data FILE.npz)")
         feeds = verification_inputs(self.index, data)
         # onnxruntime reads the original from its file where there is one (no serialised copy) and,
         # when our copy is released, only after the release: the two are never in memory together.
@@ -217,6 +226,13 @@ class PrunableModel:
         before = {"params": cost.total_params(self.index), "macs": cost.total_macs(self.index)}
         old_layers = {c.node: c for c in cost.layer_costs(self.index)}
         pruned = apply_keep(self.depgraph, keep)
+        recovery = None
+        if data is not None and not exact:
+            from .recovery import recover
+
+            options = reconstruct if isinstance(reconstruct, ReconstructOptions) else ReconstructOptions() if reconstruct else None
+            pruned, recovery = recover(self.model, pruned, self.depgraph, keep, self.calibration(data), options,
+                                       labels, self.show_progress)
         original = weightless_copy(self.model)  # inputs, outputs and graph: all verification needs of it
         if release_original:
             self._release()
@@ -229,7 +245,7 @@ class PrunableModel:
         layers = [{"node": c.node, "op": c.op_type, "channels": [old_layers[c.node].channels, c.channels],
                    "params": [old_layers[c.node].params, c.params], "macs": [old_layers[c.node].macs, c.macs]}
                   for c in cost.layer_costs(after_index) if c.node in old_layers]
-        return PruneResult(pruned, plan, report, before, after, layers, exact)
+        return PruneResult(pruned, plan, report, before, after, layers, exact, recovery)
 
     def _release(self) -> None:
         """Let go of the original model and everything derived from it (its weights' memory
@@ -244,6 +260,7 @@ class PrunableModel:
         group = self.depgraph.groups[group_id]
         return bool(np.all(keep | dead_channels(self.depgraph, group)))
 
-    def prune(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum", **options) -> PruneResult:
+    def prune(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum",
+              reconstruct: bool | ReconstructOptions = False, **options) -> PruneResult:
         """plan() then apply()."""
-        return self.apply(self.plan(criterion, data, aggregate, **options), data)
+        return self.apply(self.plan(criterion, data, aggregate, **options), data, reconstruct=reconstruct)

@@ -198,6 +198,11 @@ class OpRule:
     def rewrite(self, ctx: "RewriteContext") -> None:
         """Update attributes and shape constants after the dims' sizes changed (default: nothing)."""
 
+    def linear_view(self, ctx: NodeContext):
+        """The node as per-group least-squares problems (an ops.reconstruct.LinearView), for
+        data-aware reconstruction; None (the default) when its weight cannot be re-fitted."""
+        return None
+
 
 class RewriteContext(NodeContext):
     """A NodeContext during surgery: knows the new size and kept elements of every pruned dim."""

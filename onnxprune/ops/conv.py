@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import IN, OUT, PARAM, Coupling, NodeContext, OpRule, RewriteContext, ZeroView
+from .reconstruct import conv_view
 from .registry import register
 
 
@@ -101,6 +102,9 @@ class _ConvLike(OpRule):
 @register("Conv")
 class ConvRule(_ConvLike):
     out_axis, in_axis = 0, 1
+
+    def linear_view(self, ctx: NodeContext):
+        return conv_view(ctx)
 
 
 @register("ConvTranspose")

@@ -10,6 +10,7 @@ import numpy as np
 
 from .base import IN, OUT, PARAM, Coupling, NodeContext, OpRule, ZeroView
 from .conv import _weight_zero
+from .reconstruct import gemm_view, matmul_view
 from .registry import register
 
 
@@ -51,6 +52,9 @@ class GemmRule(OpRule):
             dead &= np.all(np.broadcast_to(rows, (rows.shape[0], n)) == 0, axis=0)
         return dead
 
+    def linear_view(self, ctx: NodeContext):
+        return gemm_view(ctx)
+
 
 @register("MatMul")
 class MatMulRule(OpRule):
@@ -70,3 +74,6 @@ class MatMulRule(OpRule):
 
     def zero(self, ctx: NodeContext, views: dict[int, ZeroView], n: int) -> np.ndarray:
         return _weight_zero(ctx.const(1), 1)
+
+    def linear_view(self, ctx: NodeContext):
+        return matmul_view(ctx)

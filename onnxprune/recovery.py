@@ -1,0 +1,355 @@
+"""Winning accuracy back after pruning, from unlabeled calibration inputs and the ONNX model alone.
+
+`reconstruct` re-fits the weight of every layer that consumes a pruned group (and of grouped and
+depthwise convs inside one) by ridge least squares, so that on the calibration data the pruned
+layer's output matches the original layer's output (He et al. 2017, "Channel Pruning for
+Accelerating Very Deep Neural Networks"; ThiNet).  The fit has an intercept, so the mean
+contribution of the removed channels goes into the layer's bias (FLAP-style bias compensation,
+exact in expectation); a bias is created where the layer has none and can take one.
+
+The inputs of each layer are the *pruned* model's own activations, with the layers before it
+already re-fitted, so later layers correct the error left by earlier ones.  Layers are fitted in
+`rounds`: each round runs the pruned model (as re-fitted so far) and the original model, each cut
+down to the tensors the round needs, over the calibration data once; the layers of one round are
+fitted together.  One round per layer is fully sequential; fewer rounds cost fewer passes.
+
+Memory does not grow with the number of samples: per layer and conv group only the sums
+X^T X, X^T Y, X, Y and |Y|^2 are kept (shapes set by the layer's widths), accumulated batch by
+batch over a fixed number of sampled output positions per sample (`positions`).
+
+Op knowledge (patches of a conv, which input is the weight, where a bias goes) comes from the op
+rules (`rule_for(node).linear_view`, onnxprune/ops/reconstruct.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from .depgraph import DepGraph
+from .graph import ModelIndex, copy_fields
+from .ops import IN, OUT, NodeContext, rule_for
+from .runtime import batches, make_session
+from .ops import Dim
+from .surgery import ModelWriter, kept_elements
+
+
+@dataclass
+class ReconstructOptions:
+    """How `reconstruct` fits.  `rounds` 0 means one round per layer (fully sequential)."""
+
+    rounds: int = 4
+    positions: int = 64
+    """Output positions sampled per calibration sample and layer (all, when a layer has fewer)."""
+    ridge: float = 1e-3
+    """Ridge strength relative to the mean input variance of the layer."""
+    batch: int = 16
+    seed: int = 0
+
+
+@dataclass
+class LayerFit:
+    """What reconstruction did to one layer.  Errors are the residual |y - y_original|^2 on the
+    sampled calibration positions, relative to the variance of the original output."""
+
+    node: str
+    groups: int
+    features: int
+    rows: int
+    error_before: float
+    error_after: float
+    fitted: bool
+    """False when the fit was not better than the pruned weights on the calibration data (kept)."""
+
+
+@dataclass
+class ReconstructReport:
+    layers: list[LayerFit] = field(default_factory=list)
+    rounds: int = 0
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+    """Layers that consume a pruned group but cannot be re-fitted, with the reason."""
+
+    def to_json(self) -> dict:
+        return {"rounds": self.rounds, "seconds": self.seconds, "skipped": self.skipped,
+                "layers": [vars(layer) for layer in self.layers]}
+
+
+@dataclass
+class Fidelity:
+    """Agreement of a model with the original on the calibration data.  `top1_agreement` compares
+    the argmax over the last axis of the first output (every position of a sequence model), None
+    when that axis has one element; `rel_error` is ||y - y_original|| / ||y_original|| over all
+    outputs; `accuracy` needs labels."""
+
+    samples: int
+    rel_error: float
+    top1_agreement: float | None
+    accuracy: float | None = None
+
+
+@dataclass
+class Recovery:
+    """The quality report of a prune with data: the plain pruned model and, with reconstruction,
+    the reconstructed one."""
+
+    plain: Fidelity
+    reconstructed: Fidelity | None = None
+    reconstruction: ReconstructReport | None = None
+    reference_accuracy: float | None = None
+
+    def to_json(self) -> dict:
+        return {"plain": vars(self.plain), "reconstructed": vars(self.reconstructed) if self.reconstructed else None,
+                "reference_accuracy": self.reference_accuracy,
+                "reconstruction": self.reconstruction.to_json() if self.reconstruction else None}
+
+
+# --- running parts of a model -------------------------------------------------------------------
+
+def truncated(model: onnx.ModelProto, outputs: list[str], elem_types: dict[str, int]) -> onnx.ModelProto:
+    """A copy of `model` that computes only `outputs` (the nodes they need, and those nodes'
+    initializers): running a prefix of the model costs only that prefix."""
+    needed = set(outputs)
+    keep = []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(n for n in node.input if n)
+            for attr in node.attribute:  # names a subgraph reads from outside
+                if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                    needed.update(_subgraph_names(attr))
+    graph = onnx.GraphProto(name=model.graph.name)
+    graph.node.extend(reversed(keep))
+    graph.initializer.extend(t for t in model.graph.initializer if t.name in needed)
+    initializers = {t.name for t in model.graph.initializer}
+    graph.input.extend(vi for vi in model.graph.input if vi.name not in initializers or vi.name in needed)
+    graph.value_info.extend(vi for vi in model.graph.value_info if vi.name in needed)
+    declared = {vi.name: vi for vi in model.graph.output}
+    for name in outputs:
+        graph.output.append(declared[name] if name in declared else
+                            onnx.helper.make_tensor_value_info(name, elem_types.get(name, onnx.TensorProto.FLOAT), None))
+    copy = onnx.ModelProto()
+    copy_fields(model, copy, skip="graph")
+    copy.graph.CopyFrom(graph)
+    return copy
+
+
+def _subgraph_names(attr: onnx.AttributeProto) -> set[str]:
+    names: set[str] = set()
+    for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+        for node in sub.node:
+            names.update(n for n in node.input if n)
+            for inner in node.attribute:
+                if inner.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                    names |= _subgraph_names(inner)
+    return names
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+class _Stats:
+    """Running sums for the per-group least-squares problems of one layer."""
+
+    def __init__(self, groups: int, features: int, outputs: int):
+        self.n = 0
+        self.sx = np.zeros((groups, features))
+        self.sy = np.zeros((groups, outputs))
+        self.xx = np.zeros((groups, features, features))
+        self.xy = np.zeros((groups, features, outputs))
+        self.yy = np.zeros(groups)
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        x, y = x.astype(np.float64), y.astype(np.float64)
+        self.n += x.shape[1]
+        self.sx += x.sum(axis=1)
+        self.sy += y.sum(axis=1)
+        self.xx += np.einsum("gsf,gsh->gfh", x, x, optimize=True)
+        self.xy += np.einsum("gsf,gso->gfo", x, y, optimize=True)
+        self.yy += np.einsum("gso,gso->g", y, y)
+
+    def solve(self, ridge: float, intercept: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(W [g, f, o], b [g, o]) minimising the squared error plus ridge * mean variance * |W|^2."""
+        mx, my = self.sx / self.n, self.sy / self.n
+        if intercept:
+            cxx = self.xx / self.n - mx[:, :, None] * mx[:, None, :]
+            cxy = self.xy / self.n - mx[:, :, None] * my[:, None, :]
+        else:
+            cxx, cxy = self.xx / self.n, self.xy / self.n
+        f = cxx.shape[1]
+        scale = np.trace(cxx, axis1=1, axis2=2) / f
+        lam = ridge * np.maximum(scale, 1e-12)
+        w = np.linalg.solve(cxx + lam[:, None, None] * np.eye(f), cxy)
+        b = my - np.einsum("gf,gfo->go", mx, w) if intercept else np.zeros_like(my)
+        return w, b
+
+    def error(self, w: np.ndarray, b: np.ndarray) -> float:
+        """Mean squared residual of y ~ x W + b on the accumulated rows, relative to Var(y)."""
+        n = self.n
+        sse = (self.yy - 2 * np.einsum("gfo,gfo->g", w, self.xy) - 2 * np.einsum("go,go->g", b, self.sy)
+               + np.einsum("gfo,gfh,gho->g", w, self.xx, w) + 2 * np.einsum("go,gf,gfo->g", b, self.sx, w)
+               + n * np.einsum("go,go->g", b, b))
+        var = self.yy - np.einsum("go,go->g", self.sy, self.sy) / n
+        return float(max(sse.sum(), 0.0) / max(var.sum(), 1e-30))
+
+
+# --- reconstruction -----------------------------------------------------------------------------
+
+def layers_to_fit(dg: DepGraph, keep: dict[int, np.ndarray]) -> list[int]:
+    """Node indices, in graph order, of the weight layers whose inputs lose channels (a consumer
+    of a pruned group), and of the producers inside a pruned group, of which grouped and
+    depthwise convs are kept (their remaining groups see re-fitted inputs)."""
+    consumers, producers = set(), set()
+    for gid, mask in keep.items():
+        if np.all(mask):
+            continue
+        group = dg.groups[gid]
+        for dim in group.const_dims:
+            role = group.roles.get(dim)
+            if role == IN:
+                consumers.add(dim.use)
+            elif role == OUT:
+                producers.add(dim.use)
+    return sorted(consumers | producers)
+
+
+def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph, keep: dict[int, np.ndarray],
+                feeds: dict[str, np.ndarray], options: ReconstructOptions | None = None,
+                progress: bool = False) -> ReconstructReport:
+    """Re-fit, in place in `pruned`, the layers that consume pruned channels (see the module
+    docstring).  `dg` and `keep` are the original's dependency graph and the kept channels."""
+    options = options or ReconstructOptions()
+    start = time.perf_counter()
+    report = ReconstructReport()
+    index = ModelIndex.build(pruned)
+    writer = ModelWriter(pruned, index)
+    candidates = layers_to_fit(dg, keep)
+    producers = {d.use for g in dg.groups if g.id in keep for d in g.const_dims if g.roles.get(d) == OUT}
+    consumers = {d.use for g in dg.groups if g.id in keep for d in g.const_dims if g.roles.get(d) == IN}
+    views = []
+    for i in candidates:
+        view = rule_for(pruned.graph.node[i]).linear_view(NodeContext(index, i))
+        if view is None:
+            if i in consumers:
+                report.skipped.append(f"{index.node_label(i)}: its weight or bias cannot be re-fitted")
+            continue
+        if i in consumers or (i in producers and view.groups > 1):
+            views.append(view)
+    if not views:
+        report.seconds = time.perf_counter() - start
+        return report
+    n_rounds = len(views) if options.rounds <= 0 else min(options.rounds, len(views))
+    chunks = np.array_split(np.arange(len(views)), n_rounds)
+    report.rounds = n_rounds
+    n_samples = len(next(iter(feeds.values())))
+    elem_types = dg.index.elem_types
+    kept = kept_elements(dg, keep)  # the original's outputs lose the channels the pruned layer no longer makes
+    bar = tqdm(total=n_rounds * -(-n_samples // options.batch), desc="reconstruct", unit="batch",
+               disable=not progress, leave=False)
+    for chunk in chunks:
+        round_views = [views[k] for k in chunk]
+        x_names = sorted({v.input for v in round_views})
+        y_names = sorted({v.output for v in round_views})
+        pruned_run = make_session(truncated(pruned, x_names, elem_types))
+        original_run = make_session(truncated(original, y_names, elem_types))
+        stats: dict[int, _Stats] = {}
+        rng = np.random.default_rng(options.seed)
+        for part in batches(feeds, options.batch):
+            xs = dict(zip(x_names, pruned_run.run(x_names, part)))
+            ys = dict(zip(y_names, original_run.run(y_names, part)))
+            for view in round_views:
+                y = ys[view.output]
+                axis = view.channel_axis % y.ndim
+                if Dim(view.output, axis) in kept:
+                    y = np.take(y, kept[Dim(view.output, axis)], axis=axis)
+                pos = view.positions(y.shape, options.positions, rng)
+                rows, targets = view.rows(xs[view.input], pos), view.targets(y, pos)
+                if view.node not in stats:
+                    stats[view.node] = _Stats(rows.shape[0], rows.shape[2], targets.shape[2])
+                stats[view.node].add(rows, targets)
+            bar.update(1)
+        del pruned_run, original_run
+        for view in round_views:
+            report.layers.append(_fit(view, stats[view.node], index, writer, options))
+    bar.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _fit(view, stats: _Stats, index: ModelIndex, writer: ModelWriter, options: ReconstructOptions) -> LayerFit:
+    """Solve one layer and write its weight and bias when that lowers its calibration error."""
+    node = index.model.graph.node[view.node]
+    weight = index.const(node.input[view.weight_slot])
+    w0 = view.matrices(weight.astype(np.float64))
+    n_out = w0.shape[0] * w0.shape[2]
+    b0 = (view.bias.vector(n_out) if view.bias is not None else np.zeros(n_out)).reshape(w0.shape[0], -1)
+    before = stats.error(w0, b0)
+    w, b = stats.solve(options.ridge, view.bias is not None)
+    after = stats.error(w, b)
+    fitted = bool(np.all(np.isfinite(w)) and after < before)
+    if fitted:
+        writer.set_input_const(view.node, view.weight_slot, view.weight_from(w, weight))
+        if view.bias is not None:
+            writer.set_input_const(view.bias.node, view.bias.slot, view.bias.stored(b.reshape(-1), weight.dtype))
+    return LayerFit(index.node_label(view.node), int(w0.shape[0]), int(w0.shape[1]), int(stats.n),
+                    before, after if fitted else before, fitted)
+
+
+# --- quality ------------------------------------------------------------------------------------
+
+def compare(reference: onnx.ModelProto | bytes | str, candidates: list[onnx.ModelProto | bytes | str],
+            feeds: dict[str, np.ndarray], labels: np.ndarray | None = None, batch: int = 16) -> tuple[list[Fidelity], float | None]:
+    """Fidelity of each candidate to `reference` on `feeds`, streamed batch by batch (the
+    reference runs once), and the reference's own accuracy when labels are given."""
+    ref = make_session(reference, prepack=False)
+    sessions = [make_session(c, prepack=False) for c in candidates]
+    k = len(candidates)
+    d2, a2 = np.zeros(k), 0.0
+    agree, total, correct, ref_correct = np.zeros(k), 0, np.zeros(k), 0
+    classifier = None
+    offset = 0
+    for part in batches(feeds, batch):
+        expected = ref.run(None, part)
+        first = np.asarray(expected[0])
+        classifier = first.ndim >= 2 and first.shape[-1] > 1 if classifier is None else classifier
+        a2 += sum(float(np.sum(np.asarray(e, dtype=np.float64) ** 2)) for e in expected)
+        top_ref = first.argmax(axis=-1) if classifier else None
+        n = len(next(iter(part.values())))
+        if labels is not None and classifier:
+            ref_correct += int(np.sum(top_ref.reshape(n, -1)[:, 0] == labels[offset:offset + n]))
+        for j, session in enumerate(sessions):
+            got = session.run(None, part)
+            d2[j] += sum(float(np.sum((np.asarray(g, dtype=np.float64) - np.asarray(e, dtype=np.float64)) ** 2))
+                         for g, e in zip(got, expected))
+            if classifier:
+                top = np.asarray(got[0]).argmax(axis=-1)
+                agree[j] += int(np.sum(top == top_ref))
+                if labels is not None:
+                    correct[j] += int(np.sum(top.reshape(n, -1)[:, 0] == labels[offset:offset + n]))
+        total += top_ref.size if classifier else 0
+        offset += n
+    results = [Fidelity(offset, float(np.sqrt(d2[j] / max(a2, 1e-30))),
+                        float(agree[j] / total) if classifier and total else None,
+                        float(correct[j] / offset) if labels is not None and classifier else None) for j in range(k)]
+    return results, (ref_correct / offset if labels is not None and classifier else None)
+
+
+def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph, keep: dict[int, np.ndarray],
+            feeds: dict[str, np.ndarray], options: ReconstructOptions | None, labels: np.ndarray | None = None,
+            progress: bool = False) -> tuple[onnx.ModelProto, Recovery]:
+    """The quality report of a prune with data, reconstructing first when `options` is given.
+    Reconstruction that would make the model agree less with the original on the calibration data
+    than plain pruning is dropped (the report says so: `reconstructed` is then None)."""
+    if options is None:
+        (plain,), ref_acc = compare(original, [pruned], feeds, labels)
+        return pruned, Recovery(plain, reference_accuracy=ref_acc)
+    plain_bytes = pruned.SerializeToString()
+    report = reconstruct(original, pruned, dg, keep, feeds, options, progress)
+    (plain, fitted), ref_acc = compare(original, [plain_bytes, pruned], feeds, labels)
+    if fitted.rel_error > plain.rel_error:
+        restored = onnx.ModelProto.FromString(plain_bytes)
+        return restored, Recovery(plain, None, report, ref_acc)
+    return pruned, Recovery(plain, fitted, report, ref_acc)
