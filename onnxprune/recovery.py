@@ -8,14 +8,15 @@ contribution of the removed channels goes into the layer's bias (FLAP-style bias
 exact in expectation); a bias is created where the layer has none and can take one.
 
 The inputs of each layer are the *pruned* model's own activations, with the layers before it
-already re-fitted, so later layers correct the error left by earlier ones.  Layers are fitted in
-`rounds`: each round runs the pruned model (as re-fitted so far) and the original model, each cut
-down to the tensors the round needs, over the calibration data once; the layers of one round are
-fitted together.  One round per layer is fully sequential; fewer rounds cost fewer passes.
+already re-fitted, so later layers correct the error left by earlier ones (fully sequential, as
+He et al.).  That costs one pass of the data through each model all the same: both models run
+segment by segment, from one layer to fit to the next, over the calibration batches, and what a
+segment leaves for later segments (the cut) waits in a scratch folder, one file per batch.
 
 Memory does not grow with the number of samples: per layer and conv group only the sums
 X^T X, X^T Y, X, Y and |Y|^2 are kept (shapes set by the layer's widths), accumulated batch by
-batch over a fixed number of sampled output positions per sample (`positions`).
+batch over a fixed number of sampled output positions per sample (`positions`); RAM holds one
+batch of activations (the scratch folder on disk holds the cut for every batch).
 
 Op knowledge (patches of a conv, which input is the weight, where a bias goes) comes from the op
 rules (`rule_for(node).linear_view`, onnxprune/ops/reconstruct.py).
@@ -23,8 +24,11 @@ rules (`rule_for(node).linear_view`, onnxprune/ops/reconstruct.py).
 
 from __future__ import annotations
 
+import pickle
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -40,13 +44,18 @@ from .surgery import ModelWriter, kept_elements
 
 @dataclass
 class ReconstructOptions:
-    """How `reconstruct` fits.  `rounds` 0 means one round per layer (fully sequential)."""
+    """How `reconstruct` fits."""
 
-    rounds: int = 4
     positions: int = 64
-    """Output positions sampled per calibration sample and layer (all, when a layer has fewer)."""
+    """Output positions sampled per calibration sample and layer at most (all, when a layer has fewer)."""
+    rows_wanted: int = 64
+    """Rows per input feature a layer needs in all: a layer with few features per group
+    (depthwise) samples fewer positions per sample, down to one."""
     ridge: float = 1e-3
     """Ridge strength relative to the mean input variance of the layer."""
+    rows_per_feature: float = 4.0
+    """A layer with fewer sampled rows than this many per input feature (a squeeze-excite FC
+    sees one row per sample) only gets bias compensation: a full fit would learn the samples."""
     batch: int = 16
     seed: int = 0
 
@@ -64,18 +73,19 @@ class LayerFit:
     error_after: float
     fitted: bool
     """False when the fit was not better than the pruned weights on the calibration data (kept)."""
+    bias_only: bool = False
+    """Too few rows for a full fit: only the bias was compensated."""
 
 
 @dataclass
 class ReconstructReport:
     layers: list[LayerFit] = field(default_factory=list)
-    rounds: int = 0
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
     """Layers that consume a pruned group but cannot be re-fitted, with the reason."""
 
     def to_json(self) -> dict:
-        return {"rounds": self.rounds, "seconds": self.seconds, "skipped": self.skipped,
+        return {"seconds": self.seconds, "skipped": self.skipped,
                 "layers": [vars(layer) for layer in self.layers]}
 
 
@@ -163,13 +173,24 @@ class _Stats:
         self.yy = np.zeros(groups)
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        x, y = x.astype(np.float64), y.astype(np.float64)
+        """Add one batch of rows.  The products run in float32 (a batch's sums are short) and
+        accumulate in float64 across batches."""
+        x, y = np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.float32)
         self.n += x.shape[1]
-        self.sx += x.sum(axis=1)
-        self.sy += y.sum(axis=1)
-        self.xx += np.einsum("gsf,gsh->gfh", x, x, optimize=True)
-        self.xy += np.einsum("gsf,gso->gfo", x, y, optimize=True)
-        self.yy += np.einsum("gso,gso->g", y, y)
+        self.sx += x.sum(axis=1, dtype=np.float64)
+        self.sy += y.sum(axis=1, dtype=np.float64)
+        if x.shape[0] == 1:  # a 2-D product reaches BLAS
+            self.xx[0] += x[0].T @ x[0]
+            self.xy[0] += x[0].T @ y[0]
+        else:  # many small groups (depthwise): one einsum beats a loop of tiny products
+            self.xx += np.einsum("gsf,gsh->gfh", x, x)
+            self.xy += np.einsum("gsf,gso->gfo", x, y)
+        self.yy += np.einsum("gso,gso->g", y, y, dtype=np.float64)
+
+    def compensate(self, w: np.ndarray) -> np.ndarray:
+        """The bias that makes `w`'s mean residual zero: the removed channels' mean contribution
+        (bias compensation alone, for layers with too few rows for a full fit)."""
+        return (self.sy - np.einsum("gf,gfo->go", self.sx, w)) / self.n
 
     def solve(self, ridge: float, intercept: bool) -> tuple[np.ndarray, np.ndarray]:
         """(W [g, f, o], b [g, o]) minimising the squared error plus ridge * mean variance * |W|^2."""
@@ -189,8 +210,9 @@ class _Stats:
     def error(self, w: np.ndarray, b: np.ndarray) -> float:
         """Mean squared residual of y ~ x W + b on the accumulated rows, relative to Var(y)."""
         n = self.n
+        xw = self.xx @ w
         sse = (self.yy - 2 * np.einsum("gfo,gfo->g", w, self.xy) - 2 * np.einsum("go,go->g", b, self.sy)
-               + np.einsum("gfo,gfh,gho->g", w, self.xx, w) + 2 * np.einsum("go,gf,gfo->g", b, self.sx, w)
+               + np.einsum("gfo,gfo->g", xw, w) + 2 * np.einsum("go,go->g", b, np.einsum("gf,gfo->go", self.sx, w))
                + n * np.einsum("go,go->g", b, b))
         var = self.yy - np.einsum("go,go->g", self.sy, self.sy) / n
         return float(max(sse.sum(), 0.0) / max(var.sum(), 1e-30))
@@ -216,6 +238,83 @@ def layers_to_fit(dg: DepGraph, keep: dict[int, np.ndarray]) -> list[int]:
     return sorted(consumers | producers)
 
 
+class _Stepper:
+    """Runs a model segment by segment over the calibration batches, keeping between segments
+    only the tensors still needed later (the *cut*), one file per batch in a scratch folder: so a
+    layer can be re-fitted before the data flows on through it, and the whole model is still run
+    once in total.  RAM holds one batch; the scratch folder holds the cut for all batches."""
+
+    def __init__(self, model: onnx.ModelProto, index: ModelIndex, feeds: list[dict[str, np.ndarray]],
+                 folder: Path, name: str):
+        self.model, self.elem_types, self.feeds, self.folder, self.name = model, index.elem_types, feeds, folder, name
+        self.constant_nodes = index.constant_nodes  # copied into each segment that reads them, never carried
+        self.position = 0  # nodes before this index have run
+        self.last_use: dict[str, int] = {}
+        for i, node in enumerate(model.graph.node):
+            for n in node.input:
+                self.last_use[n] = i
+            for attr in node.attribute:
+                if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                    for n in _subgraph_names(attr):
+                        self.last_use[n] = i
+        self.step = 0
+
+    def _state(self, j: int) -> dict[str, np.ndarray]:
+        if self.step == 0:
+            return self.feeds[j]
+        with open(self.folder / f"{self.name}-{self.step}-{j}.pkl", "rb") as f:
+            return pickle.load(f)  # our own scratch file, written by advance() below
+
+    def advance(self, end: int, want: list[str], pending: set[str]):
+        """Run nodes [position, end) on every batch; yield, per batch, the tensors `want` (from the
+        cut or computed here).  Afterwards the cut holds what nodes from `end` on, or `pending`,
+        still need."""
+        graph = self.model.graph
+        nodes = [node for node in graph.node[self.position:end]
+                 if not (node.output and node.output[0] in self.constant_nodes)]
+        produced = {o for node in nodes for o in node.output if o}
+        session, inputs, outputs = None, [], []
+        live = lambda n: (self.last_use.get(n, -1) >= end or n in pending) and n not in self.constant_nodes  # noqa: E731
+        if nodes:
+            inits = {t.name for t in graph.initializer}
+            needed = {n for node in nodes for n in node.input if n}
+            for node in nodes:
+                for attr in node.attribute:
+                    if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                        needed |= _subgraph_names(attr)
+            constants = [graph.node[self.constant_nodes[n]] for n in sorted(needed) if n in self.constant_nodes]
+            nodes = constants + nodes
+            produced |= {n for n in needed if n in self.constant_nodes}
+            inputs = sorted(n for n in needed if n not in produced and n not in inits)
+            outputs = sorted({n for n in produced if live(n)} | {n for n in want if n in produced and n not in self.constant_nodes})
+            session = make_session(_segment(self.model, nodes, inputs, outputs, needed, self.elem_types)) if outputs else None
+        for j in range(len(self.feeds)):
+            state = self._state(j)
+            values = dict(state)
+            if session is not None:
+                values.update(zip(outputs, session.run(outputs, {n: state[n] for n in inputs})))
+            yield {n: values[n] for n in want}
+            with open(self.folder / f"{self.name}-{self.step + 1}-{j}.pkl", "wb") as f:
+                pickle.dump({n: v for n, v in values.items() if live(n)}, f, protocol=5)
+            if self.step > 0:
+                (self.folder / f"{self.name}-{self.step}-{j}.pkl").unlink()
+        self.step += 1
+        self.position = end
+
+
+def _segment(model: onnx.ModelProto, nodes: list, inputs: list[str], outputs: list[str], needed: set[str],
+             elem_types: dict[str, int]) -> onnx.ModelProto:
+    graph = onnx.GraphProto(name="segment")
+    graph.node.extend(nodes)
+    graph.initializer.extend(t for t in model.graph.initializer if t.name in needed)
+    graph.input.extend(onnx.helper.make_tensor_value_info(n, elem_types.get(n, onnx.TensorProto.FLOAT), None) for n in inputs)
+    graph.output.extend(onnx.helper.make_tensor_value_info(n, elem_types.get(n, onnx.TensorProto.FLOAT), None) for n in outputs)
+    copy = onnx.ModelProto()
+    copy_fields(model, copy, skip="graph")
+    copy.graph.CopyFrom(graph)
+    return copy
+
+
 def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph, keep: dict[int, np.ndarray],
                 feeds: dict[str, np.ndarray], options: ReconstructOptions | None = None,
                 progress: bool = False) -> ReconstructReport:
@@ -226,11 +325,10 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph
     report = ReconstructReport()
     index = ModelIndex.build(pruned)
     writer = ModelWriter(pruned, index)
-    candidates = layers_to_fit(dg, keep)
     producers = {d.use for g in dg.groups if g.id in keep for d in g.const_dims if g.roles.get(d) == OUT}
     consumers = {d.use for g in dg.groups if g.id in keep for d in g.const_dims if g.roles.get(d) == IN}
     views = []
-    for i in candidates:
+    for i in layers_to_fit(dg, keep):
         view = rule_for(pruned.graph.node[i]).linear_view(NodeContext(index, i))
         if view is None:
             if i in consumers:
@@ -241,39 +339,37 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph
     if not views:
         report.seconds = time.perf_counter() - start
         return report
-    n_rounds = len(views) if options.rounds <= 0 else min(options.rounds, len(views))
-    chunks = np.array_split(np.arange(len(views)), n_rounds)
-    report.rounds = n_rounds
-    n_samples = len(next(iter(feeds.values())))
     elem_types = dg.index.elem_types
     kept = kept_elements(dg, keep)  # the original's outputs lose the channels the pruned layer no longer makes
-    bar = tqdm(total=n_rounds * -(-n_samples // options.batch), desc="reconstruct", unit="batch",
-               disable=not progress, leave=False)
-    for chunk in chunks:
-        round_views = [views[k] for k in chunk]
-        x_names = sorted({v.input for v in round_views})
-        y_names = sorted({v.output for v in round_views})
-        pruned_run = make_session(truncated(pruned, x_names, elem_types))
-        original_run = make_session(truncated(original, y_names, elem_types))
-        stats: dict[int, _Stats] = {}
-        rng = np.random.default_rng(options.seed)
-        for part in batches(feeds, options.batch):
-            xs = dict(zip(x_names, pruned_run.run(x_names, part)))
-            ys = dict(zip(y_names, original_run.run(y_names, part)))
-            for view in round_views:
-                y = ys[view.output]
+    parts = list(batches(feeds, options.batch))
+    n_samples = len(next(iter(feeds.values())))
+    rng = np.random.default_rng(options.seed)
+    producer_of = {o: i for i, node in enumerate(original.graph.node) for o in node.output if o}
+    bar = tqdm(total=len(views), desc="reconstruct", unit="layer", disable=not progress, leave=False)
+    with tempfile.TemporaryDirectory(prefix="onnxprune-reconstruct-") as scratch:
+        folder = Path(scratch)
+        ours = _Stepper(pruned, index, parts, folder, "pruned")
+        theirs = _Stepper(original, dg.index, parts, folder, "original")
+        for k, view in enumerate(views):
+            pending = {v.output for v in views[k + 1:]}
+            target_end = max(theirs.position, producer_of[view.output] + 1)
+            stats = None
+            features = view.matrices(index.const(pruned.graph.node[view.node].input[view.weight_slot])).shape[1]
+            per_sample = int(min(options.positions, max(1, -(-options.rows_wanted * features // n_samples))))
+            original_parts = theirs.advance(target_end, [view.output], pending)
+            for x_part in ours.advance(view.node, [view.input], {v.input for v in views[k:]}):
+                y = next(original_parts)[view.output]
                 axis = view.channel_axis % y.ndim
                 if Dim(view.output, axis) in kept:
                     y = np.take(y, kept[Dim(view.output, axis)], axis=axis)
-                pos = view.positions(y.shape, options.positions, rng)
-                rows, targets = view.rows(xs[view.input], pos), view.targets(y, pos)
-                if view.node not in stats:
-                    stats[view.node] = _Stats(rows.shape[0], rows.shape[2], targets.shape[2])
-                stats[view.node].add(rows, targets)
+                pos = view.positions(y.shape, per_sample, rng)
+                rows, targets = view.rows(x_part[view.input], pos), view.targets(y, pos)
+                stats = stats or _Stats(rows.shape[0], rows.shape[2], targets.shape[2])
+                stats.add(rows, targets)
+            for _ in original_parts:  # let the original's stepper finish its cut
+                pass
+            report.layers.append(_fit(view, stats, index, writer, options))
             bar.update(1)
-        del pruned_run, original_run
-        for view in round_views:
-            report.layers.append(_fit(view, stats[view.node], index, writer, options))
     bar.close()
     report.seconds = time.perf_counter() - start
     return report
@@ -287,15 +383,21 @@ def _fit(view, stats: _Stats, index: ModelIndex, writer: ModelWriter, options: R
     n_out = w0.shape[0] * w0.shape[2]
     b0 = (view.bias.vector(n_out) if view.bias is not None else np.zeros(n_out)).reshape(w0.shape[0], -1)
     before = stats.error(w0, b0)
-    w, b = stats.solve(options.ridge, view.bias is not None)
+    if stats.n >= options.rows_per_feature * w0.shape[1]:
+        w, b = stats.solve(options.ridge, view.bias is not None)
+    elif view.bias is not None:
+        w, b = w0, stats.compensate(w0)
+    else:
+        w, b = w0, b0
     after = stats.error(w, b)
     fitted = bool(np.all(np.isfinite(w)) and after < before)
     if fitted:
-        writer.set_input_const(view.node, view.weight_slot, view.weight_from(w, weight))
+        if w is not w0:
+            writer.set_input_const(view.node, view.weight_slot, view.weight_from(w, weight))
         if view.bias is not None:
             writer.set_input_const(view.bias.node, view.bias.slot, view.bias.stored(b.reshape(-1), weight.dtype))
     return LayerFit(index.node_label(view.node), int(w0.shape[0]), int(w0.shape[1]), int(stats.n),
-                    before, after if fitted else before, fitted)
+                    before, after if fitted else before, fitted, w is w0)
 
 
 # --- quality ------------------------------------------------------------------------------------

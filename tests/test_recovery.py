@@ -18,7 +18,7 @@ from onnxprune.recovery import ReconstructOptions, _Stats, compare, reconstruct
 
 ROOT = Path(__file__).resolve().parents[1]
 F = TensorProto.FLOAT
-EXACT = ReconstructOptions(ridge=1e-10, rounds=0)
+EXACT = ReconstructOptions(ridge=1e-10)
 
 
 def _model(nodes, inits, x_shape, y_shape, opset=17) -> onnx.ModelProto:
