@@ -26,7 +26,7 @@ from .data import load_calibration, verification_inputs
 from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex, weightless_copy
-from .importance import CRITERIA, NORMALISATIONS, Criterion, activation_criterion, importance
+from .importance import CRITERIA, NORMALISATIONS, WEIGHT_CRITERIA, Criterion, activation_criterion, importance, structure_warning
 from .load import LoadedModel, check_supported, load_model
 from .plan import Plan, make_plan, resolve
 from .recovery import ReconstructOptions, Recovery
@@ -164,8 +164,11 @@ class PrunableModel:
         """(params, MACs) after keeping these channels (estimated without surgery)."""
         return cost.estimate(self.depgraph, keep)
 
-    def plan(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum", **options) -> Plan:
-        """Choose the channels to remove.  Options are those of `AllocationOptions` (ratio,
+    def plan(self, criterion: str | Criterion | None = None, data=None, aggregate: str = "sum", **options) -> Plan:
+        """Choose the channels to remove.  `criterion` None ranks by what channels carry on
+        `data` ("activation") when there is data, else by the scale-aware weight criterion
+        ("scaled"); a weight criterion adds a warning to `plan.warnings` when the filter norms
+        misjudge the model (importance.structure_warning).  Options are those of `AllocationOptions` (ratio,
         threshold, target_macs, target_params, global_ranking, max_ratio, round_to, ignore,
         protect_ends), plus normalise ("mean", "max", "none": see importance.importance),
         sensitivity / max_loss (allocation from a sensitivity analysis) and allocator: your own
@@ -177,6 +180,8 @@ class PrunableModel:
         allocator = options.pop("allocator", allocate)
         opts = AllocationOptions(**options)
         opts.validate()
+        if criterion is None:
+            criterion = "activation" if data is not None else "scaled"
         scores = self.importance(criterion, data, aggregate, normalise)
         chosen = None
         if sensitivity is not None or max_loss is not None:
@@ -190,6 +195,9 @@ class PrunableModel:
             plan.options["sensitivity_ratios"] = {str(g): r for g, r in sorted(chosen.items())}
             if max_loss is not None:
                 plan.options["max_loss"] = max_loss
+        if isinstance(criterion, str) and criterion in WEIGHT_CRITERIA:
+            warning = structure_warning(self.depgraph)
+            plan.warnings += [warning] if warning else []
         params, macs = self.cost(keep)
         plan.summary = {"params": [cost.total_params(self.index), params], "macs": [cost.total_macs(self.index), macs]}
         return plan
@@ -260,7 +268,7 @@ class PrunableModel:
         group = self.depgraph.groups[group_id]
         return bool(np.all(keep | dead_channels(self.depgraph, group)))
 
-    def prune(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum",
+    def prune(self, criterion: str | Criterion | None = None, data=None, aggregate: str = "sum",
               reconstruct: bool | ReconstructOptions = False, **options) -> PruneResult:
         """plan() then apply()."""
         return self.apply(self.plan(criterion, data, aggregate, **options), data, reconstruct=reconstruct)

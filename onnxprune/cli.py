@@ -46,7 +46,8 @@ def _result_json(result: PruneResult, output: Path, input_path: Path) -> dict:
             "file_bytes": [_size(input_path), _size(output)],
             "max_rel_error": result.report.max_rel_error,
             "channels_removed": sum(g.removed for g in result.plan.groups),
-            "layers": result.layers}
+            "layers": result.layers,
+            "recovery": result.recovery.to_json() if result.recovery else None}
 
 
 def _size(path: Path) -> int:
@@ -69,7 +70,41 @@ def _print_result(summary: dict) -> None:
     kind = "exact (only dead channels removed)" if summary["exact"] else "outputs differ as expected"
     print(f"verified: onnx.checker ok, onnxruntime runs, output shapes unchanged; max relative output change "
           f"{summary['max_rel_error']:.2e} ({kind})")
+    if summary.get("recovery"):
+        print(_format_recovery(summary["recovery"]))
     print(f"wrote {summary['output']}")
+
+
+def _format_recovery(rec: dict) -> str:
+    """Agreement with the original on the --data samples, plain and reconstructed."""
+    def line(label: str, f: dict) -> str:
+        top1 = f" top-1 agreement {f['top1_agreement']:.2%}," if f["top1_agreement"] is not None else ""
+        accuracy = f" accuracy {f['accuracy']:.2%}," if f["accuracy"] is not None else ""
+        return f"  {label:<14}{top1}{accuracy} relative output error {f['rel_error']:.3g}"
+    lines = [f"agreement with the original on {rec['plain']['samples']} --data samples"
+             + (f" (original accuracy {rec['reference_accuracy']:.2%})" if rec["reference_accuracy"] is not None else "") + ":",
+             line("pruned:", rec["plain"])]
+    fit = rec["reconstruction"]
+    if fit is not None:
+        fitted = sum(layer["fitted"] for layer in fit["layers"])
+        if rec["reconstructed"] is not None:
+            lines.append(line("reconstructed:", rec["reconstructed"]))
+        else:
+            lines.append("  reconstructed: agreed less with the original than plain pruning; kept the plainly pruned model")
+        lines.append(f"  reconstruction: {fitted} of {len(fit['layers'])} layers re-fitted in {fit['seconds']:.1f} s"
+                     + (f"; not re-fitted: {'; '.join(fit['skipped'])}" if fit["skipped"] else ""))
+    return "\n".join(lines)
+
+
+def _labels(data, feeds_count: int | None):
+    from .data import load_labels
+
+    return load_labels(None, data, feeds_count) if data and feeds_count and str(data).endswith(".npz") else None
+
+
+def _count(model: PrunableModel, data) -> int | None:
+    feeds = model.calibration(data) if data else None
+    return len(next(iter(feeds.values()))) if feeds else None
 
 
 def _allocation_args(args) -> dict:
@@ -111,12 +146,15 @@ def cmd_prune(args) -> int:
     elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params")):
         raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs or --target-params")
     plan = model.plan(args.criterion, args.data, args.aggregate, **options)
+    for warning in plan.warnings:
+        print(f"onnxprune: warning: {warning}", file=sys.stderr)
     if args.plot:
         from .sensitivity import Sensitivity, plot
 
         plot(Sensitivity.read(Path(args.sensitivity)), Path(args.plot),
              {int(g): r for g, r in plan.options["sensitivity_ratios"].items()})
-    result = model.apply(plan, args.data, release_original=True)
+    result = model.apply(plan, args.data, release_original=True, reconstruct=args.reconstruct,
+                         labels=_labels(args.data, _count(model, args.data)))
     if args.simplify:
         _simplify(result, args.data)
     summary = _write_outputs(model, result, args)
@@ -144,7 +182,8 @@ def cmd_apply(args) -> int:
     check_output_paths(args.model, (args.output, args.weights_out), args.overwrite)
     plan = Plan.read(args.plan)
     model = load(args.model)
-    result = model.apply(plan, args.data, source=str(args.plan), release_original=True)
+    result = model.apply(plan, args.data, source=str(args.plan), release_original=True, reconstruct=args.reconstruct,
+                         labels=_labels(args.data, _count(model, args.data)))
     summary = _write_outputs(model, result, args)
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -267,8 +306,13 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--weights-out", help="also write the pruned weights (.npz keyed by the original initializer names) "
                                          "for loading back into the origin framework")
-    p.add_argument("--data", help="calibration inputs (.npy, or .npz keyed by input name) used for verification "
-                                  "and the activation criteria; default: random inputs")
+    p.add_argument("--data", help="calibration inputs (.npy, or .npz keyed by input name) used for verification, "
+                                  "the activation criteria and the report of agreement with the original (accuracy "
+                                  "too when the .npz has 'labels'); default: random inputs")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="with --data: re-fit each layer that reads pruned channels by least squares so that its "
+                        "output matches the original's on the data (sequentially; removed channels' mean goes into "
+                        "the bias); no labels, no training code")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,8 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--target-macs", type=float, help="keep this fraction of MACs, e.g. 0.5 (met within 1%%)")
     how.add_argument("--target-params", type=float, help="keep this fraction of parameters (met within 1%%)")
     which = p.add_argument_group("which channels")
-    which.add_argument("--criterion", default="l1", choices=list(CRITERIA) + ["activation", "apoz"],
-                       help="importance criterion (default l1); activation and apoz need --data")
+    which.add_argument("--criterion", choices=list(CRITERIA) + ["activation", "apoz"],
+                       help="importance criterion; default: activation with --data, else scaled (filter norm times the "
+                            "per-channel scale after it, with its bias, times the consumers' weight norm); activation "
+                            "and apoz need --data")
     which.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="combine the scores of a group's layers (default sum)")
     which.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across all groups instead of per group")
     which.add_argument("--normalize", dest="normalise", default="mean", choices=["mean", "max", "none"],

@@ -58,6 +58,8 @@ class ReconstructOptions:
     sees one row per sample) only gets bias compensation: a full fit would learn the samples."""
     batch: int = 16
     seed: int = 0
+    memory_mb: int = 256
+    """The cut between segments stays in RAM up to this size, and goes to the scratch folder beyond."""
 
 
 @dataclass
@@ -258,12 +260,31 @@ class _Stepper:
                     for n in _subgraph_names(attr):
                         self.last_use[n] = i
         self.step = 0
+        self.in_memory: dict[int, dict[str, np.ndarray]] = {}
+        self.next_memory: dict[int, dict[str, np.ndarray]] = {}
+        self.next_bytes = 0
+        self.budget = 0
 
     def _state(self, j: int) -> dict[str, np.ndarray]:
         if self.step == 0:
             return self.feeds[j]
-        with open(self.folder / f"{self.name}-{self.step}-{j}.pkl", "rb") as f:
-            return pickle.load(f)  # our own scratch file, written by advance() below
+        if j in self.in_memory:
+            return self.in_memory.pop(j)
+        path = self.folder / f"{self.name}-{self.step}-{j}.pkl"
+        with open(path, "rb") as f:
+            state = pickle.load(f)  # our own scratch file, written by _keep() below
+        path.unlink()
+        return state
+
+    def _keep(self, j: int, state: dict[str, np.ndarray], budget: int) -> None:
+        """Keep batch j's cut for the next step: in RAM while the step's cut fits `budget` bytes."""
+        size = sum(v.nbytes for v in state.values())
+        if self.next_bytes + size <= budget:
+            self.next_memory[j] = state
+            self.next_bytes += size
+            return
+        with open(self.folder / f"{self.name}-{self.step + 1}-{j}.pkl", "wb") as f:
+            pickle.dump(state, f, protocol=5)
 
     def advance(self, end: int, want: list[str], pending: set[str]):
         """Run nodes [position, end) on every batch; yield, per batch, the tensors `want` (from the
@@ -294,12 +315,10 @@ class _Stepper:
             if session is not None:
                 values.update(zip(outputs, session.run(outputs, {n: state[n] for n in inputs})))
             yield {n: values[n] for n in want}
-            with open(self.folder / f"{self.name}-{self.step + 1}-{j}.pkl", "wb") as f:
-                pickle.dump({n: v for n, v in values.items() if live(n)}, f, protocol=5)
-            if self.step > 0:
-                (self.folder / f"{self.name}-{self.step}-{j}.pkl").unlink()
+            self._keep(j, {n: v for n, v in values.items() if live(n)}, self.budget)
         self.step += 1
         self.position = end
+        self.in_memory, self.next_memory, self.next_bytes = self.next_memory, {}, 0
 
 
 def _segment(model: onnx.ModelProto, nodes: list, inputs: list[str], outputs: list[str], needed: set[str],
@@ -350,6 +369,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph
         folder = Path(scratch)
         ours = _Stepper(pruned, index, parts, folder, "pruned")
         theirs = _Stepper(original, dg.index, parts, folder, "original")
+        ours.budget = theirs.budget = options.memory_mb << 19  # half each
         for k, view in enumerate(views):
             pending = {v.output for v in views[k + 1:]}
             target_end = max(theirs.position, producer_of[view.output] + 1)

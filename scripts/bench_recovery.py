@@ -21,7 +21,6 @@ import argparse
 import glob
 import os
 import random
-import string
 import sys
 import tempfile
 import time
@@ -88,16 +87,32 @@ def _fonts() -> list[str]:
     return [f for f in found if "Oblique" not in f and "Italic" not in f]
 
 
+WORDS = ("total invoice date order number price amount street city station market garden water river "
+         "north south east west room floor office phone email account bank card cash change receipt store "
+         "coffee bread milk apple orange tea sugar salt paper book page chapter table window door house "
+         "green black white red blue yellow small large open closed monday friday sunday january march "
+         "april june july october december time hour minute second train ticket gate platform exit").split()
+
+
+def _line(rng: random.Random) -> str:
+    """A short label as found on receipts and signs: a word, maybe capitalised, with a number."""
+    word = rng.choice(WORDS)
+    word = word.capitalize() if rng.random() < 0.4 else word.upper() if rng.random() < 0.2 else word
+    number = rng.choice([str(rng.randint(0, 999)), f"{rng.randint(0, 99)}.{rng.randint(0, 99):02d}",
+                         f"{rng.randint(1, 28)}/{rng.randint(1, 12)}", ""])
+    sep = rng.choice([" ", ": ", " #", "-"]) if number else ""
+    return (word + sep + number)[:14]
+
+
 def render_lines(n: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
-    """`n` text lines (letters, digits, a little punctuation; 4-10 characters) as RGB arrays."""
+    """`n` text lines (a word and a number, at most 14 characters) as RGB arrays."""
     from PIL import Image, ImageDraw, ImageFont
 
     rng = random.Random(seed)
     fonts = _fonts()
-    alphabet = string.ascii_letters + string.digits + "-.:/%"
     images, texts = [], []
     for _ in range(n):
-        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(4, 10)))
+        text = _line(rng)
         size = rng.randint(26, 38)
         font = ImageFont.truetype(rng.choice(fonts), size) if fonts else ImageFont.load_default(size=size)
         left, top, right, bottom = font.getbbox(text)
@@ -145,8 +160,8 @@ class Rec:
         self.eval_x = prepare(eval_images)
 
     def score(self, model) -> float:
-        texts = [t for t, _ in self.decode(_run(model, self.eval_x))]
-        return float(np.mean([1 - edit_distance(p, t) / len(t) for p, t in zip(texts, self.eval_texts)]))
+        texts = [t.strip() for t, _ in self.decode(_run(model, self.eval_x))]
+        return float(np.mean([max(0.0, 1 - edit_distance(p, t) / len(t)) for p, t in zip(texts, self.eval_texts)]))
 
 
 # --- rows -----------------------------------------------------------------------------------------

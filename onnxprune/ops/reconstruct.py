@@ -126,7 +126,7 @@ class ConvView(LinearView):
         # pad only as far as the sampled windows reach
         ends = [max(int(o.max(initial=0)) * s + (k - 1) * d + 1 - (size + b), 0)
                 for o, s, k, d, size, b in zip(out, self.strides, self.kernel, self.dilations, spatial, begin)]
-        xp = np.pad(x, [(0, 0), (0, 0)] + [(b, e) for b, e in zip(begin, ends)])
+        xp = np.pad(x, [(0, 0), (0, 0)] + [(b, e) for b, e in zip(begin, ends)]) if any(begin) or any(ends) else x
         r = len(self.kernel)
         index = [n.reshape(-1, *([1] * (r + 1))), np.arange(x.shape[1]).reshape(1, -1, *([1] * r))]
         for axis, (o, s, k, d) in enumerate(zip(out, self.strides, self.kernel, self.dilations)):
