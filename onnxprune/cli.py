@@ -13,6 +13,7 @@ from .api import PrunableModel, PruneResult, load, save
 from .errors import InputError, OnnxPruneError
 from .importance import CRITERIA
 from .plan import Plan
+from .recovery import compare
 from .save import check_output_paths
 
 
@@ -192,6 +193,34 @@ def cmd_apply(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from .finetune import FinetuneOptions, finetune
+
+    check_output_paths(args.model, (args.output,), args.overwrite)
+    student, teacher = load(args.model), load(args.teacher)
+    feeds = student.calibration(args.data)
+    options = FinetuneOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, minutes=args.minutes)
+    if min(options.epochs, options.batch_size) < 1 or options.lr <= 0:
+        raise InputError("options: --epochs and --batch-size must be at least 1, --lr positive")
+    result = finetune(student.model, teacher.model, feeds, options, progress=not args.json and sys.stderr.isatty())
+    (before,), _ = compare(teacher.model, [student.model], feeds)
+    (after,), _ = compare(teacher.model, [result.model], feeds)
+    save(result.model, args.output, external_data=True if student.loaded.had_external_data else None)
+    summary = {"input": str(args.model), "teacher": str(args.teacher), "output": str(args.output), "steps": result.steps,
+               "seconds": result.seconds, "first_loss": result.first_loss, "epoch_losses": result.losses,
+               "trained": result.trained, "before": vars(before), "after": vars(after)}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"distilled {len(result.trained)} weight tensors in {result.steps} steps ({result.seconds:.0f} s); "
+          f"loss {result.first_loss:.4g} -> {result.losses[-1]:.4g} (epoch means: {', '.join(f'{v:.3g}' for v in result.losses)})")
+    for label, f in (("before", before), ("after", after)):
+        top1 = f", top-1 agreement {f.top1_agreement:.2%}" if f.top1_agreement is not None else ""
+        print(f"{label}: relative output error {f.rel_error:.3g}{top1} (against the teacher, {f.samples} --data samples)")
+    print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_sensitivity(args) -> int:
     from .data import load_labels
     from .sensitivity import DEFAULT_RATIOS, analyse, plot
@@ -366,6 +395,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simplify", action="store_true", help="run onnxslim on the pruned model (needs the optional package "
                                                            "onnxslim); outputs are checked to stay within 1e-4")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("finetune", help="distil a pruned model toward the original on unlabeled data (needs torch)",
+                       description="Knowledge distillation without the training code: the pruned ONNX graph runs in PyTorch "
+                                   "(onnxprune's own small executor), the original (--teacher) in onnxruntime; the Conv, Gemm "
+                                   "and MatMul weights and biases are trained to match the teacher's outputs on --data (Adam, "
+                                   "cosine learning-rate schedule) and written back into the same graph by name: nothing else "
+                                   "changes. Needs the optional extra: pip install 'onnxprune[torch]'.")
+    p.add_argument("model", help="pruned ONNX model (never modified)")
+    p.add_argument("--teacher", required=True, help="the original ONNX model")
+    p.add_argument("--data", required=True, help="unlabeled inputs (.npy, or .npz keyed by input name)")
+    p.add_argument("-o", "--output", required=True, help="where to write the distilled model (atomically)")
+    p.add_argument("--epochs", type=int, default=10, help="passes over --data (default 10)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the cosine schedule (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per step (default 16)")
+    p.add_argument("--minutes", type=float, help="stop after this much wall time (the schedule then spans it)")
+    p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("sensitivity", help="measure how much each group suffers when pruned alone",
                        description="For every group and ratio, prune that group alone and measure a metric on your data: "
