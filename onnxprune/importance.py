@@ -210,10 +210,11 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64)
 
 
-def structure_warning(dg: DepGraph, threshold: float = 0.5) -> str | None:
+def structure_warning(dg: DepGraph, threshold: float = 0.3) -> str | None:
     """A warning when filter norms misjudge this model: in at least a quarter of the prunable
-    groups, the l1 ranking of channels correlates below `threshold` (Spearman) with the
-    scale-aware one, or the channels' constant parts (folded biases) outweigh their filters."""
+    groups the channels' constant parts (folded biases, BatchNorm shifts) outweigh their filters,
+    or in at least half of them the l1 ranking correlates below `threshold` (Spearman) with the
+    scale-aware one."""
     groups = [g for g in dg.prunable_groups if g.n_channels > 2]
     disagree, bias_heavy = 0, 0
     for group in groups:
@@ -227,7 +228,7 @@ def structure_warning(dg: DepGraph, threshold: float = 0.5) -> str | None:
             if np.mean(np.abs(scale * bias + shift)) > np.mean(np.abs(scale) * norms):
                 bias_heavy += 1
                 break
-    if not groups or max(disagree, bias_heavy) < len(groups) / 4:
+    if not groups or (bias_heavy < len(groups) / 4 and disagree < len(groups) / 2):
         return None
     return (f"the filter norms misjudge this model: in {disagree} of {len(groups)} groups the l1 ranking disagrees with "
             f"the scale-aware one, in {bias_heavy} the channels' biases outweigh their filters (folded BatchNorm); "

@@ -166,14 +166,14 @@ class Rec:
 
 # --- rows -----------------------------------------------------------------------------------------
 
-def distill(pruned, original_path: Path, calib: np.ndarray, minutes: float, folder: Path):
+def distill(pruned: onnx.ModelProto, original_path: Path, name: str, calib: np.ndarray, minutes: float):
     from onnxprune.finetune import FinetuneOptions, finetune
 
-    result = finetune(pruned, original_path, {"x": calib} if False else calib, FinetuneOptions(minutes=minutes))
-    return result.model
+    teacher = onnxprune.load(original_path).model
+    return finetune(pruned, teacher, {name: calib}, FinetuneOptions(epochs=1000, lr=1e-4, minutes=minutes)).model
 
 
-def bench(task, fractions: list[float], distill_minutes: float, folder: Path) -> list[dict]:
+def bench(task, fractions: list[float], distill_minutes: float, methods: str = "all") -> list[dict]:
     rows = []
     original = task.model_path
     baseline = task.score(original)
@@ -184,9 +184,11 @@ def bench(task, fractions: list[float], distill_minutes: float, folder: Path) ->
     name = pm.index.model.graph.input[0].name
     feeds = {name: task.calib}
     for fraction in fractions:
-        for label, criterion, reconstruct in (("plain L1", "l1", False), ("activation", "activation", False),
-                                              ("activation + reconstruct", "activation", True),
-                                              ("L1 + reconstruct", "l1", True)):
+        rows_wanted = (("plain L1", "l1", False), ("scaled", "scaled", False), ("activation", "activation", False),
+                       ("activation + reconstruct", "activation", True), ("L1 + reconstruct", "l1", True))
+        if methods != "all":
+            rows_wanted = [r for r in rows_wanted if r[0] in methods.split(",")]
+        for label, criterion, reconstruct in rows_wanted:
             plan = pm.plan(criterion, feeds if criterion == "activation" else None, target_macs=fraction)
             t = time.perf_counter()
             result = pm.apply(plan, feeds if reconstruct else None, reconstruct=reconstruct)
@@ -202,7 +204,7 @@ def bench(task, fractions: list[float], distill_minutes: float, folder: Path) ->
             rows.append(row)
             if reconstruct and criterion == "activation" and distill_minutes > 0:
                 try:
-                    model = distill(result.model, original, task.calib, distill_minutes, folder)
+                    model = distill(result.model, original, name, task.calib, distill_minutes)
                     row2 = {"model": task.name, "macs": macs, "method": f"activation + reconstruct + distill ({distill_minutes:g} min)",
                             "score": task.score(model)}
                 except ImportError as exc:
@@ -226,13 +228,14 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=256, help="calibration samples (rec: lines)")
     parser.add_argument("--eval", type=int, default=256, help="evaluation samples (rec: lines)")
     parser.add_argument("--distill-minutes", type=float, default=0, help="CPU minutes of distillation per row (0: none)")
+    parser.add_argument("--methods", default="all", help="comma-separated row labels to run (default: all)")
     args = parser.parse_args()
     fractions = [float(f) for f in args.fractions.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for key in args.models.split(","):
             task = Digits(args.calib, args.eval) if key == "digits" else Rec(args.calib, args.eval, folder)
-            bench(task, fractions, args.distill_minutes, folder)
+            bench(task, fractions, args.distill_minutes, args.methods)
 
 
 if __name__ == "__main__":

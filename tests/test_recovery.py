@@ -161,3 +161,68 @@ def test_digits_reconstruction_never_worse_than_plain_pruning():
     got = _run(result.model, data["x"]).argmax(1)
     ref = _run(onnx.load(ROOT / "models" / "digits_cnn.onnx"), data["x"]).argmax(1)
     assert np.mean(got == ref) == pytest.approx(rec.reconstructed.top1_agreement)
+
+
+# --- channel selection that sees what a channel carries -----------------------------------------
+
+def conv_bn_chain() -> onnx.ModelProto:
+    """conv1 (3 -> 4; filter norms 1, 2, 3, 4, no bias) -> BatchNormalization (gamma 10, 1, 1, 1)
+    -> Relu -> conv2 -> y: channel 0 has the smallest filter but the largest output."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((4, 3, 3, 3))
+    w1 = w1 / np.linalg.norm(w1.reshape(4, -1), axis=1)[:, None, None, None] * np.array([1, 2, 3, 4])[:, None, None, None]
+    inits = {"conv1.w": w1, "bn.g": np.array([10.0, 1, 1, 1]), "bn.b": np.zeros(4), "bn.m": np.zeros(4),
+             "bn.v": np.ones(4), "conv2.w": np.ones((2, 4, 1, 1))}
+    nodes = [helper.make_node("Conv", ["x", "conv1.w"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["h", "bn.g", "bn.b", "bn.m", "bn.v"], ["n"], name="bn"),
+             helper.make_node("Relu", ["n"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "conv2.w"], ["y"], name="conv2")]
+    return _model(nodes, inits, ["N", 3, 6, 6], ["N", 2, 6, 6])
+
+
+def test_scaled_criterion_sees_the_scale_after_the_filter():
+    pm = PrunableModel(conv_bn_chain())
+    (gid,) = [g.id for g in pm.groups]
+    l1, scaled = pm.importance("l1")[gid], pm.importance("scaled")[gid]
+    assert np.argmin(l1) == 0  # the filter norm alone would drop the channel that carries the most
+    assert np.argmin(scaled) == 1 and np.argmax(scaled) == 0
+
+
+def test_default_criterion_follows_the_data():
+    pm = PrunableModel(conv_bn_chain())
+    x = np.random.default_rng(0).standard_normal((8, 3, 6, 6)).astype(np.float32)
+    assert pm.plan(ratio=0.25).options["criterion"] == "scaled"
+    assert pm.plan(data={"x": x}, ratio=0.25).options["criterion"] == "activation"
+    assert pm.plan("l1", ratio=0.25).options["criterion"] == "l1"
+
+
+def _with(model: onnx.ModelProto, **values) -> onnx.ModelProto:
+    """A copy of `model` with these initializers (by name, dots as underscores) replaced."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    inits.update({k.replace("_", "."): np.asarray(v, dtype=np.float32) for k, v in values.items()})
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.initializer[:]
+    copy.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in inits.items())
+    return copy
+
+
+def test_warning_when_weight_ranking_misjudges_the_model():
+    plain = _with(conv_bn_chain(), bn_g=[1, 1, 1, 1])
+    assert PrunableModel(plain).plan("l1", ratio=0.25).warnings == []
+    (warning,) = PrunableModel(conv_bn_chain()).plan("l1", ratio=0.25).warnings  # BN gamma reverses the ranking
+    assert "1 of 1 groups the l1 ranking disagrees" in warning
+    biased = _with(plain, bn_b=[50, -40, 30, 60])  # shifts far above the filters' scale
+    (warning,) = PrunableModel(biased).plan("l1", ratio=0.25).warnings
+    assert "in 1 the channels' biases outweigh their filters" in warning
+    assert PrunableModel(biased).plan(data={"x": np.zeros((2, 3, 6, 6), np.float32)}, ratio=0.25).warnings == []
+
+
+def test_scratch_cut_on_disk_gives_the_same_fit():
+    """The cut between segments in RAM or in the scratch folder (memory_mb=0): same weights."""
+    model = conv_chain(depthwise=True)
+    x = np.random.default_rng(2).standard_normal((40, 3, 10, 10)).astype(np.float32)
+    pm, plan = _drop_last_two(model)
+    in_ram = pm.apply(plan, {"x": x}, reconstruct=ReconstructOptions(batch=8)).model
+    on_disk = pm.apply(plan, {"x": x}, reconstruct=ReconstructOptions(batch=8, memory_mb=0)).model
+    assert [t.SerializeToString() for t in in_ram.graph.initializer] == [t.SerializeToString() for t in on_disk.graph.initializer]
