@@ -9,12 +9,12 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .api import PrunableModel, PruneResult, load, save
+from .api import PrunableModel, PruneResult, Pruning, load
 from .errors import InputError, OnnxPruneError
 from .importance import CRITERIA
 from .plan import Plan
 from .recovery import compare
-from .save import check_output_paths
+from .save import check_output_paths, save_model
 
 
 def _fmt(n: float) -> str:
@@ -26,7 +26,7 @@ def _fmt(n: float) -> str:
 
 def _print_inspect(info: dict) -> None:
     print(f"model: {info['model']} (opset {info['opset']})")
-    print(f"parameters: {_fmt(info['params'])}   MACs per sample: {_fmt(info['macs'])}")
+    print(f"parameters: {_fmt(info['params'])}   MACs: {_fmt(info['macs'])} (one run; dynamic sizes counted as 1)")
     print(f"prunable: {info['prunable_params']:.1%} of parameters, {info['prunable_macs']:.1%} of MACs")
     print(f"\n{'group':>5} {'channels':>8}  {'status':<9} layers / reason")
     for g in info["groups"]:
@@ -42,12 +42,13 @@ def _print_inspect(info: dict) -> None:
 
 def _result_json(result: PruneResult, output: Path, input_path: Path) -> dict:
     return {"input": str(input_path), "output": str(output), "exact": result.exact,
-            "params": [result.before["params"], result.after["params"]],
-            "macs": [result.before["macs"], result.after["macs"]],
+            "params": [result.before.params, result.after.params],
+            "macs": [result.before.macs, result.after.macs],
             "file_bytes": [_size(input_path), _size(output)],
             "max_rel_error": result.report.max_rel_error,
             "channels_removed": sum(g.removed for g in result.plan.groups),
-            "layers": result.layers,
+            "layers": [{"node": c.node, "op": c.op, "channels": list(c.channels), "params": list(c.params), "macs": list(c.macs)}
+                       for c in result.layers],
             "recovery": result.recovery.to_json() if result.recovery else None}
 
 
@@ -97,46 +98,42 @@ def _format_recovery(rec: dict) -> str:
     return "\n".join(lines)
 
 
-def _labels(data, feeds_count: int | None):
+def _labels(model: PrunableModel, data) -> "np.ndarray | None":
+    """The 'labels' array of a --data .npz, if it has one (for the accuracy in the report)."""
     from .data import load_labels
 
-    return load_labels(None, data, feeds_count) if data and feeds_count and str(data).endswith(".npz") else None
-
-
-def _count(model: PrunableModel, data) -> int | None:
-    feeds = model.calibration(data) if data else None
-    return len(next(iter(feeds.values()))) if feeds else None
+    if not data or not str(data).endswith(".npz"):
+        return None
+    feeds = model.calibration(data)
+    return load_labels(None, data, len(next(iter(feeds.values()))))
 
 
 def _allocation_args(args) -> dict:
     return {"ratio": args.ratio, "threshold": args.threshold, "target_macs": args.target_macs,
             "target_params": args.target_params, "global_ranking": args.global_ranking, "max_ratio": args.max_ratio,
             "round_to": args.round_to, "ignore": args.ignore or [], "protect_ends": args.protect_ends,
-            "normalise": args.normalise}
+            "normalize": args.normalize}
 
 
-def _write_outputs(model: PrunableModel, result: PruneResult, args) -> dict:
+def _write_outputs(input_path: Path, result: PruneResult, args) -> dict:
     output = Path(args.output)
-    save(result.model, output, external_data=True if model.loaded.had_external_data else None)
+    result.save(output)
     if getattr(args, "plan_out", None):
         result.plan.write(args.plan_out)
     if getattr(args, "weights_out", None):
         result.write_weights(args.weights_out)
-    return _result_json(result, output, model.path)
+    return _result_json(result, output, input_path)
 
 
-def cmd_inspect(args) -> int:
-    model = load(args.model)
-    info = model.inspect()
-    if args.json:
-        print(json.dumps(info, indent=1))
-    else:
-        _print_inspect(info)
-    return 0
-
-
-def cmd_prune(args) -> int:
-    check_output_paths(args.model, (args.output, args.plan_out, args.weights_out), args.overwrite)
+def _pruned(args) -> Pruning:
+    """Load, plan (or read the plan) and cut.  The loaded original goes out of scope when this
+    returns, so verifying the Pruning afterwards never holds the original's weights, the pruned
+    model and an onnxruntime session at once (PrunableModel.surgery)."""
+    if getattr(args, "plan", None):
+        plan = Plan.read(args.plan)
+        model = load(args.model)
+        return model.surgery(plan, args.data, source=str(args.plan), reconstruct=args.reconstruct,
+                             labels=_labels(model, args.data))
     model = load(args.model)
     model.show_progress = not args.json and sys.stderr.isatty()
     options = _allocation_args(args)
@@ -154,11 +151,26 @@ def cmd_prune(args) -> int:
 
         plot(Sensitivity.read(Path(args.sensitivity)), Path(args.plot),
              {int(g): r for g, r in plan.options["sensitivity_ratios"].items()})
-    result = model.apply(plan, args.data, release_original=True, reconstruct=args.reconstruct,
-                         labels=_labels(args.data, _count(model, args.data)))
+    return model.surgery(plan, args.data, reconstruct=args.reconstruct, labels=_labels(model, args.data))
+
+
+def cmd_inspect(args) -> int:
+    model = load(args.model)
+    info = model.inspect()
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        _print_inspect(info)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    check_output_paths(args.model, (args.output, args.plan_out, args.weights_out), args.overwrite)
+    result = _pruned(args).verify()
+    plan = result.plan
     if args.simplify:
         _simplify(result, args.data)
-    summary = _write_outputs(model, result, args)
+    summary = _write_outputs(Path(args.model), result, args)
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
@@ -181,11 +193,8 @@ def _simplify(result: PruneResult, data) -> None:
 
 def cmd_apply(args) -> int:
     check_output_paths(args.model, (args.output, args.weights_out), args.overwrite)
-    plan = Plan.read(args.plan)
-    model = load(args.model)
-    result = model.apply(plan, args.data, source=str(args.plan), release_original=True, reconstruct=args.reconstruct,
-                         labels=_labels(args.data, _count(model, args.data)))
-    summary = _write_outputs(model, result, args)
+    result = _pruned(args).verify()
+    summary = _write_outputs(Path(args.model), result, args)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -205,7 +214,7 @@ def cmd_finetune(args) -> int:
     result = finetune(student.model, teacher.model, feeds, options, progress=not args.json and sys.stderr.isatty())
     (before,), _ = compare(teacher.model, [student.model], feeds)
     (after,), _ = compare(teacher.model, [result.model], feeds)
-    save(result.model, args.output, external_data=True if student.loaded.had_external_data else None)
+    save_model(result.model, args.output, True if student.loaded.had_external_data else None)
     summary = {"input": str(args.model), "teacher": str(args.teacher), "output": str(args.output), "steps": result.steps,
                "seconds": result.seconds, "first_loss": result.first_loss, "epoch_losses": result.losses,
                "trained": result.trained, "before": vars(before), "after": vars(after)}
@@ -246,8 +255,8 @@ def cmd_sensitivity(args) -> int:
     print(f"{'group':>5} {'ch':>5}  " + " ".join(f"{r:>6.0%}" for r in sens.ratios) + "  layers")
     for gid in sorted(sens.groups):
         g = sens.groups[gid]
-        row = " ".join(f"{g['losses'].get(r, float('nan')):>6.3f}" for r in sens.ratios)
-        print(f"{gid:>5} {g['channels']:>5}  {row}  {', '.join(g['layers'][:3])}")
+        row = " ".join(f"{g.losses.get(r, float('nan')):>6.3f}" for r in sens.ratios)
+        print(f"{gid:>5} {g.channels:>5}  {row}  {', '.join(g.layers[:3])}")
     print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
     return 0
 
@@ -255,7 +264,7 @@ def cmd_sensitivity(args) -> int:
 def cmd_sparsify(args) -> int:
     from .sparsity import SparsityOptions, format_summary, sparsify
 
-    options = {"sparsity": args.sparsity, "quality": args.quality, "global_threshold": args.global_threshold,
+    options = {"sparsity": args.sparsity, "quality": args.quality, "global_ranking": args.global_ranking,
                "ignore": args.ignore or [], "include_depthwise": args.include_depthwise, "protect_ends": args.protect_ends}
     SparsityOptions(**options).validate()
     check_output_paths(args.model, (args.output, args.masks_out), args.overwrite)
@@ -344,6 +353,12 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
                         "the bias); no labels, no training code")
 
 
+def _add_global_ranking(group, help_text: str) -> None:
+    """`--global-ranking` (API and plan: global_ranking); `--global`, its old spelling, still works."""
+    group.add_argument("--global-ranking", dest="global_ranking", action="store_true", help=help_text)
+    group.add_argument("--global", dest="global_ranking", action="store_true", help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnxprune", description="Exact structured (channel) pruning of exported ONNX models.",
@@ -368,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="ONNX model file (never modified)")
     _add_common_output(p)
     how = p.add_argument_group("how much (choose one)")
-    how.add_argument("--ratio", type=float, help="fraction of channels to remove in every group (uniform), or overall with --global")
+    how.add_argument("--ratio", type=float, help="fraction of channels to remove in every group (uniform), or overall with --global-ranking")
     how.add_argument("--threshold", type=float, help="remove every channel whose importance is at most T (0: dead channels only)")
     how.add_argument("--target-macs", type=float, help="keep this fraction of MACs, e.g. 0.5 (met within 1%%)")
     how.add_argument("--target-params", type=float, help="keep this fraction of parameters (met within 1%%)")
@@ -378,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "per-channel scale after it, with its bias, times the consumers' weight norm); activation "
                             "and apoz need --data")
     which.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="combine the scores of a group's layers (default sum)")
-    which.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across all groups instead of per group")
-    which.add_argument("--normalize", dest="normalise", default="mean", choices=["mean", "max", "none"],
+    _add_global_ranking(which, "rank channels across all groups instead of per group")
+    which.add_argument("--normalize", default="mean", choices=["mean", "max", "none"],
                        help="how scores are scaled per group before a global ranking (default mean; none: a layer with "
                             "small weights overall loses more)")
     which.add_argument("--max-ratio", type=float, default=0.9, help="never remove more than this fraction of a group (default 0.9)")
@@ -453,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--sparsity", type=float, help="fraction of each layer's weights to zero, in [0, 1), e.g. 0.75")
     how.add_argument("--quality", type=float, help="zero |w| < Q * std(w) of each layer (Han et al.), Q >= 0")
     which = p.add_argument_group("which weights")
-    which.add_argument("--global", dest="global_threshold", action="store_true", help="one magnitude ranking (or std) across all layers")
+    _add_global_ranking(which, "one magnitude ranking (or std) across all layers")
     which.add_argument("--ignore", action="append", metavar="REGEX", help="leave weights alone whose initializer or node name matches (repeatable)")
     which.add_argument("--include-depthwise", action="store_true", help="sparsify depthwise convs too (default: left dense)")
     which.add_argument("--protect-ends", action="store_true", help="leave the first and last layers' weights dense")

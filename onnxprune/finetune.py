@@ -1,7 +1,7 @@
 """Knowledge distillation of a pruned ONNX model toward the original, on unlabeled inputs, with no
 training code: the pruned graph runs in PyTorch (onnxprune.ops.torch_exec), the teacher in
 onnxruntime, and the loss is the teacher-normalised squared error of every output.  Trained are
-the weights and biases of the layers that `rule_for(node).linear_view` can read (Conv, Gemm,
+the weights and biases of the layers that `NodeContext.rule.linear_view` can read (Conv, Gemm,
 MatMul and their bias Add); the result is the same ONNX graph with those constants replaced, by
 name, in their own dtype and shape, and nothing else changed.
 
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .errors import InputError
 from .graph import ModelIndex
-from .ops import NodeContext, rule_for
+from .ops import NodeContext
 from .runtime import make_session
 
 
@@ -52,7 +52,8 @@ def trainable_constants(index: ModelIndex) -> set[str]:
     """Weights and biases of the layers with a linear view, where they are float constants."""
     names = set()
     for i, node in enumerate(index.model.graph.node):
-        view = rule_for(node).linear_view(NodeContext(index, i))
+        ctx = NodeContext(index, i)
+        view = ctx.rule.linear_view(ctx)
         if view is None:
             continue
         names.add(node.input[view.weight_slot])

@@ -14,7 +14,7 @@ import numpy as np
 
 from .depgraph import DepGraph
 from .groups import Group
-from .ops import BN_SCALE, IN, OUT, Dim, NodeContext, ZeroView, rule_for
+from .ops import BN_SCALE, IN, OUT, Dim, NodeContext, ZeroView
 
 Criterion = Callable[[DepGraph, Group], "np.ndarray | list[np.ndarray]"]
 """A user-pluggable importance function: (dependency graph, group) -> a score per channel, or one
@@ -52,7 +52,7 @@ def dead_channels(dg: DepGraph, group: Group) -> np.ndarray:
     producers = sorted({index.producer[d.tensor] for d in group.dims if not d.is_const and d.tensor in index.producer})
     for node_i in producers:
         ctx = NodeContext(index, node_i)
-        rule = rule_for(ctx.node)
+        rule = ctx.rule
         for name in ctx.node.output:
             for out in [d for d in group.dims if d.tensor == name and not d.is_const]:
                 n = group.sizes[out]
@@ -142,7 +142,7 @@ def lamp(dg: DepGraph, group: Group) -> list[np.ndarray]:
     return scores
 
 
-lamp.normalise = False  # LAMP scores are comparable across layers by construction
+lamp.normalize = False  # LAMP scores are comparable across layers by construction
 
 
 def bn_scale(dg: DepGraph, group: Group) -> list[np.ndarray]:
@@ -161,7 +161,7 @@ def _producer_affine(dg: DepGraph, dim, n: int) -> tuple[np.ndarray, np.ndarray,
     alone consumes the layer's output (an unfolded BatchNormalization); identity otherwise."""
     index = dg.index
     ctx = NodeContext(index, dim.use)
-    view = rule_for(ctx.node).linear_view(ctx)
+    view = ctx.rule.linear_view(ctx)
     bias = np.zeros(n)
     output = ctx.output(0)
     if view is not None and _channels_of(index, view) == n:  # the weight axis makes the layer's channels
@@ -171,7 +171,7 @@ def _producer_affine(dg: DepGraph, dim, n: int) -> tuple[np.ndarray, np.ndarray,
     users = index.consumers.get(output, [])
     if len(users) == 1:
         user = NodeContext(index, users[0][0])
-        affine = rule_for(user.node).channel_affine(user)
+        affine = user.rule.channel_affine(user)
         if affine is not None and affine[0].shape == (n,):
             scale, shift = affine
     return bias, scale, shift
@@ -218,8 +218,8 @@ def structure_warning(dg: DepGraph, threshold: float = 0.3) -> str | None:
     groups = [g for g in dg.prunable_groups if g.n_channels > 2]
     disagree, bias_heavy = 0, 0
     for group in groups:
-        a = importance(dg, group, "l1", normalise="none")
-        b = importance(dg, group, "scaled", normalise="none")
+        a = importance(dg, group, "l1", normalize="none")
+        b = importance(dg, group, "scaled", normalize="none")
         if np.std(a) > 0 and np.std(b) > 0 and np.corrcoef(_ranks(a), _ranks(b))[0, 1] < threshold:
             disagree += 1
         for dim, rows in _producer_rows(dg, group):
@@ -274,14 +274,14 @@ WEIGHT_CRITERIA = ("l1", "l2", "bn", "fpgm", "lamp", "scaled")
 AGGREGATES = {"sum": np.sum, "mean": np.mean, "max": np.max}
 
 
-NORMALISATIONS = ("mean", "max", "none")
+NORMALIZATIONS = ("mean", "max", "none")
 
 
 def importance(dg: DepGraph, group: Group, criterion: str | Criterion = "l1", aggregate: str = "sum",
-               normalise: str = "mean") -> np.ndarray:
+               normalize: str = "mean") -> np.ndarray:
     """Scores per channel, aggregated over the group's producing layers; 0 exactly for dead channels.
 
-    `normalise` decides what a global ranking compares: "mean" (default, as Torch-Pruning does)
+    `normalize` decides what a global ranking compares: "mean" (default, as Torch-Pruning does)
     divides by the group's mean, so each layer competes on the spread of its own channels and
     layers with many inputs (large norms) are not spared; "max" divides by the largest score;
     "none" compares raw scores, so a layer whose weights are small overall loses more."""
@@ -292,11 +292,11 @@ def importance(dg: DepGraph, group: Group, criterion: str | Criterion = "l1", ag
     scores = np.abs(np.asarray(raw, dtype=np.float64))
     if scores.shape != (group.n_channels,):
         raise ValueError(f"importance function returned shape {scores.shape}, expected ({group.n_channels},)")
-    if normalise not in NORMALISATIONS:
-        raise ValueError(f"normalise must be one of {NORMALISATIONS}")
-    if getattr(fn, "normalise", True) and normalise == "mean":
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}")
+    if getattr(fn, "normalize", True) and normalize == "mean":
         scores = scores / max(scores.mean(), 1e-300)
-    elif getattr(fn, "normalise", True) and normalise == "max":
+    elif getattr(fn, "normalize", True) and normalize == "max":
         scores = scores / max(scores.max(), 1e-300)
     dead = dead_channels(dg, group)
     return np.where(dead, 0.0, np.maximum(scores, np.finfo(np.float64).tiny))

@@ -19,7 +19,7 @@ batch over a fixed number of sampled output positions per sample (`positions`); 
 batch of activations (the scratch folder on disk holds the cut for every batch).
 
 Op knowledge (patches of a conv, which input is the weight, where a bias goes) comes from the op
-rules (`rule_for(node).linear_view`, onnxprune/ops/reconstruct.py).
+rules (`NodeContext.rule.linear_view`, onnxprune/ops/reconstruct.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from .depgraph import DepGraph
 from .graph import ModelIndex, copy_fields
-from .ops import IN, OUT, NodeContext, rule_for
+from .ops import IN, OUT, NodeContext
 from .runtime import batches, make_session
 from .ops import Dim
 from .surgery import ModelWriter, kept_elements
@@ -348,7 +348,8 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph
     consumers = {d.use for g in dg.groups if g.id in keep for d in g.const_dims if g.roles.get(d) == IN}
     views = []
     for i in layers_to_fit(dg, keep):
-        view = rule_for(pruned.graph.node[i]).linear_view(NodeContext(index, i))
+        ctx = NodeContext(index, i)
+        view = ctx.rule.linear_view(ctx)
         if view is None:
             if i in consumers:
                 report.skipped.append(f"{index.node_label(i)}: its weight or bias cannot be re-fitted")

@@ -625,3 +625,72 @@ def simple_chain(opset: int = 13) -> onnx.ModelProto:
     return n.build(_x(), [n.gemm(y, 12, 10, "fc")])
 
 
+
+
+RECURRENT = ("lstm_bidirectional", "gru", "rnn", "lstm_states")
+_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def recurrent(kind: str) -> onnx.ModelProto:
+    """A CRNN-style head: dense features -> [T, N, C] -> LSTM/GRU/RNN -> Y [T, dirs, N, H] ->
+    [T, N, dirs*H] -> dense.  `lstm_states` also feeds constant initial states and reads Y_h."""
+    op = kind.split("_")[0]
+    n = Net(f"recurrent_{kind}", opset=14)
+    dirs, hidden, gates = (2 if kind == "lstm_bidirectional" else 1), 6, _GATES[op]
+    x = n.matmul("x", 4, 8, "fc1")
+    x = n.op("Transpose", [x], "to_tnc", perm=[1, 0, 2])
+    ins = [x, n.param("rnn.W", (dirs, gates * hidden, 8), 0.4), n.param("rnn.R", (dirs, gates * hidden, hidden), 0.4),
+           n.param("rnn.B", (dirs, 2 * gates * hidden), 0.1)]
+    if kind == "lstm_states":
+        ins += ["", n.const("rnn.h0", np.zeros((dirs, 1, hidden), np.float32)), n.param("rnn.c0", (dirs, 1, hidden), 0.2)]
+    outputs = 2 if kind == "lstm_states" else 1
+    result = n.op(op.upper(), ins, "rnn", outputs=outputs, hidden_size=hidden,
+                  direction="bidirectional" if dirs == 2 else "forward")
+    y = result[0] if outputs > 1 else result
+    y = n.op("Transpose", [y], "to_tndh", perm=[0, 2, 1, 3])
+    y = n.op("Reshape", [y, n.ints("merge", [0, 0, -1])], "merge_dirs")
+    out = [n.matmul(y, dirs * hidden, 3, "fc2")]
+    if kind == "lstm_states":
+        out.append(n.matmul(n.op("Squeeze", [result[1], n.ints("axes0", [0])], "last"), hidden, 2, "fc3"))
+    return n.build({"x": [1, 5, 4]}, out)
+
+
+def crnn_reshape() -> onnx.ModelProto:
+    """CRNN head: [N, C, H, W] -> Reshape to [N, C*H, W] with a run-time target [N, -1, W]
+    (Shape -> Gather -> Concat) -> [N, W, C*H] -> dense."""
+    n = Net("crnn_reshape")
+    x = n.op("MaxPool", [n.op("Relu", [n.conv("x", 3, 8, "c1")], "r1")], "p1", kernel_shape=[4, 1], strides=[4, 1])
+    shape = n.op("Shape", [x], "shape")
+    batch = n.op("Unsqueeze", [n.op("Gather", [shape, n.ints("i0", 0)], "g0"), n.ints("ax0", [0])], "u0")
+    width = n.op("Unsqueeze", [n.op("Gather", [shape, n.ints("i3", 3)], "g3"), n.ints("ax0b", [0])], "u3")
+    target = n.op("Concat", [batch, n.ints("rest", [-1]), width], "target", axis=0)
+    y = n.op("Transpose", [n.op("Reshape", [x, target], "merge")], "tr", perm=[0, 2, 1])
+    return n.build({"x": ["N", 3, 8, 6]}, [n.matmul(y, 16, 5, "fc")])
+
+
+def shape_gather_slice() -> onnx.ModelProto:
+    """A size read at run time (Shape -> Gather(2) -> Div) bounds a Slice along H: only H is read,
+    so the channels stay prunable."""
+    n = Net("shape_gather_slice")
+    x = n.op("Relu", [n.conv("x", 3, 8, "c1")], "r1")
+    height = n.op("Unsqueeze", [n.op("Gather", [n.op("Shape", [x], "shape"), n.ints("i2", 2)], "g2"), n.ints("ax0", [0])], "u2")
+    half = n.op("Div", [height, n.ints("two", [2])], "half")
+    y = n.op("Slice", [x, n.ints("start", [0]), half, n.ints("axes", [2])], "top")
+    return n.build({"x": ["N", 3, 8, 8]}, [n.conv(y, 8, 4, "c2")])
+
+
+def constant_of_shape() -> onnx.ModelProto:
+    """A zero tensor shaped like an activation (ConstantOfShape(Shape(x))), added to it."""
+    n = Net("constant_of_shape")
+    x = n.op("Relu", [n.conv("x", 3, 8, "c1")], "r1")
+    zeros = n.op("ConstantOfShape", [n.op("Shape", [x], "shape")], "zeros",
+                 value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    return n.build({"x": ["N", 3, 8, 8]}, [n.conv(n.op("Add", [x, zeros], "plus"), 8, 4, "c2")])
+
+
+def unit_split() -> onnx.ModelProto:
+    """Three channels split into three single-channel branches: none of them can go."""
+    n = Net("unit_split")
+    a, b, c = n.op("Split", [n.conv("x", 3, 3, "c1"), n.ints("sizes", [1, 1, 1])], "split", outputs=3, axis=1)
+    y = n.op("Add", [n.op("Add", [n.conv(a, 1, 4, "ca"), n.conv(b, 1, 4, "cb")], "ab"), n.conv(c, 1, 4, "cc")], "abc")
+    return n.build({"x": ["N", 3, 8, 8]}, [y])
