@@ -193,7 +193,7 @@ def bench(task, fractions: list[float], distill_minutes: float, methods: str = "
             t = time.perf_counter()
             result = pm.apply(plan, feeds if reconstruct else None, reconstruct=reconstruct)
             seconds = time.perf_counter() - t
-            macs = result.after["macs"] / result.before["macs"]
+            macs = result.after.macs / result.before.macs
             row = {"model": task.name, "macs": macs, "method": label, "score": task.score(result.model)}
             if reconstruct:
                 rec = result.recovery
