@@ -226,3 +226,25 @@ def test_scratch_cut_on_disk_gives_the_same_fit():
     in_ram = pm.apply(plan, {"x": x}, reconstruct=ReconstructOptions(batch=8)).model
     on_disk = pm.apply(plan, {"x": x}, reconstruct=ReconstructOptions(batch=8, memory_mb=0)).model
     assert [t.SerializeToString() for t in in_ram.graph.initializer] == [t.SerializeToString() for t in on_disk.graph.initializer]
+
+
+def test_cli_reconstruct_reports_agreement(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "onnxprune.cli", "prune", str(ROOT / "models" / "digits_cnn.onnx"),
+                               "-o", str(tmp_path / "p.onnx"), "--target-macs", "0.5", *args],
+                              capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+    out = cli("--reconstruct")
+    assert out.returncode == 2 and "--reconstruct needs calibration data" in out.stderr
+    assert not (tmp_path / "p.onnx").exists()
+    out = cli("--data", str(ROOT / "models" / "digits_calib.npz"), "--reconstruct", "--json")
+    assert out.returncode == 0, out.stderr
+    rec = json.loads(out.stdout)["recovery"]
+    assert rec["reference_accuracy"] > 0.99 and rec["plain"]["samples"] == 360
+    assert rec["reconstructed"]["top1_agreement"] > rec["plain"]["top1_agreement"]
+    assert rec["reconstructed"]["accuracy"] > rec["plain"]["accuracy"]
+    assert len(rec["reconstruction"]["layers"]) == 4
