@@ -122,34 +122,6 @@ class Recovery:
 
 # --- running parts of a model -------------------------------------------------------------------
 
-def truncated(model: onnx.ModelProto, outputs: list[str], elem_types: dict[str, int]) -> onnx.ModelProto:
-    """A copy of `model` that computes only `outputs` (the nodes they need, and those nodes'
-    initializers): running a prefix of the model costs only that prefix."""
-    needed = set(outputs)
-    keep = []
-    for node in reversed(model.graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(n for n in node.input if n)
-            for attr in node.attribute:  # names a subgraph reads from outside
-                if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                    needed.update(_subgraph_names(attr))
-    graph = onnx.GraphProto(name=model.graph.name)
-    graph.node.extend(reversed(keep))
-    graph.initializer.extend(t for t in model.graph.initializer if t.name in needed)
-    initializers = {t.name for t in model.graph.initializer}
-    graph.input.extend(vi for vi in model.graph.input if vi.name not in initializers or vi.name in needed)
-    graph.value_info.extend(vi for vi in model.graph.value_info if vi.name in needed)
-    declared = {vi.name: vi for vi in model.graph.output}
-    for name in outputs:
-        graph.output.append(declared[name] if name in declared else
-                            onnx.helper.make_tensor_value_info(name, elem_types.get(name, onnx.TensorProto.FLOAT), None))
-    copy = onnx.ModelProto()
-    copy_fields(model, copy, skip="graph")
-    copy.graph.CopyFrom(graph)
-    return copy
-
-
 def _subgraph_names(attr: onnx.AttributeProto) -> set[str]:
     names: set[str] = set()
     for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
@@ -222,10 +194,9 @@ class _Stats:
 
 # --- reconstruction -----------------------------------------------------------------------------
 
-def layers_to_fit(dg: DepGraph, keep: dict[int, np.ndarray]) -> list[int]:
-    """Node indices, in graph order, of the weight layers whose inputs lose channels (a consumer
-    of a pruned group), and of the producers inside a pruned group, of which grouped and
-    depthwise convs are kept (their remaining groups see re-fitted inputs)."""
+def _pruned_layers(dg: DepGraph, keep: dict[int, np.ndarray]) -> tuple[set[int], set[int]]:
+    """Node indices of the weight layers that consume a group losing channels, and of those
+    that produce one."""
     consumers, producers = set(), set()
     for gid, mask in keep.items():
         if np.all(mask):
@@ -237,7 +208,7 @@ def layers_to_fit(dg: DepGraph, keep: dict[int, np.ndarray]) -> list[int]:
                 consumers.add(dim.use)
             elif role == OUT:
                 producers.add(dim.use)
-    return sorted(consumers | producers)
+    return consumers, producers
 
 
 class _Stepper:
@@ -344,10 +315,9 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph
     report = ReconstructReport()
     index = ModelIndex.build(pruned)
     writer = ModelWriter(pruned, index)
-    producers = {d.use for g in dg.groups if g.id in keep for d in g.const_dims if g.roles.get(d) == OUT}
-    consumers = {d.use for g in dg.groups if g.id in keep for d in g.const_dims if g.roles.get(d) == IN}
-    views = []
-    for i in layers_to_fit(dg, keep):
+    consumers, producers = _pruned_layers(dg, keep)
+    views = []  # consumers of pruned groups, and grouped convs inside one (their groups see re-fitted inputs)
+    for i in sorted(consumers | producers):
         ctx = NodeContext(index, i)
         view = ctx.rule.linear_view(ctx)
         if view is None:
