@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .errors import InputError
 from .graph import ModelIndex
 from .ops import NodeContext
-from .runtime import make_session
+from .runtime import make_session, sample_count
 
 
 @dataclass
@@ -98,7 +98,7 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto | str | Path, fe
     except UnsupportedOp as exc:
         raise InputError(f"finetune: {exc}") from None
     teacher_run = make_session(str(teacher) if isinstance(teacher, Path) else teacher)
-    n = len(next(iter(feeds.values())))
+    n = sample_count(feeds)
     per_epoch = -(-n // options.batch_size)
     total = per_epoch * options.epochs
     optimizer = torch.optim.Adam(net.parameters(), lr=options.lr)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from .depgraph import DepGraph
 from .graph import ModelIndex, copy_fields
 from .ops import IN, OUT, NodeContext
-from .runtime import batches, make_session
+from .runtime import batches, make_session, sample_count
 from .ops import Dim
 from .surgery import ModelWriter, kept_elements
 
@@ -332,7 +332,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph
     elem_types = dg.index.elem_types
     kept = kept_elements(dg, keep)  # the original's outputs lose the channels the pruned layer no longer makes
     parts = list(batches(feeds, options.batch))
-    n_samples = len(next(iter(feeds.values())))
+    n_samples = sample_count(feeds)
     rng = np.random.default_rng(options.seed)
     producer_of = {o: i for i, node in enumerate(original.graph.node) for o in node.output if o}
     bar = tqdm(total=len(views), desc="reconstruct", unit="layer", disable=not progress, leave=False)
@@ -410,7 +410,7 @@ def compare(reference: onnx.ModelProto | bytes | str, candidates: list[onnx.Mode
         classifier = first.ndim >= 2 and first.shape[-1] > 1 if classifier is None else classifier
         a2 += sum(float(np.sum(np.asarray(e, dtype=np.float64) ** 2)) for e in expected)
         top_ref = first.argmax(axis=-1) if classifier else None
-        n = len(next(iter(part.values())))
+        n = sample_count(part)
         if labels is not None and classifier:
             ref_correct += int(np.sum(top_ref.reshape(n, -1)[:, 0] == labels[offset:offset + n]))
         for j, session in enumerate(sessions):
