@@ -29,10 +29,11 @@ from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex, weightless_copy
 from .inputs import ChosenInputs, check_input_shapes, choose_inputs, declared_dims
-from .importance import CRITERIA, NORMALIZATIONS, Criterion, activation_criterion, importance
+from .importance import CRITERIA, NORMALIZATIONS, WEIGHT_CRITERIA, Criterion, activation_criterion, importance, structure_warning
 from .load import LoadedModel, check_supported, load_model
 from .ops import OUT, PARAM
 from .plan import Plan, make_plan, resolve
+from .recovery import ReconstructOptions, Recovery
 from .save import save_model
 from .surgery import apply_keep
 from . import verify as verification  # looked up at call time, so tests can make verification fail
@@ -62,6 +63,8 @@ class PruneResult:
     external_data: bool | None = None
     """How `save` stores the weights: as the original did (a .data file beside the model when the
     original had one); None: inline unless they exceed protobuf's 2 GB limit."""
+    recovery: Recovery | None = None
+    """With data: agreement with the original before (and after) reconstruction (onnxprune.recovery)."""
 
     def save(self, path: str | Path) -> Path:
         """Save the pruned model atomically, its weights stored as the original's were."""
@@ -241,8 +244,11 @@ class PrunableModel:
         """Params and MACs after keeping these channels: a dry run of surgery, nothing written."""
         return self.cost_model.estimate(keep)
 
-    def plan(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum", **options) -> Plan:
-        """Choose the channels to remove.  Options are those of `AllocationOptions` (ratio,
+    def plan(self, criterion: str | Criterion | None = None, data=None, aggregate: str = "sum", **options) -> Plan:
+        """Choose the channels to remove.  `criterion` None ranks by what channels carry on
+        `data` ("activation") when there is data, else by the scale-aware weight criterion
+        ("scaled"); a weight criterion adds a warning to `plan.warnings` when the filter norms
+        misjudge the model (importance.structure_warning).  Options are those of `AllocationOptions` (ratio,
         threshold, target_macs, target_params, global_ranking, max_ratio, round_to, ignore,
         protect_ends), plus normalize ("mean", "max", "none": see importance.importance),
         sensitivity / max_loss (allocation from a sensitivity analysis) and allocator: your own
@@ -254,6 +260,8 @@ class PrunableModel:
         allocator = options.pop("allocator", allocate)
         opts = AllocationOptions(**options)
         opts.validate()
+        if criterion is None:
+            criterion = "activation" if data is not None else "scaled"
         scores = self.importance(criterion, data, aggregate, normalize)
         chosen = None
         if sensitivity is not None or max_loss is not None:
@@ -267,6 +275,9 @@ class PrunableModel:
             plan.options["sensitivity_ratios"] = {str(g): r for g, r in sorted(chosen.items())}
             if max_loss is not None:
                 plan.options["max_loss"] = max_loss
+        if isinstance(criterion, str) and criterion in WEIGHT_CRITERIA:
+            warning = structure_warning(self.depgraph)
+            plan.warnings += [warning] if warning else []
         estimate = self.cost(keep)
         base = self.cost_model.base
         plan.summary = {"params": [base.params, estimate.params], "macs": [base.macs, estimate.macs]}
@@ -281,23 +292,38 @@ class PrunableModel:
         return sens_mod.allocate(self, sens, scores, opts.target_macs, opts.target_params, max_loss)
 
     # --- surgery -------------------------------------------------------------------------
-    def surgery(self, plan: Plan, data=None, source: str = "plan") -> "Pruning":
+    def surgery(self, plan: Plan, data=None, source: str = "plan", reconstruct: bool | ReconstructOptions = False,
+                labels: np.ndarray | None = None) -> "Pruning":
         """Apply a plan: the pruned model, not yet verified.  What `Pruning.verify` needs of the
         original travels with it (its inputs and outputs, its outputs on the verification inputs
         or the file to compute them from), so this object may be dropped before verifying: the
         CLI does, and the original's weights, the pruned model and an onnxruntime session are
-        then never in memory together."""
+        then never in memory together.  With `data`, the result carries a quality report
+        (`recovery`: agreement with the original on all of the data, accuracy with `labels`);
+        `reconstruct` (True or ReconstructOptions) first re-fits the layers that consume pruned
+        channels on that data (onnxprune.recovery), which needs the original's weights here."""
         keep = resolve(plan, self.depgraph, source)
         exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
+        if reconstruct and data is None:
+            raise InputError("options: --reconstruct needs calibration data (--data FILE.npz)")
         checked = self.check_runs(data)  # the original's outputs, computed before surgery
         before_layers = {c.node: c for c in cost.layer_costs(self.cost_index)}
-        return Pruning(apply_keep(self.depgraph, keep), plan, weightless_copy(self.model), checked.feeds, exact,
-                       self.cost_model.base, before_layers, self.path, checked.outputs, self.loaded.had_external_data,
-                       self.cost_shapes)
+        pruned, recovery = apply_keep(self.depgraph, keep), None
+        if data is not None and not exact:
+            from .recovery import recover
 
-    def apply(self, plan: Plan, data=None, source: str = "plan") -> PruneResult:
-        """Apply a plan, verify the result against the original, and return it (nothing saved)."""
-        return self.surgery(plan, data, source).verify()
+            options = reconstruct if isinstance(reconstruct, ReconstructOptions) else ReconstructOptions() if reconstruct else None
+            pruned, recovery = recover(self.model, pruned, self.depgraph, keep, self.calibration(data), options,
+                                       labels, self.show_progress)
+        return Pruning(pruned, plan, weightless_copy(self.model), checked.feeds, exact,
+                       self.cost_model.base, before_layers, self.path, checked.outputs, self.loaded.had_external_data,
+                       self.cost_shapes, recovery)
+
+    def apply(self, plan: Plan, data=None, source: str = "plan", reconstruct: bool | ReconstructOptions = False,
+              labels: np.ndarray | None = None) -> PruneResult:
+        """Apply a plan, verify the result against the original, and return it (nothing saved);
+        `reconstruct` and `labels` as in `surgery`."""
+        return self.surgery(plan, data, source, reconstruct, labels).verify()
 
     def _all_dead(self, group_id: int, keep: np.ndarray) -> bool:
         from .importance import dead_channels
@@ -305,9 +331,10 @@ class PrunableModel:
         group = self.depgraph.groups[group_id]
         return bool(np.all(keep | dead_channels(self.depgraph, group)))
 
-    def prune(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum", **options) -> PruneResult:
+    def prune(self, criterion: str | Criterion | None = None, data=None, aggregate: str = "sum",
+              reconstruct: bool | ReconstructOptions = False, **options) -> PruneResult:
         """plan() then apply()."""
-        return self.apply(self.plan(criterion, data, aggregate, **options), data)
+        return self.apply(self.plan(criterion, data, aggregate, **options), data, reconstruct=reconstruct)
 
 
 @dataclass
@@ -328,6 +355,7 @@ class Pruning:
     external_data: bool
     input_shapes: dict[str, tuple[int, ...]] | None = None
     """The sizes costs are counted at (PrunableModel.input_shapes)."""
+    recovery: Recovery | None = None
 
     def verify(self) -> PruneResult:
         """Check the pruned model against the original (verify.verify) and summarise the change."""
@@ -340,4 +368,4 @@ class Pruning:
         layers = [LayerChange(c.node, c.op_type, (old[c.node].channels, c.channels), (old[c.node].params, c.params),
                               (old[c.node].macs, c.macs)) for c in cost.layer_costs(after_index) if c.node in old]
         return PruneResult(self.model, self.plan, report, self.before, after, layers, self.exact,
-                           True if self.external_data else None)
+                           True if self.external_data else None, self.recovery)

@@ -10,13 +10,14 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .api import PruneResult, Pruning, load
+from .api import PrunableModel, PruneResult, Pruning, load
 from .errors import InputError, OnnxPruneError
 from .importance import CRITERIA
 from .inputs import parse_input_shapes
 from .plan import Plan
+from .recovery import compare
 from .runtime import sample_count
-from .save import check_output_paths
+from .save import check_output_paths, save_model
 
 
 def _fmt(n: float) -> str:
@@ -56,7 +57,8 @@ def _result_json(result: PruneResult, output: Path, input_path: Path) -> dict:
             "max_rel_error": result.report.max_rel_error,
             "channels_removed": sum(g.removed for g in result.plan.groups),
             "layers": [{"node": c.node, "op": c.op, "channels": list(c.channels), "params": list(c.params), "macs": list(c.macs)}
-                       for c in result.layers]}
+                       for c in result.layers],
+            "recovery": result.recovery.to_json() if result.recovery else None}
 
 
 def _size(path: Path) -> int:
@@ -79,7 +81,40 @@ def _print_result(summary: dict) -> None:
     kind = "exact (only dead channels removed)" if summary["exact"] else "outputs differ as expected"
     print(f"verified: onnx.checker ok, onnxruntime runs, output shapes unchanged; max relative output change "
           f"{summary['max_rel_error']:.2e} ({kind})")
+    if summary.get("recovery"):
+        print(_format_recovery(summary["recovery"]))
     print(f"wrote {summary['output']}")
+
+
+def _format_recovery(rec: dict) -> str:
+    """Agreement with the original on the --data samples, plain and reconstructed."""
+    def line(label: str, f: dict) -> str:
+        top1 = f" top-1 agreement {f['top1_agreement']:.2%}," if f["top1_agreement"] is not None else ""
+        accuracy = f" accuracy {f['accuracy']:.2%}," if f["accuracy"] is not None else ""
+        return f"  {label:<14}{top1}{accuracy} relative output error {f['rel_error']:.3g}"
+    lines = [f"agreement with the original on {rec['plain']['samples']} --data samples"
+             + (f" (original accuracy {rec['reference_accuracy']:.2%})" if rec["reference_accuracy"] is not None else "") + ":",
+             line("pruned:", rec["plain"])]
+    fit = rec["reconstruction"]
+    if fit is not None:
+        fitted = sum(layer["fitted"] for layer in fit["layers"])
+        if rec["reconstructed"] is not None:
+            lines.append(line("reconstructed:", rec["reconstructed"]))
+        else:
+            lines.append("  reconstructed: agreed less with the original than plain pruning; kept the plainly pruned model")
+        lines.append(f"  reconstruction: {fitted} of {len(fit['layers'])} layers re-fitted in {fit['seconds']:.1f} s"
+                     + (f"; not re-fitted: {'; '.join(fit['skipped'])}" if fit["skipped"] else ""))
+    return "\n".join(lines)
+
+
+def _labels(model: PrunableModel, data) -> "np.ndarray | None":
+    """The 'labels' array of a --data .npz, if it has one (for the accuracy in the report)."""
+    from .data import load_labels
+
+    if not data or not str(data).endswith(".npz"):
+        return None
+    feeds = model.calibration(data)
+    return load_labels(None, data, sample_count(feeds))
 
 
 def _allocation_args(args) -> dict:
@@ -107,7 +142,8 @@ def _pruned(args) -> Pruning:
     if getattr(args, "plan", None):
         plan = Plan.read(args.plan)
         model.check_runs(args.data)  # the original must run on the verification inputs before any work
-        return model.surgery(plan, args.data, source=str(args.plan))
+        return model.surgery(plan, args.data, source=str(args.plan), reconstruct=args.reconstruct,
+                             labels=_labels(model, args.data))
     model.show_progress = not args.json and sys.stderr.isatty()
     options = _allocation_args(args)
     if args.sensitivity or args.max_loss is not None:
@@ -122,12 +158,14 @@ def _pruned(args) -> Pruning:
         plotting()  # before any work, not after it
     model.check_runs(args.data)  # the original must run on the verification inputs before any work
     plan = model.plan(args.criterion, args.data, args.aggregate, **options)
+    for warning in plan.warnings:
+        print(f"onnxprune: warning: {warning}", file=sys.stderr)
     if args.plot:
         from .sensitivity import Sensitivity, plot
 
         plot(Sensitivity.read(Path(args.sensitivity)), Path(args.plot),
              {int(g): r for g, r in plan.options["sensitivity_ratios"].items()})
-    return model.surgery(plan, args.data)
+    return model.surgery(plan, args.data, reconstruct=args.reconstruct, labels=_labels(model, args.data))
 
 
 def cmd_inspect(args) -> int:
@@ -174,6 +212,34 @@ def cmd_apply(args) -> int:
         print(json.dumps(summary, indent=1))
     else:
         _print_result(summary)
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .finetune import FinetuneOptions, finetune
+
+    check_output_paths(args.model, (args.output,), args.overwrite)
+    student, teacher = load(args.model), load(args.teacher)
+    feeds = student.calibration(args.data)
+    options = FinetuneOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, minutes=args.minutes)
+    if min(options.epochs, options.batch_size) < 1 or options.lr <= 0:
+        raise InputError("options: --epochs and --batch-size must be at least 1, --lr positive")
+    result = finetune(student.model, teacher.model, feeds, options, progress=not args.json and sys.stderr.isatty())
+    (before,), _ = compare(teacher.model, [student.model], feeds)
+    (after,), _ = compare(teacher.model, [result.model], feeds)
+    save_model(result.model, args.output, True if student.loaded.had_external_data else None)
+    summary = {"input": str(args.model), "teacher": str(args.teacher), "output": str(args.output), "steps": result.steps,
+               "seconds": result.seconds, "first_loss": result.first_loss, "epoch_losses": result.losses,
+               "trained": result.trained, "before": vars(before), "after": vars(after)}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"distilled {len(result.trained)} weight tensors in {result.steps} steps ({result.seconds:.0f} s); "
+          f"loss {result.first_loss:.4g} -> {result.losses[-1]:.4g} (epoch means: {', '.join(f'{v:.3g}' for v in result.losses)})")
+    for label, f in (("before", before), ("after", after)):
+        top1 = f", top-1 agreement {f.top1_agreement:.2%}" if f.top1_agreement is not None else ""
+        print(f"{label}: relative output error {f.rel_error:.3g}{top1} (against the teacher, {f.samples} --data samples)")
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -293,9 +359,14 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--weights-out", help="also write the pruned weights (.npz keyed by the original initializer names) "
                                          "for loading back into the origin framework")
-    p.add_argument("--data", help="calibration inputs (.npy, or .npz keyed by input name) used for verification "
-                                  "and the activation criteria; more samples than a fixed batch are fed in chunks of it; "
-                                  "default: random inputs of sizes the original model runs at")
+    p.add_argument("--data", help="calibration inputs (.npy, or .npz keyed by input name) used for verification, "
+                                  "the activation criteria and the report of agreement with the original (accuracy "
+                                  "too when the .npz has 'labels'); more samples than a fixed batch are fed in chunks "
+                                  "of it; default: random inputs of sizes the original model runs at")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="with --data: re-fit each layer that reads pruned channels by least squares so that its "
+                        "output matches the original's on the data (sequentially; removed channels' mean goes into "
+                        "the bias); no labels, no training code")
     _add_input_shape(p)
 
 
@@ -343,8 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--target-macs", type=float, help="keep this fraction of MACs, e.g. 0.5 (met within 1%%)")
     how.add_argument("--target-params", type=float, help="keep this fraction of parameters (met within 1%%)")
     which = p.add_argument_group("which channels")
-    which.add_argument("--criterion", default="l1", choices=list(CRITERIA) + ["activation", "apoz"],
-                       help="importance criterion (default l1); activation and apoz need --data")
+    which.add_argument("--criterion", choices=list(CRITERIA) + ["activation", "apoz"],
+                       help="importance criterion; default: activation with --data, else scaled (filter norm times the "
+                            "per-channel scale after it, with its bias, times the consumers' weight norm); activation "
+                            "and apoz need --data")
     which.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="combine the scores of a group's layers (default sum)")
     _add_global_ranking(which, "rank channels across all groups instead of per group")
     which.add_argument("--normalize", default="mean", choices=["mean", "max", "none"],
@@ -363,6 +436,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simplify", action="store_true", help="run onnxslim on the pruned model (needs the optional package "
                                                            "onnxslim); outputs are checked to stay within 1e-4")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("finetune", help="distil a pruned model toward the original on unlabeled data (needs torch)",
+                       description="Knowledge distillation without the training code: the pruned ONNX graph runs in PyTorch "
+                                   "(onnxprune's own small executor), the original (--teacher) in onnxruntime; the Conv, Gemm "
+                                   "and MatMul weights and biases are trained to match the teacher's outputs on --data (Adam, "
+                                   "cosine learning-rate schedule) and written back into the same graph by name: nothing else "
+                                   "changes. Needs the optional extra: pip install 'onnxprune[torch]'.")
+    p.add_argument("model", help="pruned ONNX model (never modified)")
+    p.add_argument("--teacher", required=True, help="the original ONNX model")
+    p.add_argument("--data", required=True, help="unlabeled inputs (.npy, or .npz keyed by input name)")
+    p.add_argument("-o", "--output", required=True, help="where to write the distilled model (atomically)")
+    p.add_argument("--epochs", type=int, default=10, help="passes over --data (default 10)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the cosine schedule (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per step (default 16)")
+    p.add_argument("--minutes", type=float, help="stop after this much wall time (the schedule then spans it)")
+    p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("sensitivity", help="measure how much each group suffers when pruned alone",
                        description="For every group and ratio, prune that group alone and measure a metric on your data: "

@@ -157,6 +157,86 @@ def bn_scale(dg: DepGraph, group: Group) -> list[np.ndarray]:
     return [_per_channel(group, d, np.abs(dg.index.const(d.tensor).astype(np.float64))) for d in dims]
 
 
+def _producer_affine(dg: DepGraph, dim, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bias, scale, shift) of the `n` channels a producing weight makes: its layer's bias (folded
+    BatchNorm exports carry gamma and beta there) and the per-channel affine of a node that
+    alone consumes the layer's output (an unfolded BatchNormalization); identity otherwise."""
+    index = dg.index
+    ctx = NodeContext(index, dim.use)
+    view = ctx.rule.linear_view(ctx)
+    bias = np.zeros(n)
+    output = ctx.output(0)
+    if view is not None and _channels_of(index, view) == n:  # the weight axis makes the layer's channels
+        bias = view.bias.vector(n) if view.bias is not None else bias
+        output = view.output
+    scale, shift = np.ones(n), np.zeros(n)
+    users = index.consumers.get(output, [])
+    if len(users) == 1:
+        user = NodeContext(index, users[0][0])
+        affine = user.rule.channel_affine(user)
+        if affine is not None and affine[0].shape == (n,):
+            scale, shift = affine
+    return bias, scale, shift
+
+
+def _channels_of(index, view) -> int | None:
+    """The size of the channel axis of a LinearView's output, when known."""
+    shape = index.shape(view.output) or ()
+    size = shape[view.channel_axis] if shape else None
+    return size if isinstance(size, int) else None
+
+
+def scaled(dg: DepGraph, group: Group) -> list[np.ndarray]:
+    """What a channel can put into the layers that read it, from the weights alone: the producing
+    filter's L2 norm times the per-channel scale that follows it, combined with the channel's
+    constant part (bias, folded or BatchNorm shift) as sqrt((s |w|)^2 + (s b + t)^2), times the L2
+    norm of the consuming weights on the channel.  The filter norm alone (l1, l2) misses both
+    the scale after the filter and the bias, and on folded-BatchNorm exports with large biases
+    ranks worse than random; this ranks by the channel's effect at its consumers (input scale
+    assumed even across channels)."""
+    consumer = np.zeros(group.n_channels)
+    for dim in group.dims_with_role(IN):
+        value = dg.index.const(dim.tensor).astype(np.float64)
+        rows = np.moveaxis(value, dim.axis, 0).reshape(value.shape[dim.axis], -1)
+        consumer += _per_channel(group, dim, (rows ** 2).sum(axis=1))
+    consumer = np.sqrt(consumer) if group.dims_with_role(IN) else np.ones(group.n_channels)
+    scores = []
+    for dim, rows in _producer_rows(dg, group):
+        norms = np.sqrt((rows ** 2).sum(axis=1))
+        bias, scale, shift = _producer_affine(dg, dim, len(norms))
+        scores.append(_per_channel(group, dim, np.hypot(scale * norms, scale * bias + shift)) * consumer)
+    return scores
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64)
+
+
+def structure_warning(dg: DepGraph, threshold: float = 0.3) -> str | None:
+    """A warning when filter norms misjudge this model: in at least a quarter of the prunable
+    groups the channels' constant parts (folded biases, BatchNorm shifts) outweigh their filters,
+    or in at least half of them the l1 ranking correlates below `threshold` (Spearman) with the
+    scale-aware one."""
+    groups = [g for g in dg.prunable_groups if g.n_channels > 2]
+    disagree, bias_heavy = 0, 0
+    for group in groups:
+        a = importance(dg, group, "l1", normalize="none")
+        b = importance(dg, group, "scaled", normalize="none")
+        if np.std(a) > 0 and np.std(b) > 0 and np.corrcoef(_ranks(a), _ranks(b))[0, 1] < threshold:
+            disagree += 1
+        for dim, rows in _producer_rows(dg, group):
+            norms = np.sqrt((rows ** 2).sum(axis=1))
+            bias, scale, shift = _producer_affine(dg, dim, len(norms))
+            if np.mean(np.abs(scale * bias + shift)) > np.mean(np.abs(scale) * norms):
+                bias_heavy += 1
+                break
+    if not groups or (bias_heavy < len(groups) / 4 and disagree < len(groups) / 2):
+        return None
+    return (f"the filter norms misjudge this model: in {disagree} of {len(groups)} groups the l1 ranking disagrees with "
+            f"the scale-aware one, in {bias_heavy} the channels' biases outweigh their filters (folded BatchNorm); "
+            "weight criteria may remove channels that carry much: rank with --data CALIB.npz (activation), and use --reconstruct")
+
+
 def random(dg: DepGraph, group: Group) -> np.ndarray:
     """A baseline: reproducible random scores (seeded by the group id)."""
     return np.random.default_rng(group.id).random(group.n_channels) + 1e-3
@@ -189,7 +269,10 @@ def activation_criterion(dg: DepGraph, feeds: dict[str, np.ndarray], statistic: 
     return criterion
 
 
-CRITERIA: dict[str, Criterion] = {"l1": l1, "l2": l2, "bn": bn_scale, "fpgm": fpgm, "lamp": lamp, "random": random}
+CRITERIA: dict[str, Criterion] = {"l1": l1, "l2": l2, "bn": bn_scale, "fpgm": fpgm, "lamp": lamp, "random": random,
+                                  "scaled": scaled}
+WEIGHT_CRITERIA = ("l1", "l2", "bn", "fpgm", "lamp", "scaled")
+"""Criteria that read only the weights: `structure_warning` says when they misjudge a model."""
 AGGREGATES = {"sum": np.sum, "mean": np.mean, "max": np.max}
 
 

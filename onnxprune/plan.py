@@ -71,6 +71,8 @@ class Plan:
     model: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """What the user should know about how the plan was made (not written to the file)."""
 
     def to_json(self) -> str:
         doc = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model": self.model, "options": self.options,

@@ -22,7 +22,7 @@ import zoo
 from conftest import case_by_id, check_runnable, float_params, input_feeds, load_full, run_cli
 
 REPRESENTATIVE = ["resnet-dynamo", "mobilenetv3-legacy", "densenet-dynamo_noopt", "fixture-tf_cnn", "fixture-paddle_cnn"]
-CRITERIA = ["l1", "l2", "bn", "fpgm", "lamp", "random", "activation", "apoz"]
+CRITERIA = ["l1", "l2", "bn", "fpgm", "lamp", "random", "scaled", "activation", "apoz"]
 MODES = {"uniform": {"ratio": 0.3}, "global": {"ratio": 0.3, "global_ranking": True}, "threshold": {"threshold": 0.5}}
 TARGET_MODELS = ["resnet-dynamo", "mobilenetv2-dynamo", "vgg-dynamo", "fixture-tf_cnn"]
 

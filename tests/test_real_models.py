@@ -104,7 +104,7 @@ def test_inspect(name):
         assert code == 0, err
         at_real = json.loads(out)
         given = {k: [int(d) for d in v.split("x") if d] for k, v in (s.split(":") for s in real)}
-        assert at_real["cost_shapes"] == given and at_real["macs"] >= info["macs"] * (at_real["macs"] > 0)
+        assert at_real["cost_shapes"] == given
 
 
 @pytest.mark.parametrize("name", NAMES)

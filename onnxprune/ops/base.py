@@ -337,6 +337,16 @@ class OpRule:
     def rewrite(self, ctx: "RewriteContext") -> None:
         """Update attributes and shape constants after the dims' sizes changed (default: nothing)."""
 
+    def channel_affine(self, ctx: NodeContext) -> "tuple[np.ndarray, np.ndarray] | None":
+        """(scale, shift) per channel of a node that maps each channel affinely (BatchNormalization),
+        None for every other node: what scale-aware importance multiplies a filter by."""
+        return None
+
+    def linear_view(self, ctx: NodeContext):
+        """The node as per-group least-squares problems (an ops.reconstruct.LinearView), for
+        data-aware reconstruction; None (the default) when its weight cannot be re-fitted."""
+        return None
+
 
 def numel(shape: Sequence[Size] | None) -> int:
     """Elements of a tensor of `shape`; unknown and symbolic sizes count as 1."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import IN, OUT, PARAM, Coupling, Dim, NodeContext, OpRule, RewriteContext, WeightSlot, ZeroView, numel
+from .reconstruct import conv_view
 from .registry import register
 
 
@@ -141,6 +142,9 @@ class ConvRule(_ConvLike):
         """Each output element reads one filter: [Cin/g, k...]."""
         out, weight = ctx.out_shape(0), ctx.in_shape(self.weight_slot)
         return numel(out) * numel(weight[1:]) if out is not None and weight is not None else 0
+
+    def linear_view(self, ctx: NodeContext):
+        return conv_view(ctx)
 
 
 @register("ConvTranspose")

@@ -10,6 +10,7 @@ import numpy as np
 
 from .base import IN, OUT, PARAM, Coupling, NodeContext, OpRule, WeightSlot, ZeroView, numel
 from .conv import _weight_zero
+from .reconstruct import gemm_view, matmul_view
 from .registry import register
 
 
@@ -70,6 +71,9 @@ class GemmRule(_Dense):
             dead &= np.all(np.broadcast_to(rows, (rows.shape[0], n)) == 0, axis=0)
         return dead
 
+    def linear_view(self, ctx: NodeContext):
+        return gemm_view(ctx)
+
 
 @register("MatMul")
 class MatMulRule(_Dense):
@@ -96,3 +100,6 @@ class MatMulRule(_Dense):
 
     def zero(self, ctx: NodeContext, views: dict[int, ZeroView], n: int) -> np.ndarray:
         return _weight_zero(ctx.const(1), 1)
+
+    def linear_view(self, ctx: NodeContext):
+        return matmul_view(ctx)

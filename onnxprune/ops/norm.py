@@ -41,6 +41,14 @@ class BatchNormRule(OpRule):
         x_zero = views[0].value() if 0 in views else np.zeros(n, dtype=bool)
         return killed | (x_zero & (at_zero == 0))
 
+    def channel_affine(self, ctx: NodeContext) -> tuple[np.ndarray, np.ndarray] | None:
+        """(scale, shift) per channel: y = scale * x + shift, for scale-aware importance."""
+        gamma, beta, mean, var = (ctx.const(s) if ctx.input(s) else None for s in range(1, 5))
+        if any(v is None for v in (gamma, beta, mean, var)):
+            return None
+        scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + float(ctx.attr("epsilon", 1e-5)))
+        return scale, beta.astype(np.float64) - mean * scale
+
 
 @register("InstanceNormalization")
 class InstanceNormRule(OpRule):

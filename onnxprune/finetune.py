@@ -1,0 +1,141 @@
+"""Knowledge distillation of a pruned ONNX model toward the original, on unlabeled inputs, with no
+training code: the pruned graph runs in PyTorch (onnxprune.ops.torch_exec), the teacher in
+onnxruntime, and the loss is the teacher-normalised squared error of every output.  Trained are
+the weights and biases of the layers that `NodeContext.rule.linear_view` can read (Conv, Gemm,
+MatMul and their bias Add); the result is the same ONNX graph with those constants replaced, by
+name, in their own dtype and shape, and nothing else changed.
+
+Needs torch (`pip install 'onnxprune[torch]'`).  Adam with a cosine learning-rate schedule; an
+optional time budget (`minutes`) ends training early, the schedule then being set by the budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from tqdm import tqdm
+
+from .errors import InputError
+from .graph import ModelIndex
+from .ops import NodeContext
+from .runtime import make_session, sample_count
+
+
+@dataclass
+class FinetuneOptions:
+    epochs: int = 10
+    lr: float = 1e-4
+    batch_size: int = 16
+    minutes: float | None = None
+    """Stop after this much wall time (the cosine schedule then spans the budget)."""
+    seed: int = 0
+
+
+@dataclass
+class FinetuneResult:
+    model: onnx.ModelProto
+    losses: list[float] = field(default_factory=list)
+    """Mean distillation loss of each epoch (the last one may be partial, under a time budget)."""
+    first_loss: float = 0.0
+    """The loss of the untrained student on the first batches (before any step)."""
+    trained: list[str] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def trainable_constants(index: ModelIndex) -> set[str]:
+    """Weights and biases of the layers with a linear view, where they are float constants."""
+    names = set()
+    for i, node in enumerate(index.model.graph.node):
+        ctx = NodeContext(index, i)
+        view = ctx.rule.linear_view(ctx)
+        if view is None:
+            continue
+        names.add(node.input[view.weight_slot])
+        if view.bias is not None and view.bias.value is not None:
+            names.add(index.model.graph.node[view.bias.node].input[view.bias.slot])
+    return {n for n in names if index.is_const(n) and np.issubdtype(index.const(n).dtype, np.floating)}
+
+
+def _write_back(model: onnx.ModelProto, index: ModelIndex, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` with these constants replaced by name (initializers or Constant nodes)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    for name, value in values.items():
+        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name=name)
+        if name in inits:
+            inits[name].CopyFrom(tensor)
+        else:
+            node = out.graph.node[index.constant_nodes[name]]
+            next(a for a in node.attribute if a.name == "value").t.CopyFrom(tensor)
+    return out
+
+
+def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto | str | Path, feeds: dict[str, np.ndarray],
+             options: FinetuneOptions | None = None, progress: bool = False) -> FinetuneResult:
+    """Distil `student` (a pruned model) toward `teacher` (the original) on `feeds`."""
+    try:
+        import torch
+
+        from .ops.torch_exec import GraphModule, UnsupportedOp
+    except ImportError:
+        raise InputError("finetune needs PyTorch: pip install 'onnxprune[torch]'") from None
+    options = options or FinetuneOptions()
+    start = time.perf_counter()
+    torch.manual_seed(options.seed)
+    index = ModelIndex.build(student)
+    names = trainable_constants(index)
+    if not names:
+        raise InputError("finetune: the model has no Conv, Gemm or MatMul weight to train")
+    try:
+        net = GraphModule(student, index, names)
+    except UnsupportedOp as exc:
+        raise InputError(f"finetune: {exc}") from None
+    teacher_run = make_session(str(teacher) if isinstance(teacher, Path) else teacher)
+    n = sample_count(feeds)
+    per_epoch = -(-n // options.batch_size)
+    total = per_epoch * options.epochs
+    optimizer = torch.optim.Adam(net.parameters(), lr=options.lr)
+    rng = np.random.default_rng(options.seed)
+    result = FinetuneResult(student, trained=sorted(names))
+    deadline = start + options.minutes * 60 if options.minutes else None
+    bar = tqdm(total=total, desc="distill", unit="step", disable=not progress, leave=False)
+    step = 0
+    for epoch in range(options.epochs):
+        order = rng.permutation(n)
+        losses = []
+        for b in range(per_epoch):
+            idx = np.sort(order[b * options.batch_size:(b + 1) * options.batch_size])
+            part = {k: v[idx] for k, v in feeds.items()}
+            targets = teacher_run.run(None, part)
+            outputs = net(**{k: torch.from_numpy(v) for k, v in part.items()})
+            loss = sum(torch.mean((o - torch.from_numpy(t)) ** 2) / float(np.mean(t.astype(np.float64) ** 2) + 1e-12)
+                       for o, t in zip(outputs, targets) if np.issubdtype(t.dtype, np.floating))
+            if step == 0:
+                result.first_loss = float(loss.detach())
+            # cosine schedule over the steps, or over the time budget
+            fraction = step / total if deadline is None else (time.perf_counter() - start) / (deadline - start)
+            for group in optimizer.param_groups:
+                group["lr"] = options.lr * 0.5 * (1 + np.cos(np.pi * min(fraction, 1.0)))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            bar.update(1)
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+        result.losses.append(float(np.mean(losses)))
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+    bar.close()
+    result.model = _write_back(student, index, net.trained())
+    result.steps = step
+    result.seconds = time.perf_counter() - start
+    return result

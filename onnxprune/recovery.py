@@ -1,0 +1,448 @@
+"""Winning accuracy back after pruning, from unlabeled calibration inputs and the ONNX model alone.
+
+`reconstruct` re-fits the weight of every layer that consumes a pruned group (and of grouped and
+depthwise convs inside one) by ridge least squares, so that on the calibration data the pruned
+layer's output matches the original layer's output (He et al. 2017, "Channel Pruning for
+Accelerating Very Deep Neural Networks"; ThiNet).  The fit has an intercept, so the mean
+contribution of the removed channels goes into the layer's bias (FLAP-style bias compensation,
+exact in expectation); a bias is created where the layer has none and can take one.
+
+The inputs of each layer are the *pruned* model's own activations, with the layers before it
+already re-fitted, so later layers correct the error left by earlier ones (fully sequential, as
+He et al.).  That costs one pass of the data through each model all the same: both models run
+segment by segment, from one layer to fit to the next, over the calibration batches, and what a
+segment leaves for later segments (the cut) waits in a scratch folder, one file per batch.
+
+Memory does not grow with the number of samples: per layer and conv group only the sums
+X^T X, X^T Y, X, Y and |Y|^2 are kept (shapes set by the layer's widths), accumulated batch by
+batch over a fixed number of sampled output positions per sample (`positions`); RAM holds one
+batch of activations (the scratch folder on disk holds the cut for every batch).
+
+Op knowledge (patches of a conv, which input is the weight, where a bias goes) comes from the op
+rules (`NodeContext.rule.linear_view`, onnxprune/ops/reconstruct.py).
+"""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from .depgraph import DepGraph
+from .graph import ModelIndex, copy_fields
+from .ops import IN, OUT, NodeContext
+from .runtime import batches, make_session, sample_count
+from .ops import Dim
+from .surgery import ModelWriter, kept_elements
+
+
+@dataclass
+class ReconstructOptions:
+    """How `reconstruct` fits."""
+
+    positions: int = 64
+    """Output positions sampled per calibration sample and layer at most (all, when a layer has fewer)."""
+    rows_wanted: int = 64
+    """Rows per input feature a layer needs in all: a layer with few features per group
+    (depthwise) samples fewer positions per sample, down to one."""
+    ridge: float = 1e-3
+    """Ridge strength relative to the mean input variance of the layer."""
+    rows_per_feature: float = 4.0
+    """A layer with fewer sampled rows than this many per input feature (a squeeze-excite FC
+    sees one row per sample) only gets bias compensation: a full fit would learn the samples."""
+    batch: int = 16
+    seed: int = 0
+    memory_mb: int = 256
+    """The cut between segments stays in RAM up to this size, and goes to the scratch folder beyond."""
+
+
+@dataclass
+class LayerFit:
+    """What reconstruction did to one layer.  Errors are the residual |y - y_original|^2 on the
+    sampled calibration positions, relative to the variance of the original output."""
+
+    node: str
+    groups: int
+    features: int
+    rows: int
+    error_before: float
+    error_after: float
+    fitted: bool
+    """False when the fit was not better than the pruned weights on the calibration data (kept)."""
+    bias_only: bool = False
+    """Too few rows for a full fit: only the bias was compensated."""
+
+
+@dataclass
+class ReconstructReport:
+    layers: list[LayerFit] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+    """Layers that consume a pruned group but cannot be re-fitted, with the reason."""
+
+    def to_json(self) -> dict:
+        return {"seconds": self.seconds, "skipped": self.skipped,
+                "layers": [vars(layer) for layer in self.layers]}
+
+
+@dataclass
+class Fidelity:
+    """Agreement of a model with the original on the calibration data.  `top1_agreement` compares
+    the argmax over the last axis of the first output (every position of a sequence model), None
+    when that axis has one element; `rel_error` is ||y - y_original|| / ||y_original|| over all
+    outputs; `accuracy` needs labels."""
+
+    samples: int
+    rel_error: float
+    top1_agreement: float | None
+    accuracy: float | None = None
+
+
+@dataclass
+class Recovery:
+    """The quality report of a prune with data: the plain pruned model and, with reconstruction,
+    the reconstructed one."""
+
+    plain: Fidelity
+    reconstructed: Fidelity | None = None
+    reconstruction: ReconstructReport | None = None
+    reference_accuracy: float | None = None
+
+    def to_json(self) -> dict:
+        return {"plain": vars(self.plain), "reconstructed": vars(self.reconstructed) if self.reconstructed else None,
+                "reference_accuracy": self.reference_accuracy,
+                "reconstruction": self.reconstruction.to_json() if self.reconstruction else None}
+
+
+# --- running parts of a model -------------------------------------------------------------------
+
+def _subgraph_names(attr: onnx.AttributeProto) -> set[str]:
+    names: set[str] = set()
+    for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+        for node in sub.node:
+            names.update(n for n in node.input if n)
+            for inner in node.attribute:
+                if inner.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                    names |= _subgraph_names(inner)
+    return names
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+class _Stats:
+    """Running sums for the per-group least-squares problems of one layer."""
+
+    def __init__(self, groups: int, features: int, outputs: int):
+        self.n = 0
+        self.sx = np.zeros((groups, features))
+        self.sy = np.zeros((groups, outputs))
+        self.xx = np.zeros((groups, features, features))
+        self.xy = np.zeros((groups, features, outputs))
+        self.yy = np.zeros(groups)
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Add one batch of rows.  The products run in float32 (a batch's sums are short) and
+        accumulate in float64 across batches."""
+        x, y = np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.float32)
+        self.n += x.shape[1]
+        self.sx += x.sum(axis=1, dtype=np.float64)
+        self.sy += y.sum(axis=1, dtype=np.float64)
+        if x.shape[0] == 1:  # a 2-D product reaches BLAS
+            self.xx[0] += x[0].T @ x[0]
+            self.xy[0] += x[0].T @ y[0]
+        else:  # many small groups (depthwise): one einsum beats a loop of tiny products
+            self.xx += np.einsum("gsf,gsh->gfh", x, x)
+            self.xy += np.einsum("gsf,gso->gfo", x, y)
+        self.yy += np.einsum("gso,gso->g", y, y, dtype=np.float64)
+
+    def compensate(self, w: np.ndarray) -> np.ndarray:
+        """The bias that makes `w`'s mean residual zero: the removed channels' mean contribution
+        (bias compensation alone, for layers with too few rows for a full fit)."""
+        return (self.sy - np.einsum("gf,gfo->go", self.sx, w)) / self.n
+
+    def solve(self, ridge: float, intercept: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(W [g, f, o], b [g, o]) minimising the squared error plus ridge * mean variance * |W|^2."""
+        mx, my = self.sx / self.n, self.sy / self.n
+        if intercept:
+            cxx = self.xx / self.n - mx[:, :, None] * mx[:, None, :]
+            cxy = self.xy / self.n - mx[:, :, None] * my[:, None, :]
+        else:
+            cxx, cxy = self.xx / self.n, self.xy / self.n
+        f = cxx.shape[1]
+        scale = np.trace(cxx, axis1=1, axis2=2) / f
+        lam = ridge * np.maximum(scale, 1e-12)
+        w = np.linalg.solve(cxx + lam[:, None, None] * np.eye(f), cxy)
+        b = my - np.einsum("gf,gfo->go", mx, w) if intercept else np.zeros_like(my)
+        return w, b
+
+    def error(self, w: np.ndarray, b: np.ndarray) -> float:
+        """Mean squared residual of y ~ x W + b on the accumulated rows, relative to Var(y)."""
+        n = self.n
+        xw = self.xx @ w
+        sse = (self.yy - 2 * np.einsum("gfo,gfo->g", w, self.xy) - 2 * np.einsum("go,go->g", b, self.sy)
+               + np.einsum("gfo,gfo->g", xw, w) + 2 * np.einsum("go,go->g", b, np.einsum("gf,gfo->go", self.sx, w))
+               + n * np.einsum("go,go->g", b, b))
+        var = self.yy - np.einsum("go,go->g", self.sy, self.sy) / n
+        return float(max(sse.sum(), 0.0) / max(var.sum(), 1e-30))
+
+
+# --- reconstruction -----------------------------------------------------------------------------
+
+def _pruned_layers(dg: DepGraph, keep: dict[int, np.ndarray]) -> tuple[set[int], set[int]]:
+    """Node indices of the weight layers that consume a group losing channels, and of those
+    that produce one."""
+    consumers, producers = set(), set()
+    for gid, mask in keep.items():
+        if np.all(mask):
+            continue
+        group = dg.groups[gid]
+        for dim in group.const_dims:
+            role = group.roles.get(dim)
+            if role == IN:
+                consumers.add(dim.use)
+            elif role == OUT:
+                producers.add(dim.use)
+    return consumers, producers
+
+
+class _Stepper:
+    """Runs a model segment by segment over the calibration batches, keeping between segments
+    only the tensors still needed later (the *cut*), one file per batch in a scratch folder: so a
+    layer can be re-fitted before the data flows on through it, and the whole model is still run
+    once in total.  RAM holds one batch; the scratch folder holds the cut for all batches."""
+
+    def __init__(self, model: onnx.ModelProto, index: ModelIndex, feeds: list[dict[str, np.ndarray]],
+                 folder: Path, name: str):
+        self.model, self.elem_types, self.feeds, self.folder, self.name = model, index.elem_types, feeds, folder, name
+        self.constant_nodes = index.constant_nodes  # copied into each segment that reads them, never carried
+        self.position = 0  # nodes before this index have run
+        self.last_use: dict[str, int] = {}
+        for i, node in enumerate(model.graph.node):
+            for n in node.input:
+                self.last_use[n] = i
+            for attr in node.attribute:
+                if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                    for n in _subgraph_names(attr):
+                        self.last_use[n] = i
+        self.step = 0
+        self.in_memory: dict[int, dict[str, np.ndarray]] = {}
+        self.next_memory: dict[int, dict[str, np.ndarray]] = {}
+        self.next_bytes = 0
+        self.budget = 0
+
+    def _state(self, j: int) -> dict[str, np.ndarray]:
+        if self.step == 0:
+            return self.feeds[j]
+        if j in self.in_memory:
+            return self.in_memory.pop(j)
+        path = self.folder / f"{self.name}-{self.step}-{j}.pkl"
+        with open(path, "rb") as f:
+            state = pickle.load(f)  # our own scratch file, written by _keep() below
+        path.unlink()
+        return state
+
+    def _keep(self, j: int, state: dict[str, np.ndarray], budget: int) -> None:
+        """Keep batch j's cut for the next step: in RAM while the step's cut fits `budget` bytes."""
+        size = sum(v.nbytes for v in state.values())
+        if self.next_bytes + size <= budget:
+            self.next_memory[j] = state
+            self.next_bytes += size
+            return
+        with open(self.folder / f"{self.name}-{self.step + 1}-{j}.pkl", "wb") as f:
+            pickle.dump(state, f, protocol=5)
+
+    def advance(self, end: int, want: list[str], pending: set[str]):
+        """Run nodes [position, end) on every batch; yield, per batch, the tensors `want` (from the
+        cut or computed here).  Afterwards the cut holds what nodes from `end` on, or `pending`,
+        still need."""
+        graph = self.model.graph
+        nodes = [node for node in graph.node[self.position:end]
+                 if not (node.output and node.output[0] in self.constant_nodes)]
+        produced = {o for node in nodes for o in node.output if o}
+        session, inputs, outputs = None, [], []
+        live = lambda n: (self.last_use.get(n, -1) >= end or n in pending) and n not in self.constant_nodes  # noqa: E731
+        if nodes:
+            inits = {t.name for t in graph.initializer}
+            needed = {n for node in nodes for n in node.input if n}
+            for node in nodes:
+                for attr in node.attribute:
+                    if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                        needed |= _subgraph_names(attr)
+            constants = [graph.node[self.constant_nodes[n]] for n in sorted(needed) if n in self.constant_nodes]
+            nodes = constants + nodes
+            produced |= {n for n in needed if n in self.constant_nodes}
+            inputs = sorted(n for n in needed if n not in produced and n not in inits)
+            outputs = sorted({n for n in produced if live(n)} | {n for n in want if n in produced and n not in self.constant_nodes})
+            session = make_session(_segment(self.model, nodes, inputs, outputs, needed, self.elem_types)) if outputs else None
+        for j in range(len(self.feeds)):
+            state = self._state(j)
+            values = dict(state)
+            if session is not None:
+                values.update(zip(outputs, session.run(outputs, {n: state[n] for n in inputs})))
+            yield {n: values[n] for n in want}
+            self._keep(j, {n: v for n, v in values.items() if live(n)}, self.budget)
+        self.step += 1
+        self.position = end
+        self.in_memory, self.next_memory, self.next_bytes = self.next_memory, {}, 0
+
+
+def _segment(model: onnx.ModelProto, nodes: list, inputs: list[str], outputs: list[str], needed: set[str],
+             elem_types: dict[str, int]) -> onnx.ModelProto:
+    graph = onnx.GraphProto(name="segment")
+    graph.node.extend(nodes)
+    graph.initializer.extend(t for t in model.graph.initializer if t.name in needed)
+    graph.input.extend(onnx.helper.make_tensor_value_info(n, elem_types.get(n, onnx.TensorProto.FLOAT), None) for n in inputs)
+    graph.output.extend(onnx.helper.make_tensor_value_info(n, elem_types.get(n, onnx.TensorProto.FLOAT), None) for n in outputs)
+    copy = onnx.ModelProto()
+    copy_fields(model, copy, skip="graph")
+    copy.graph.CopyFrom(graph)
+    return copy
+
+
+def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph, keep: dict[int, np.ndarray],
+                feeds: dict[str, np.ndarray], options: ReconstructOptions | None = None,
+                progress: bool = False) -> ReconstructReport:
+    """Re-fit, in place in `pruned`, the layers that consume pruned channels (see the module
+    docstring).  `dg` and `keep` are the original's dependency graph and the kept channels."""
+    options = options or ReconstructOptions()
+    start = time.perf_counter()
+    report = ReconstructReport()
+    index = ModelIndex.build(pruned)
+    writer = ModelWriter(pruned, index)
+    consumers, producers = _pruned_layers(dg, keep)
+    views = []  # consumers of pruned groups, and grouped convs inside one (their groups see re-fitted inputs)
+    for i in sorted(consumers | producers):
+        ctx = NodeContext(index, i)
+        view = ctx.rule.linear_view(ctx)
+        if view is None:
+            if i in consumers:
+                report.skipped.append(f"{index.node_label(i)}: its weight or bias cannot be re-fitted")
+            continue
+        if i in consumers or (i in producers and view.groups > 1):
+            views.append(view)
+    if not views:
+        report.seconds = time.perf_counter() - start
+        return report
+    elem_types = dg.index.elem_types
+    kept = kept_elements(dg, keep)  # the original's outputs lose the channels the pruned layer no longer makes
+    parts = list(batches(feeds, options.batch))
+    n_samples = sample_count(feeds)
+    rng = np.random.default_rng(options.seed)
+    producer_of = {o: i for i, node in enumerate(original.graph.node) for o in node.output if o}
+    bar = tqdm(total=len(views), desc="reconstruct", unit="layer", disable=not progress, leave=False)
+    with tempfile.TemporaryDirectory(prefix="onnxprune-reconstruct-") as scratch:
+        folder = Path(scratch)
+        ours = _Stepper(pruned, index, parts, folder, "pruned")
+        theirs = _Stepper(original, dg.index, parts, folder, "original")
+        ours.budget = theirs.budget = options.memory_mb << 19  # half each
+        for k, view in enumerate(views):
+            pending = {v.output for v in views[k + 1:]}
+            target_end = max(theirs.position, producer_of[view.output] + 1)
+            stats = None
+            features = view.matrices(index.const(pruned.graph.node[view.node].input[view.weight_slot])).shape[1]
+            per_sample = int(min(options.positions, max(1, -(-options.rows_wanted * features // n_samples))))
+            original_parts = theirs.advance(target_end, [view.output], pending)
+            for x_part in ours.advance(view.node, [view.input], {v.input for v in views[k:]}):
+                y = next(original_parts)[view.output]
+                axis = view.channel_axis % y.ndim
+                if Dim(view.output, axis) in kept:
+                    y = np.take(y, kept[Dim(view.output, axis)], axis=axis)
+                pos = view.positions(y.shape, per_sample, rng)
+                rows, targets = view.rows(x_part[view.input], pos), view.targets(y, pos)
+                stats = stats or _Stats(rows.shape[0], rows.shape[2], targets.shape[2])
+                stats.add(rows, targets)
+            for _ in original_parts:  # let the original's stepper finish its cut
+                pass
+            report.layers.append(_fit(view, stats, index, writer, options))
+            bar.update(1)
+    bar.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _fit(view, stats: _Stats, index: ModelIndex, writer: ModelWriter, options: ReconstructOptions) -> LayerFit:
+    """Solve one layer and write its weight and bias when that lowers its calibration error."""
+    node = index.model.graph.node[view.node]
+    weight = index.const(node.input[view.weight_slot])
+    w0 = view.matrices(weight.astype(np.float64))
+    n_out = w0.shape[0] * w0.shape[2]
+    b0 = (view.bias.vector(n_out) if view.bias is not None else np.zeros(n_out)).reshape(w0.shape[0], -1)
+    before = stats.error(w0, b0)
+    if stats.n >= options.rows_per_feature * w0.shape[1]:
+        w, b = stats.solve(options.ridge, view.bias is not None)
+    elif view.bias is not None:
+        w, b = w0, stats.compensate(w0)
+    else:
+        w, b = w0, b0
+    after = stats.error(w, b)
+    fitted = bool(np.all(np.isfinite(w)) and after < before)
+    if fitted:
+        if w is not w0:
+            writer.set_input_const(view.node, view.weight_slot, view.weight_from(w, weight))
+        if view.bias is not None:
+            writer.set_input_const(view.bias.node, view.bias.slot, view.bias.stored(b.reshape(-1), weight.dtype))
+    return LayerFit(index.node_label(view.node), int(w0.shape[0]), int(w0.shape[1]), int(stats.n),
+                    before, after if fitted else before, fitted, w is w0)
+
+
+# --- quality ------------------------------------------------------------------------------------
+
+def compare(reference: onnx.ModelProto | bytes | str, candidates: list[onnx.ModelProto | bytes | str],
+            feeds: dict[str, np.ndarray], labels: np.ndarray | None = None, batch: int = 16) -> tuple[list[Fidelity], float | None]:
+    """Fidelity of each candidate to `reference` on `feeds`, streamed batch by batch (the
+    reference runs once), and the reference's own accuracy when labels are given."""
+    ref = make_session(reference, prepack=False)
+    sessions = [make_session(c, prepack=False) for c in candidates]
+    k = len(candidates)
+    d2, a2 = np.zeros(k), 0.0
+    agree, total, correct, ref_correct = np.zeros(k), 0, np.zeros(k), 0
+    classifier = None
+    offset = 0
+    for part in batches(feeds, batch):
+        expected = ref.run(None, part)
+        first = np.asarray(expected[0])
+        classifier = first.ndim >= 2 and first.shape[-1] > 1 if classifier is None else classifier
+        a2 += sum(float(np.sum(np.asarray(e, dtype=np.float64) ** 2)) for e in expected)
+        top_ref = first.argmax(axis=-1) if classifier else None
+        n = sample_count(part)
+        if labels is not None and classifier:
+            ref_correct += int(np.sum(top_ref.reshape(n, -1)[:, 0] == labels[offset:offset + n]))
+        for j, session in enumerate(sessions):
+            got = session.run(None, part)
+            d2[j] += sum(float(np.sum((np.asarray(g, dtype=np.float64) - np.asarray(e, dtype=np.float64)) ** 2))
+                         for g, e in zip(got, expected))
+            if classifier:
+                top = np.asarray(got[0]).argmax(axis=-1)
+                agree[j] += int(np.sum(top == top_ref))
+                if labels is not None:
+                    correct[j] += int(np.sum(top.reshape(n, -1)[:, 0] == labels[offset:offset + n]))
+        total += top_ref.size if classifier else 0
+        offset += n
+    results = [Fidelity(offset, float(np.sqrt(d2[j] / max(a2, 1e-30))),
+                        float(agree[j] / total) if classifier and total else None,
+                        float(correct[j] / offset) if labels is not None and classifier else None) for j in range(k)]
+    return results, (ref_correct / offset if labels is not None and classifier else None)
+
+
+def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph, keep: dict[int, np.ndarray],
+            feeds: dict[str, np.ndarray], options: ReconstructOptions | None, labels: np.ndarray | None = None,
+            progress: bool = False) -> tuple[onnx.ModelProto, Recovery]:
+    """The quality report of a prune with data, reconstructing first when `options` is given.
+    Reconstruction that would make the model agree less with the original on the calibration data
+    than plain pruning is dropped (the report says so: `reconstructed` is then None)."""
+    if options is None:
+        (plain,), ref_acc = compare(original, [pruned], feeds, labels)
+        return pruned, Recovery(plain, reference_accuracy=ref_acc)
+    plain_bytes = pruned.SerializeToString()
+    report = reconstruct(original, pruned, dg, keep, feeds, options, progress)
+    (plain, fitted), ref_acc = compare(original, [plain_bytes, pruned], feeds, labels)
+    if fitted.rel_error > plain.rel_error:
+        restored = onnx.ModelProto.FromString(plain_bytes)
+        return restored, Recovery(plain, None, report, ref_acc)
+    return pruned, Recovery(plain, fitted, report, ref_acc)
