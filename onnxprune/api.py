@@ -27,6 +27,7 @@ from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex, weightless_copy
 from .importance import CRITERIA, NORMALISATIONS, Criterion, activation_criterion, importance
+from .origin import group_origins, layer_name
 from .load import LoadedModel, check_supported, load_model
 from .plan import Plan, make_plan, resolve
 from .save import save_model
@@ -118,9 +119,10 @@ class PrunableModel:
         prunable_nodes = {d.use for g in dg.prunable_groups for d in g.const_dims if g.roles.get(d) in ("out", "in")}
         layers = []
         node_index = {(n.name or n.output[0]): i for i, n in enumerate(self.model.graph.node)}
+        origins = self.origins()
         for layer in cost.layer_costs(self.index):
-            layers.append({"node": layer.node, "op": layer.op_type, "params": layer.params, "macs": layer.macs,
-                           "channels": layer.channels, "prunable": node_index[layer.node] in prunable_nodes})
+            layers.append({"node": layer.node, "origin": origins.get(layer.node), "op": layer.op_type, "params": layer.params,
+                           "macs": layer.macs, "channels": layer.channels, "prunable": node_index[layer.node] in prunable_nodes})
         params, macs = cost.total_params(self.index), sum(l["macs"] for l in layers)
         groups = []
         for g in dg.groups:
@@ -128,14 +130,20 @@ class PrunableModel:
                 continue
             outs = g.dims_with_role("out")
             channels = g.n_channels or (g.sizes[outs[0]] if outs else 0)
+            nodes = sorted({self.model.graph.node[d.use].name or self.model.graph.node[d.use].output[0] for d in g.const_dims})
             groups.append({"id": g.id, "channels": channels, "prunable": g.prunable,
                            "blocked": None if g.prunable else (g.blocked[0] if g.blocked else "a single channel"),
-                           "layers": sorted({self.model.graph.node[d.use].name or self.model.graph.node[d.use].output[0] for d in g.const_dims}),
+                           "layers": nodes, "origins": group_origins(self.model.graph.node, {d.use for d in g.const_dims}, origins),
                            "producers": [d.tensor for d in outs]})
         return {"model": str(self.path), "opset": self.index.opset, "params": params, "macs": macs,
                 "prunable_params": sum(l["params"] for l in layers if l["prunable"]) / max(params, 1),
                 "prunable_macs": sum(l["macs"] for l in layers if l["prunable"]) / max(macs, 1),
                 "groups": groups, "layers": layers}
+
+    def origins(self) -> dict[str, str | None]:
+        """ONNX node name -> origin-framework layer name (onnxprune.origin.layer_name), for every node."""
+        inits = self.index.initializers
+        return {(n.name or n.output[0]): layer_name(n, inits) for n in self.model.graph.node}
 
     def calibration(self, data: str | Path | dict | None) -> dict[str, np.ndarray] | None:
         if data is None or isinstance(data, dict):
@@ -216,6 +224,7 @@ class PrunableModel:
         reference = None if late else verification.reference_outputs(str(self.path) if from_file else self.model, feeds)
         before = {"params": cost.total_params(self.index), "macs": cost.total_macs(self.index)}
         old_layers = {c.node: c for c in cost.layer_costs(self.index)}
+        origins = self.origins()
         pruned = apply_keep(self.depgraph, keep)
         original = weightless_copy(self.model)  # inputs, outputs and graph: all verification needs of it
         if release_original:
@@ -226,7 +235,7 @@ class PrunableModel:
         after_index = ModelIndex.build(pruned)
         after = {"params": cost.total_params(after_index), "macs": cost.total_macs(after_index)}
         plan.summary = {"params": [before["params"], after["params"]], "macs": [before["macs"], after["macs"]]}
-        layers = [{"node": c.node, "op": c.op_type, "channels": [old_layers[c.node].channels, c.channels],
+        layers = [{"node": c.node, "origin": origins.get(c.node), "op": c.op_type, "channels": [old_layers[c.node].channels, c.channels],
                    "params": [old_layers[c.node].params, c.params], "macs": [old_layers[c.node].macs, c.macs]}
                   for c in cost.layer_costs(after_index) if c.node in old_layers]
         return PruneResult(pruned, plan, report, before, after, layers, exact)

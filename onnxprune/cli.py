@@ -12,6 +12,7 @@ from . import __version__
 from .api import PrunableModel, PruneResult, load, save
 from .errors import InputError, OnnxPruneError
 from .importance import CRITERIA
+from .origin import display_name
 from .plan import Plan
 from .save import check_output_paths
 
@@ -30,13 +31,20 @@ def _print_inspect(info: dict) -> None:
     print(f"\n{'group':>5} {'channels':>8}  {'status':<9} layers / reason")
     for g in info["groups"]:
         status = "prunable" if g["prunable"] else "blocked"
-        layers = ", ".join(g["layers"][:4]) + (f" (+{len(g['layers']) - 4})" if len(g["layers"]) > 4 else "")
+        names = g["origins"]
+        layers = ", ".join(names[:4]) + (f" (+{len(names) - 4})" if len(names) > 4 else "")
         print(f"{g['id']:>5} {g['channels']:>8}  {status:<9} {layers}")
         if not g["prunable"]:
             print(f"{'':>26}{g['blocked']}")
-    print(f"\n{'layer':<40} {'op':<14} {'channels':>8} {'params':>10} {'MACs':>10}")
+    print(f"\n{'layer':<40} {'op':<14} {'channels':>8} {'params':>10} {'MACs':>10}  onnx node")
     for layer in info["layers"]:
-        print(f"{layer['node'][:40]:<40} {layer['op']:<14} {layer['channels'] or '':>8} {_fmt(layer['params']):>10} {_fmt(layer['macs']):>10}")
+        print(f"{_layer(layer):<40} {layer['op']:<14} {layer['channels'] or '':>8} {_fmt(layer['params']):>10} "
+              f"{_fmt(layer['macs']):>10}  {layer['node']}")
+
+
+def _layer(layer: dict, width: int = 40) -> str:
+    """A table's layer column: the origin-framework name, else the ONNX node name (cut to width)."""
+    return display_name(layer["node"], layer.get("origin"))[:width]
 
 
 def _result_json(result: PruneResult, output: Path, input_path: Path) -> dict:
@@ -56,12 +64,12 @@ def _size(path: Path) -> int:
 
 def _print_result(summary: dict) -> None:
     p, m, f = summary["params"], summary["macs"], summary["file_bytes"]
-    print(f"{'layer':<40} {'op':<14} {'channels':>13} {'params':>19}")
+    print(f"{'layer':<40} {'op':<14} {'channels':>13} {'params':>19}  onnx node")
     for layer in summary["layers"]:
         ch = layer["channels"]
         if ch[0] != ch[1] or layer["params"][0] != layer["params"][1]:
-            print(f"{layer['node'][:40]:<40} {layer['op']:<14} {str(ch[0]) + ' -> ' + str(ch[1]):>13} "
-                  f"{_fmt(layer['params'][0]) + ' -> ' + _fmt(layer['params'][1]):>19}")
+            print(f"{_layer(layer):<40} {layer['op']:<14} {str(ch[0]) + ' -> ' + str(ch[1]):>13} "
+                  f"{_fmt(layer['params'][0]) + ' -> ' + _fmt(layer['params'][1]):>19}  {layer['node']}")
     print(f"\nchannels removed: {summary['channels_removed']}")
     print(f"parameters: {_fmt(p[0])} -> {_fmt(p[1])} ({p[1] / max(p[0], 1):.1%})")
     print(f"MACs:       {_fmt(m[0])} -> {_fmt(m[1])} ({m[1] / max(m[0], 1):.1%})")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .depgraph import DepGraph
 from .errors import InputError
 from .importance import consumption_points
+from .origin import group_origins
 from .save import write_atomic
 
 SENS_FORMAT = "onnxprune.sensitivity"
@@ -261,8 +262,10 @@ def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = Non
         result.groups = previous.groups
     scores = model.importance(criterion, feeds)
     layers = {g.id: sorted({dg.index.model.graph.node[d.use].name for d in g.const_dims}) for g in groups}
+    origins = model.origins()
     for g in groups:
-        result.groups.setdefault(g.id, {"channels": g.n_channels, "layers": layers[g.id], "losses": {}})
+        entry = result.groups.setdefault(g.id, {"channels": g.n_channels, "layers": layers[g.id], "losses": {}})
+        entry.setdefault("origins", group_origins(dg.index.model.graph.node, {d.use for d in g.const_dims}, origins))
     tasks = [(g.id, r, candidate_keep(scores[g.id], r, g)) for g in groups for r in ratios
              if r not in result.groups[g.id]["losses"]]
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
@@ -380,6 +383,26 @@ def ratios_for_target(sens: Sensitivity, cost_of_ratios: Callable[[dict[int, flo
     return current
 
 
+def group_label(sens: Sensitivity, group_id: int, width: int = 2) -> str:
+    """A legend entry: the group's first origin-framework layers and its channel count."""
+    entry = sens.groups[group_id]
+    names = entry.get("origins") or entry.get("layers") or [f"group {group_id}"]
+    more = f" +{len(names) - width}" if len(names) > width else ""
+    return f"{', '.join(names[:width])}{more} ({entry['channels']} ch)"
+
+
+def group_colours(n: int) -> list:
+    """n distinct colours: matplotlib's tab10 up to 10, tab20 up to 20, then evenly spaced hues of
+    a perceptual colormap (never repeated, unlike the default cycle's 10)."""
+    import matplotlib
+
+    if n <= 10:
+        return [matplotlib.colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [matplotlib.colormaps["tab20"](i) for i in range(n)]
+    return [matplotlib.colormaps["turbo"](i / (n - 1)) for i in range(n)]
+
+
 def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) -> None:
     """Sensitivity curves per group, chosen ratios marked; written atomically as PNG."""
     try:
@@ -391,10 +414,22 @@ def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) 
         raise InputError("options: --plot needs matplotlib (pip install 'onnxprune[plot]')") from None
     import io
 
+    fig = sensitivity_figure(sens, chosen)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_atomic(Path(path), buffer.getvalue())
+
+
+def sensitivity_figure(sens: Sensitivity, chosen: dict[int, float] | None = None):
+    """The matplotlib figure of `plot` (also embedded by onnxprune.report)."""
+    import matplotlib.pyplot as plt
+
+    gids = sorted(sens.groups)
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for gid in sorted(sens.groups):
+    for gid, colour in zip(gids, group_colours(len(gids))):
         ratios, losses = sens.curve(gid)
-        line, = ax.plot(ratios, losses, marker=".", label=f"group {gid} ({sens.groups[gid]['channels']} ch)")
+        line, = ax.plot(ratios, losses, marker=".", color=colour, label=group_label(sens, gid))
         if chosen and gid in chosen:
             ax.plot([chosen[gid]], [np.interp(chosen[gid], ratios, losses)], marker="o", markersize=9,
                     markerfacecolor="none", color=line.get_color())
@@ -402,12 +437,9 @@ def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) 
     ax.set_ylabel(f"loss ({sens.metric})")
     ax.set_title("sensitivity per group" + (" (circles: chosen ratios)" if chosen else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    buffer = io.BytesIO()
+    ax.legend(fontsize=7, ncol=2 if len(gids) <= 24 else 3)
     fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_atomic(Path(path), buffer.getvalue())
+    return fig
 
 
 def allocate(model, sens: Sensitivity, scores: dict[int, np.ndarray], target_macs: float | None = None,
