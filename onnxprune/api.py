@@ -26,10 +26,13 @@ from .data import load_calibration, verification_inputs
 from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex, weightless_copy
-from .importance import CRITERIA, NORMALISATIONS, Criterion, activation_criterion, importance
+from .importance import CRITERIA, NORMALISATIONS, Criterion, ScoreStats, activation_criterion, importance
 from .origin import group_origins, layer_name
 from .load import LoadedModel, check_supported, load_model
 from .plan import Plan, make_plan, resolve
+from . import quality
+from .quality import Quality
+from .runtime import batches
 from .save import save_model
 from .surgery import apply_keep
 from . import verify as verification  # looked up at call time, so tests can make verification fail
@@ -45,6 +48,8 @@ class PruneResult:
     after: dict
     layers: list[dict] = field(default_factory=list)
     exact: bool = False
+    quality: Quality | None = None
+    """Agreement with the original on every sample of the data given (None without data)."""
 
     def weights(self) -> dict[str, np.ndarray]:
         """Every float initializer of the pruned model by name: the original initializer names (a
@@ -165,6 +170,12 @@ class PrunableModel:
             raise InputError(f"options: unknown normalisation '{normalise}' (choose from {', '.join(NORMALISATIONS)})")
         return {g.id: importance(self.depgraph, g, criterion, aggregate, normalise) for g in groups}
 
+    def score_stats(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum",
+                    normalise: str = "mean") -> list[ScoreStats]:
+        """Each prunable group's score distribution, as `plan(threshold=T)` compares it."""
+        scores = self.importance(criterion, data, aggregate, normalise)
+        return [ScoreStats.of(gid, s) for gid, s in scores.items()]
+
     def cost(self, keep: dict[int, np.ndarray]) -> tuple[int, int]:
         """(params, MACs) after keeping these channels (estimated without surgery)."""
         return cost.estimate(self.depgraph, keep)
@@ -221,7 +232,10 @@ class PrunableModel:
         # when our copy is released, only after the release: the two are never in memory together.
         from_file = self.path.is_file() and (release_original or self.loaded.had_external_data)
         late = release_original and self.path.is_file()
-        reference = None if late else verification.reference_outputs(str(self.path) if from_file else self.model, feeds)
+        source_of_original = str(self.path) if from_file else self.model
+        reference = None if late else verification.reference_outputs(source_of_original, feeds)
+        chunks, labels = self._quality_inputs(data)
+        quality_reference = None if late or chunks is None else quality.first_output(source_of_original, chunks)
         before = {"params": cost.total_params(self.index), "macs": cost.total_macs(self.index)}
         old_layers = {c.node: c for c in cost.layer_costs(self.index)}
         origins = self.origins()
@@ -231,14 +245,25 @@ class PrunableModel:
             self._release()
         if reference is None:
             reference = verification.reference_outputs(str(self.path), feeds)
+            quality_reference = None if chunks is None else quality.first_output(str(self.path), chunks)
         report = verification.verify(original, pruned, feeds, exact=exact, reference=reference)
+        measured = None if chunks is None else quality.compare(quality_reference, quality.first_output(pruned, chunks), labels)
         after_index = ModelIndex.build(pruned)
         after = {"params": cost.total_params(after_index), "macs": cost.total_macs(after_index)}
         plan.summary = {"params": [before["params"], after["params"]], "macs": [before["macs"], after["macs"]]}
         layers = [{"node": c.node, "origin": origins.get(c.node), "op": c.op_type, "channels": [old_layers[c.node].channels, c.channels],
                    "params": [old_layers[c.node].params, c.params], "macs": [old_layers[c.node].macs, c.macs]}
                   for c in cost.layer_costs(after_index) if c.node in old_layers]
-        return PruneResult(pruned, plan, report, before, after, layers, exact)
+        return PruneResult(pruned, plan, report, before, after, layers, exact, measured)
+
+    def _quality_inputs(self, data) -> tuple[list[dict[str, np.ndarray]] | None, np.ndarray | None]:
+        """Every sample of the user's data in batches, and its labels, for PruneResult.quality
+        (None without data: random inputs say nothing about quality)."""
+        feeds = self.calibration(data)
+        if not feeds:
+            return None, None
+        n = len(next(iter(feeds.values())))
+        return list(batches(feeds, quality.QUALITY_BATCH)), quality.labels_for(data, n)
 
     def _release(self) -> None:
         """Let go of the original model and everything derived from it (its weights' memory

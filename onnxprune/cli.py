@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__
@@ -14,6 +15,7 @@ from .errors import InputError, OnnxPruneError
 from .importance import CRITERIA
 from .origin import display_name
 from .plan import Plan
+from .quality import Quality
 from .save import check_output_paths
 
 
@@ -53,6 +55,7 @@ def _result_json(result: PruneResult, output: Path, input_path: Path) -> dict:
             "macs": [result.before["macs"], result.after["macs"]],
             "file_bytes": [_size(input_path), _size(output)],
             "max_rel_error": result.report.max_rel_error,
+            "quality": result.quality.to_json() if result.quality else None,
             "channels_removed": sum(g.removed for g in result.plan.groups),
             "layers": result.layers}
 
@@ -74,9 +77,14 @@ def _print_result(summary: dict) -> None:
     print(f"parameters: {_fmt(p[0])} -> {_fmt(p[1])} ({p[1] / max(p[0], 1):.1%})")
     print(f"MACs:       {_fmt(m[0])} -> {_fmt(m[1])} ({m[1] / max(m[0], 1):.1%})")
     print(f"file size:  {_fmt(f[0])}B -> {_fmt(f[1])}B")
-    kind = "exact (only dead channels removed)" if summary["exact"] else "outputs differ as expected"
+    if summary["channels_removed"] == 0:
+        kind = "nothing removed: the plan keeps every channel, so the output is a verified copy"
+    else:
+        kind = "exact (only dead channels removed)" if summary["exact"] else "outputs differ as expected"
     print(f"verified: onnx.checker ok, onnxruntime runs, output shapes unchanged; max relative output change "
           f"{summary['max_rel_error']:.2e} ({kind})")
+    if summary["quality"]:
+        print(f"quality against the original {Quality(**summary['quality']).describe('original', 'pruned')}")
     print(f"wrote {summary['output']}")
 
 
@@ -100,11 +108,34 @@ def _write_outputs(model: PrunableModel, result: PruneResult, args) -> dict:
 def cmd_inspect(args) -> int:
     model = load(args.model)
     info = model.inspect()
+    if args.scores:
+        stats = model.score_stats(args.criterion, args.data, args.aggregate, args.normalise)
+        info["scores"] = {"criterion": args.criterion, "aggregate": args.aggregate, "normalize": args.normalise,
+                          "groups": [asdict(s) for s in stats]}
     if args.json:
         print(json.dumps(info, indent=1))
-    else:
-        _print_inspect(info)
+        return 0
+    _print_inspect(info)
+    if args.scores:
+        _print_scores(info)
     return 0
+
+
+def _score(value: float) -> str:
+    """A score for a table; a live channel's floor (the smallest positive float, see
+    importance.importance) reads as '>0', not as 2.23e-308."""
+    return ">0" if 0 < value < 1e-300 else f"{value:.3g}"
+
+
+def _print_scores(info: dict) -> None:
+    scores = info["scores"]
+    origins = {g["id"]: g["origins"] for g in info["groups"]}
+    print(f"\nimportance ({scores['criterion']}, aggregate {scores['aggregate']}, normalize {scores['normalize']}), "
+          f"as --threshold compares it; zeros are dead channels (what --threshold 0 removes):")
+    print(f"{'group':>5} {'ch':>5} {'min':>9} {'25%':>9} {'median':>9} {'75%':>9} {'max':>9} {'zeros':>5}  layers")
+    for s in scores["groups"]:
+        values = " ".join(f"{_score(s[k]):>9}" for k in ("min", "q25", "median", "q75", "max"))
+        print(f"{s['group']:>5} {s['channels']:>5} {values} {s['zeros']:>5}  {', '.join(origins[s['group']][:3])}")
 
 
 def cmd_prune(args) -> int:
@@ -192,6 +223,19 @@ def cmd_sensitivity(args) -> int:
     return 0
 
 
+def _storage(summary: dict) -> str:
+    """How the weights were stored: with --format sparse, only weights sparse enough for COO with
+    int64 indices to be smaller (above 2/3 zeros for float32) become sparse initializers."""
+    if summary["format"] == "dense":
+        return "dense with exact zeros"
+    stored, total = len(summary["stored_sparse"]), len(summary["layers"])
+    if stored == 0:
+        return (f"stored dense: none of the {total} sparsified weights is sparse enough for the sparse format to be "
+                "smaller (COO with int64 indices needs more than 2/3 zeros for float32)")
+    dense = f"; {total - stored} stay dense (too few zeros for COO to be smaller)" if stored < total else ""
+    return f"sparse format: {stored} of {total} sparsified weights stored as sparse initializers{dense}"
+
+
 def cmd_sparsify(args) -> int:
     from .sparsity import SparsityOptions, format_summary, sparsify
 
@@ -207,12 +251,14 @@ def cmd_sparsify(args) -> int:
         result.write_masks(args.masks_out)
     summary = {"input": str(model.path), "output": str(output), "format": args.format, "masks_out": args.masks_out,
                "file_bytes": [_size(model.path), _size(output)], **result.summary()}
+    if args.format == "sparse":
+        summary["stored_sparse"] = result.stored_sparse()
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
     print(format_summary(summary))
-    print(f"\nfile size:  {_fmt(summary['file_bytes'][0])}B -> {_fmt(summary['file_bytes'][1])}B ({args.format})")
-    identical = "; sparse storage gives outputs identical to dense with zeros" if args.format == "sparse" else ""
+    print(f"\nfile size:  {_fmt(summary['file_bytes'][0])}B -> {_fmt(summary['file_bytes'][1])}B ({_storage(summary)})")
+    identical = "; sparse storage gives outputs identical to dense with zeros" if summary.get("stored_sparse") else ""
     print(f"verified: onnx.checker ok, onnxruntime runs, output shapes unchanged; max relative output change "
           f"{summary['max_rel_error']:.2e}{identical}")
     print(f"wrote {output}" + (f" and {args.masks_out}" if args.masks_out else ""))
@@ -249,9 +295,7 @@ def cmd_quantize(args) -> int:
     f = report.fidelity
     print(f"quantized ({args.format}, {'per-channel' if args.per_channel else 'per-tensor'} int8 weights, uint8 activations); "
           f"kept in float: {', '.join(report.kept_float) or 'none'}")
-    print(f"fidelity on {f.samples} calibration samples: top-1 agreement {f.top1_agreement:.2%}, max abs diff {f.max_abs_diff:.3g}")
-    if f.accuracy_float is not None:
-        print(f"accuracy: float {f.accuracy_float:.2%} -> int8 {f.accuracy_int8:.2%}")
+    print(f"fidelity to the float model {f.describe('float', 'int8')}")
     print(format_table(timings))
     print(f"wrote {report.output}")
     return 0
@@ -294,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "multiply-accumulates per layer and in total.")
     p.add_argument("model", help="ONNX model file")
     p.add_argument("--json", action="store_true", help="print as JSON")
+    scores = p.add_argument_group("importance scores (to choose a --threshold)")
+    scores.add_argument("--scores", action="store_true", help="also show each prunable group's score distribution (min, "
+                        "quartiles, max, dead channels) as prune --threshold compares it")
+    scores.add_argument("--criterion", default="l1", choices=list(CRITERIA) + ["activation", "apoz"],
+                        help="importance criterion (default l1, as prune); activation and apoz need --data")
+    scores.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="as prune (default sum)")
+    scores.add_argument("--normalize", dest="normalise", default="mean", choices=["mean", "max", "none"],
+                        help="as prune (default mean: scores divided by their group's mean, so T = 0.5 means half the mean)")
+    scores.add_argument("--data", help="calibration inputs for --criterion activation or apoz")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("prune", help="remove channels and write a smaller, verified model",
