@@ -218,7 +218,7 @@ def cmd_sensitivity(args) -> int:
     for gid in sorted(sens.groups):
         g = sens.groups[gid]
         row = " ".join(f"{g['losses'].get(r, float('nan')):>6.3f}" for r in sens.ratios)
-        print(f"{gid:>5} {g['channels']:>5}  {row}  {', '.join(g['layers'][:3])}")
+        print(f"{gid:>5} {g['channels']:>5}  {row}  {', '.join((g.get('origins') or g['layers'])[:3])}")
     print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
     return 0
 
@@ -262,6 +262,20 @@ def cmd_sparsify(args) -> int:
     print(f"verified: onnx.checker ok, onnxruntime runs, output shapes unchanged; max relative output change "
           f"{summary['max_rel_error']:.2e}{identical}")
     print(f"wrote {output}" + (f" and {args.masks_out}" if args.masks_out else ""))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build, check_png_support, render_html, write_pngs
+    from .save import write_atomic
+
+    check_output_paths(args.model, (args.output,), False)
+    if args.png_dir:
+        check_png_support()
+    report = build(args.model, args.pruned, args.plan, args.sensitivity, args.data, args.runs)
+    write_atomic(Path(args.output), render_html(report).encode())
+    pngs = write_pngs(report, Path(args.png_dir)) if args.png_dir else []
+    print(f"wrote {args.output}" + (f" and {', '.join(str(p) for p in pngs)}" if pngs else ""))
     return 0
 
 
@@ -432,6 +446,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_sparsify)
+
+    p = sub.add_parser("report", help="one self-contained HTML page: summary, channels per layer, groups, sensitivity",
+                       description="Write one HTML page that needs no network (inline CSS and SVG): parameters, MACs, file "
+                                   "size and batch-1 onnxruntime latency of MODEL and PRUNED (or of the plan applied in "
+                                   "memory), quality on --data, channels per layer before and after by origin-framework "
+                                   "name, the channel groups (which layers are tied together, why blocked ones are "
+                                   "blocked, channels kept with --plan) and the sensitivity curves (--sensitivity).")
+    p.add_argument("model", help="the original ONNX model (never modified)")
+    p.add_argument("pruned", nargs="?", help="the pruned model (default: --plan applied in memory, if given)")
+    p.add_argument("-o", "--output", required=True, help="the HTML file to write (atomically)")
+    p.add_argument("--plan", help="the plan that made PRUNED (channels kept per group, ratios chosen from a sensitivity analysis)")
+    p.add_argument("--sensitivity", metavar="SENS_JSON", help="draw these sensitivity curves")
+    p.add_argument("--data", help="inputs (.npz, optional 'labels') for the quality of PRUNED against MODEL")
+    p.add_argument("--runs", type=int, default=30, help="timed rounds for the latency (default 30)")
+    p.add_argument("--png-dir", metavar="DIR", help="also write the figures as PNG (needs matplotlib: the 'plot' extra)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export-ncnn", help="convert to ncnn (.param/.bin) with pnnx and check it against onnxruntime",
                        description="Convert with pnnx (optional package 'pnnx') in a temporary folder, run ncnn (optional "

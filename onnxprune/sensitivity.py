@@ -391,16 +391,22 @@ def group_label(sens: Sensitivity, group_id: int, width: int = 2) -> str:
     return f"{', '.join(names[:width])}{more} ({entry['channels']} ch)"
 
 
-def group_colours(n: int) -> list:
-    """n distinct colours: matplotlib's tab10 up to 10, tab20 up to 20, then evenly spaced hues of
-    a perceptual colormap (never repeated, unlike the default cycle's 10)."""
-    import matplotlib
+TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
-    if n <= 10:
-        return [matplotlib.colormaps["tab10"](i) for i in range(n)]
-    if n <= 20:
-        return [matplotlib.colormaps["tab20"](i) for i in range(n)]
-    return [matplotlib.colormaps["turbo"](i / (n - 1)) for i in range(n)]
+
+def group_colours(n: int) -> list[str]:
+    """n distinct colours (hex): matplotlib's tab10 up to 10 groups, beyond that n evenly spaced
+    hues at alternating lightness (matplotlib's default cycle repeats after 10).  Plain strings,
+    so the HTML report uses the same colours without matplotlib."""
+    import colorsys
+
+    if n <= len(TAB10):
+        return list(TAB10[:n])
+    colours = []
+    for i in range(n):
+        r, g, b = colorsys.hls_to_rgb(i / n, 0.38 if i % 2 else 0.55, 0.75)
+        colours.append(f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}")
+    return colours
 
 
 def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) -> None:
