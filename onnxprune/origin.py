@@ -98,3 +98,28 @@ def group_origins(nodes, uses, origins: dict[str, str | None]) -> list[str]:
     graph order (producers first), the ONNX node name where there is none; each name once."""
     chosen = [nodes[u] for u in sorted(uses)]
     return list(dict.fromkeys(origins.get(n.name or n.output[0]) or n.name or n.output[0] for n in chosen))
+
+
+def member_scope(index, node_id: int) -> str | None:
+    """The scope a plan member records for its node: the node's own, or for an alias (the legacy
+    exporter's Identity in front of a deduplicated initializer, which has no scope) the scope of
+    the node(s) that really consume it, when they all name the same layer; else None (the
+    hand-back then refuses to guess, naming the member)."""
+    from .ops import is_alias
+
+    node = index.model.graph.node[node_id]
+    if not is_alias(node):
+        return node_scope(node)
+    scopes, todo, seen = set(), [node_id], set()
+    while todo:
+        current = index.model.graph.node[todo.pop()]
+        for output in current.output:
+            for consumer, _slot in index.consumers.get(output, []):
+                if consumer in seen:
+                    continue
+                seen.add(consumer)
+                if is_alias(index.model.graph.node[consumer]):
+                    todo.append(consumer)
+                else:
+                    scopes.add(node_scope(index.model.graph.node[consumer]))
+    return scopes.pop() if len(scopes) == 1 else None

@@ -25,7 +25,7 @@ import numpy as np
 from .depgraph import DepGraph
 from .errors import InputError
 from .groups import Group
-from .origin import node_scope
+from .origin import member_scope
 
 PLAN_FORMAT = "onnxprune.plan"
 PLAN_VERSION = 1
@@ -138,7 +138,7 @@ def members_of(dg: DepGraph, group: Group) -> list[Member]:
         members.append(Member(initializer=dim.tensor, node=node.name or node.output[0], axis=dim.axis,
                               role=group.roles.get(dim, "param"), size=group.sizes[dim],
                               channel_of=None if identity else classes.tolist(), op=node.op_type, input=dim.slot,
-                              scope=node_scope(node)))
+                              scope=member_scope(dg.index, dim.use)))
     return members
 
 

@@ -203,3 +203,24 @@ def test_sparse_format_says_what_it_stored(sample: Path, tmp_path: Path, sparsit
     summary = json.loads(run_cli("sparsify", sample, "-o", tmp_path / "j.onnx", "--sparsity", sparsity, "--format",
                                  "sparse", "--json").stdout)
     assert len(summary["stored_sparse"]) == stored
+
+
+def test_alias_scope_is_its_consumers_when_they_name_one_layer():
+    """The legacy exporter's Identity in front of a deduplicated initializer has no scope of its
+    own: the plan member takes its consumer's; two consumers in different layers leave it None."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.graph import ModelIndex
+    from onnxprune.origin import member_scope
+
+    def model(consumers: list[str]) -> ModelIndex:
+        nodes = [helper.make_node("Identity", ["slope"], ["alias"], name="Identity_0")]
+        nodes += [helper.make_node("PRelu", ["x", "alias"], [f"y{i}"], name=f"/{c}/PRelu") for i, c in enumerate(consumers)]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                                  [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, 4]) for i in range(len(consumers))],
+                                  [onnx.numpy_helper.from_array(np.ones(4, np.float32), "slope")])
+        return ModelIndex.build(helper.make_model(graph))
+
+    assert member_scope(model(["act1"]), 0) == "act1"
+    assert member_scope(model(["act1", "act1"]), 0) == "act1"
+    assert member_scope(model(["act1", "act2"]), 0) is None

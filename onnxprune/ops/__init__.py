@@ -8,7 +8,8 @@ they touch, so they are never pruned through.
 
 from . import conv, elementwise, layout, linear, norm, spatial  # noqa: F401  (they fill the registry)
 from .base import BN_SCALE, IN, OUT, PARAM, Coupling, Dim, Edge, NodeContext, OpRule, RewriteContext, ZeroView
+from .elementwise import is_alias
 from .registry import REGISTRY, register, rule_for
 
 __all__ = ["BN_SCALE", "IN", "OUT", "PARAM", "Coupling", "Dim", "Edge", "NodeContext", "OpRule",
-           "RewriteContext", "ZeroView", "REGISTRY", "register", "rule_for"]
+           "RewriteContext", "ZeroView", "REGISTRY", "is_alias", "register", "rule_for"]
