@@ -216,7 +216,7 @@ class PrunableModel:
         if sensitivity is None:
             raise InputError("options: --max-loss needs --sensitivity SENS.json")
         sens = sensitivity if isinstance(sensitivity, sens_mod.Sensitivity) else sens_mod.Sensitivity.read(Path(sensitivity))
-        return sens_mod.allocate(self, sens, scores, opts.target_macs, opts.target_params, max_loss)
+        return sens_mod.allocate(self, sens, scores, opts.target_macs, opts.target_params, max_loss, opts)
 
     # --- surgery -------------------------------------------------------------------------
     def apply(self, plan: Plan, data=None, source: str = "plan", release_original: bool = False) -> PruneResult:

@@ -222,11 +222,13 @@ def structure_digest(dg: DepGraph) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def candidate_keep(scores: np.ndarray, ratio: float, group) -> np.ndarray:
-    from .allocation import _keep_top
+def candidate_keep(scores: np.ndarray, ratio: float, group, round_to: int = 1) -> np.ndarray:
+    """Keep mask removing `ratio` of the group's lowest-scoring channels (kept count rounded up to
+    a multiple of `round_to` when allocating; the analysis itself measures unrounded ratios)."""
+    from .allocation import _keep_top, _rounded_keep
 
-    n_keep = max(1, group.n_channels - int(round(ratio * group.n_channels)))
-    return _keep_top(group, scores, n_keep)
+    n_keep = _rounded_keep(group.n_channels, group.n_channels - int(round(ratio * group.n_channels)), round_to)
+    return _keep_top(group, scores, n_keep, round_to)
 
 
 def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = None, metric: str = "top1-agreement",
@@ -355,14 +357,16 @@ def ratios_for_target(sens: Sensitivity, cost_of_ratios: Callable[[dict[int, flo
         best = None
         for gid in sens.groups:
             ratios, losses = sens.curve(gid)
-            index = int(np.searchsorted(ratios, current[gid], side="right"))
-            if index >= len(ratios):
+            start = int(np.searchsorted(ratios, current[gid], side="right"))
+            # the next measured ratio that saves anything (with round_to, a small step may not)
+            for index in range(start, len(ratios)):
+                trial = {**current, gid: float(ratios[index])}
+                saved = cost - cost_of_ratios(trial)
+                if saved > 0:
+                    break
+            else:
                 continue
-            trial = {**current, gid: float(ratios[index])}
-            saved = cost - cost_of_ratios(trial)
-            if saved <= 0:
-                continue
-            added = losses[index] - losses[index - 1]
+            added = losses[index] - losses[start - 1]
             key = (max(added, 0.0) / saved, gid)
             if best is None or key < best[0]:
                 best = (key, trial)
@@ -449,15 +453,27 @@ def sensitivity_figure(sens: Sensitivity, chosen: dict[int, float] | None = None
 
 
 def allocate(model, sens: Sensitivity, scores: dict[int, np.ndarray], target_macs: float | None = None,
-             target_params: float | None = None, max_loss: float | None = None) -> tuple[dict[int, np.ndarray], dict[int, float]]:
+             target_params: float | None = None, max_loss: float | None = None,
+             options=None) -> tuple[dict[int, np.ndarray], dict[int, float]]:
     """Keep masks (and the chosen ratio per group) from a sensitivity analysis: the least predicted
-    loss that meets a cost target, or the smallest model within `max_loss`."""
+    loss that meets a cost target, or the smallest model within `max_loss`.  `options`
+    (AllocationOptions) are honoured as by the other strategies: only eligible groups (`ignore`,
+    `protect_ends`), measured ratios up to `max_ratio`, kept counts rounded to `round_to`."""
+    from dataclasses import replace
+
+    from .allocation import eligible_groups
+
     if sens.model_sha256 != structure_digest(model.depgraph):
         raise InputError("sensitivity file: it was made for another model (its groups differ from this model's)")
     groups = {g.id: g for g in model.groups}
+    round_to = options.round_to if options is not None else 1
+    if options is not None:
+        eligible = {g.id for g in eligible_groups(model.depgraph, options)}
+        sens = replace(sens, groups={gid: {**entry, "losses": {r: l for r, l in entry["losses"].items() if r <= options.max_ratio}}
+                                     for gid, entry in sens.groups.items() if gid in eligible})
 
     def keep_of(ratios: dict[int, float]) -> dict[int, np.ndarray]:
-        return {gid: candidate_keep(scores[gid], r, groups[gid]) for gid, r in ratios.items() if r > 0 and gid in groups}
+        return {gid: candidate_keep(scores[gid], r, groups[gid], round_to) for gid, r in ratios.items() if r > 0 and gid in groups}
 
     if max_loss is not None:
         chosen = ratios_for_max_loss(sens, max_loss)
