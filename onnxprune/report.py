@@ -178,7 +178,8 @@ def curves_svg(curves: list[Curve], metric: str) -> str:
     group (distinct beyond 10), chosen ratios circled, legend by origin-framework name."""
     left, top, w, h = 60, 20, 560, 320
     legend_x = left + w + 24
-    top_loss = max((max(c.losses) for c in curves if c.losses), default=1.0) or 1.0
+    step = _tick_step(max((max(c.losses) for c in curves if c.losses), default=1.0) or 1.0)
+    top_loss = step * np.ceil(max((max(c.losses) for c in curves if c.losses), default=1.0) / step - 1e-9) or step
     height = max(top + h + 50, top + 16 * len(curves) + 10)
 
     def x(r: float) -> float:
@@ -191,9 +192,10 @@ def curves_svg(curves: list[Curve], metric: str) -> str:
              f'viewBox="0 0 {legend_x + 330} {height}">',
              f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="#fff" stroke="#999"/>']
     for k in range(6):
-        r, v = k / 5, top_loss * k / 5
+        r = k / 5
         parts.append(f'<line x1="{x(r):.1f}" y1="{top}" x2="{x(r):.1f}" y2="{top + h}" stroke="#eee"/>'
                      f'<text x="{x(r):.1f}" y="{top + h + 16}" text-anchor="middle" class="small">{r:.0%}</text>')
+    for v in np.arange(0.0, top_loss + step / 2, step):
         parts.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{left + w}" y2="{y(v):.1f}" stroke="#eee"/>'
                      f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end" class="small">{v:.3g}</text>')
     parts.append(f'<text x="{left + w / 2}" y="{top + h + 36}" text-anchor="middle" class="small">fraction of the group\'s '
@@ -211,6 +213,13 @@ def curves_svg(curves: list[Curve], metric: str) -> str:
                      f'<text x="{legend_x + 24}" y="{ly + 10}" class="small">{E(curve.label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _tick_step(top: float) -> float:
+    """A round axis step (1, 2 or 5 times a power of ten) giving about five ticks up to `top`."""
+    raw = top / 5
+    power = 10 ** np.floor(np.log10(raw))
+    return float(next(m * power for m in (1, 2, 5, 10) if m * power >= raw))
 
 
 def write_pngs(report: ReportData, folder: Path) -> list[Path]:
