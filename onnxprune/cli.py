@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__
-from .api import PrunableModel, PruneResult, load, save
+from .api import PruneResult, Pruning, load
 from .errors import InputError, OnnxPruneError
 from .importance import CRITERIA
 from .origin import display_name
@@ -28,7 +28,7 @@ def _fmt(n: float) -> str:
 
 def _print_inspect(info: dict) -> None:
     print(f"model: {info['model']} (opset {info['opset']})")
-    print(f"parameters: {_fmt(info['params'])}   MACs per sample: {_fmt(info['macs'])}")
+    print(f"parameters: {_fmt(info['params'])}   MACs: {_fmt(info['macs'])} (one run; dynamic sizes counted as 1)")
     print(f"prunable: {info['prunable_params']:.1%} of parameters, {info['prunable_macs']:.1%} of MACs")
     print(f"\n{'group':>5} {'channels':>8}  {'status':<9} layers / reason")
     for g in info["groups"]:
@@ -51,13 +51,14 @@ def _layer(layer: dict, width: int = 40) -> str:
 
 def _result_json(result: PruneResult, output: Path, input_path: Path) -> dict:
     return {"input": str(input_path), "output": str(output), "exact": result.exact,
-            "params": [result.before["params"], result.after["params"]],
-            "macs": [result.before["macs"], result.after["macs"]],
+            "params": [result.before.params, result.after.params],
+            "macs": [result.before.macs, result.after.macs],
             "file_bytes": [_size(input_path), _size(output)],
             "max_rel_error": result.report.max_rel_error,
             "quality": result.quality.to_json() if result.quality else None,
             "channels_removed": sum(g.removed for g in result.plan.groups),
-            "layers": result.layers}
+            "layers": [{"node": c.node, "origin": c.origin, "op": c.op, "channels": list(c.channels), "params": list(c.params),
+                        "macs": list(c.macs)} for c in result.layers]}
 
 
 def _size(path: Path) -> int:
@@ -92,25 +93,50 @@ def _allocation_args(args) -> dict:
     return {"ratio": args.ratio, "threshold": args.threshold, "target_macs": args.target_macs,
             "target_params": args.target_params, "global_ranking": args.global_ranking, "max_ratio": args.max_ratio,
             "round_to": args.round_to, "ignore": args.ignore or [], "protect_ends": args.protect_ends,
-            "normalise": args.normalise}
+            "normalize": args.normalize}
 
 
-def _write_outputs(model: PrunableModel, result: PruneResult, args) -> dict:
+def _write_outputs(input_path: Path, result: PruneResult, args) -> dict:
     output = Path(args.output)
-    save(result.model, output, external_data=True if model.loaded.had_external_data else None)
+    result.save(output)
     if getattr(args, "plan_out", None):
         result.plan.write(args.plan_out)
     if getattr(args, "weights_out", None):
         result.write_weights(args.weights_out)
-    return _result_json(result, output, model.path)
+    return _result_json(result, output, input_path)
+
+
+def _pruned(args) -> Pruning:
+    """Load, plan (or read the plan) and cut.  The loaded original goes out of scope when this
+    returns, so verifying the Pruning afterwards never holds the original's weights, the pruned
+    model and an onnxruntime session at once (PrunableModel.surgery)."""
+    if getattr(args, "plan", None):
+        plan = Plan.read(args.plan)
+        return load(args.model).surgery(plan, args.data, source=str(args.plan))
+    model = load(args.model)
+    model.show_progress = not args.json and sys.stderr.isatty()
+    options = _allocation_args(args)
+    if args.sensitivity or args.max_loss is not None:
+        options.update(sensitivity=args.sensitivity, max_loss=args.max_loss)
+    elif args.plot:
+        raise InputError("options: --plot needs --sensitivity")
+    elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params")):
+        raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs or --target-params")
+    plan = model.plan(args.criterion, args.data, args.aggregate, **options)
+    if args.plot:
+        from .sensitivity import Sensitivity, plot
+
+        plot(Sensitivity.read(Path(args.sensitivity)), Path(args.plot),
+             {int(g): r for g, r in plan.options["sensitivity_ratios"].items()})
+    return model.surgery(plan, args.data)
 
 
 def cmd_inspect(args) -> int:
     model = load(args.model)
     info = model.inspect()
     if args.scores:
-        stats = model.score_stats(args.criterion, args.data, args.aggregate, args.normalise)
-        info["scores"] = {"criterion": args.criterion, "aggregate": args.aggregate, "normalize": args.normalise,
+        stats = model.score_stats(args.criterion, args.data, args.aggregate, args.normalize)
+        info["scores"] = {"criterion": args.criterion, "aggregate": args.aggregate, "normalize": args.normalize,
                           "groups": [asdict(s) for s in stats]}
     if args.json:
         print(json.dumps(info, indent=1))
@@ -140,25 +166,11 @@ def _print_scores(info: dict) -> None:
 
 def cmd_prune(args) -> int:
     check_output_paths(args.model, (args.output, args.plan_out, args.weights_out), args.overwrite)
-    model = load(args.model)
-    model.show_progress = not args.json and sys.stderr.isatty()
-    options = _allocation_args(args)
-    if args.sensitivity or args.max_loss is not None:
-        options.update(sensitivity=args.sensitivity, max_loss=args.max_loss)
-    elif args.plot:
-        raise InputError("options: --plot needs --sensitivity")
-    elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params")):
-        raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs or --target-params")
-    plan = model.plan(args.criterion, args.data, args.aggregate, **options)
-    if args.plot:
-        from .sensitivity import Sensitivity, plot
-
-        plot(Sensitivity.read(Path(args.sensitivity)), Path(args.plot),
-             {int(g): r for g, r in plan.options["sensitivity_ratios"].items()})
-    result = model.apply(plan, args.data, release_original=True)
+    result = _pruned(args).verify()
+    plan = result.plan
     if args.simplify:
         _simplify(result, args.data)
-    summary = _write_outputs(model, result, args)
+    summary = _write_outputs(Path(args.model), result, args)
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
@@ -181,10 +193,8 @@ def _simplify(result: PruneResult, data) -> None:
 
 def cmd_apply(args) -> int:
     check_output_paths(args.model, (args.output, args.weights_out), args.overwrite)
-    plan = Plan.read(args.plan)
-    model = load(args.model)
-    result = model.apply(plan, args.data, source=str(args.plan), release_original=True)
-    summary = _write_outputs(model, result, args)
+    result = _pruned(args).verify()
+    summary = _write_outputs(Path(args.model), result, args)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -217,8 +227,8 @@ def cmd_sensitivity(args) -> int:
     print(f"{'group':>5} {'ch':>5}  " + " ".join(f"{r:>6.0%}" for r in sens.ratios) + "  layers")
     for gid in sorted(sens.groups):
         g = sens.groups[gid]
-        row = " ".join(f"{g['losses'].get(r, float('nan')):>6.3f}" for r in sens.ratios)
-        print(f"{gid:>5} {g['channels']:>5}  {row}  {', '.join((g.get('origins') or g['layers'])[:3])}")
+        row = " ".join(f"{g.losses.get(r, float('nan')):>6.3f}" for r in sens.ratios)
+        print(f"{gid:>5} {g.channels:>5}  {row}  {', '.join((g.origins or g.layers)[:3])}")
     print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
     return 0
 
@@ -239,7 +249,7 @@ def _storage(summary: dict) -> str:
 def cmd_sparsify(args) -> int:
     from .sparsity import SparsityOptions, format_summary, sparsify
 
-    options = {"sparsity": args.sparsity, "quality": args.quality, "global_threshold": args.global_threshold,
+    options = {"sparsity": args.sparsity, "quality": args.quality, "global_ranking": args.global_ranking,
                "ignore": args.ignore or [], "include_depthwise": args.include_depthwise, "protect_ends": args.protect_ends}
     SparsityOptions(**options).validate()
     check_output_paths(args.model, (args.output, args.masks_out), args.overwrite)
@@ -337,6 +347,12 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
                                   "and the activation criteria; default: random inputs")
 
 
+def _add_global_ranking(group, help_text: str) -> None:
+    """`--global-ranking` (API and plan: global_ranking); `--global`, its old spelling, still works."""
+    group.add_argument("--global-ranking", dest="global_ranking", action="store_true", help=help_text)
+    group.add_argument("--global", dest="global_ranking", action="store_true", help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnxprune", description="Exact structured (channel) pruning of exported ONNX models.",
@@ -358,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     scores.add_argument("--criterion", default="l1", choices=list(CRITERIA) + ["activation", "apoz"],
                         help="importance criterion (default l1, as prune); activation and apoz need --data")
     scores.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="as prune (default sum)")
-    scores.add_argument("--normalize", dest="normalise", default="mean", choices=["mean", "max", "none"],
+    scores.add_argument("--normalize", default="mean", choices=["mean", "max", "none"],
                         help="as prune (default mean: scores divided by their group's mean, so T = 0.5 means half the mean)")
     scores.add_argument("--data", help="calibration inputs for --criterion activation or apoz")
     p.set_defaults(func=cmd_inspect)
@@ -370,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="ONNX model file (never modified)")
     _add_common_output(p)
     how = p.add_argument_group("how much (choose one)")
-    how.add_argument("--ratio", type=float, help="fraction of channels to remove in every group (uniform), or overall with --global")
+    how.add_argument("--ratio", type=float, help="fraction of channels to remove in every group (uniform), or overall with --global-ranking")
     how.add_argument("--threshold", type=float, help="remove every channel whose importance is at most T (0: dead channels only)")
     how.add_argument("--target-macs", type=float, help="keep this fraction of MACs, e.g. 0.5 (met within 1%%)")
     how.add_argument("--target-params", type=float, help="keep this fraction of parameters (met within 1%%)")
@@ -378,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--criterion", default="l1", choices=list(CRITERIA) + ["activation", "apoz"],
                        help="importance criterion (default l1); activation and apoz need --data")
     which.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="combine the scores of a group's layers (default sum)")
-    which.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across all groups instead of per group")
-    which.add_argument("--normalize", dest="normalise", default="mean", choices=["mean", "max", "none"],
+    _add_global_ranking(which, "rank channels across all groups instead of per group")
+    which.add_argument("--normalize", default="mean", choices=["mean", "max", "none"],
                        help="how scores are scaled per group before a global ranking (default mean; none: a layer with "
                             "small weights overall loses more)")
     which.add_argument("--max-ratio", type=float, default=0.9, help="never remove more than this fraction of a group (default 0.9)")
@@ -435,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--sparsity", type=float, help="fraction of each layer's weights to zero, in [0, 1), e.g. 0.75")
     how.add_argument("--quality", type=float, help="zero |w| < Q * std(w) of each layer (Han et al.), Q >= 0")
     which = p.add_argument_group("which weights")
-    which.add_argument("--global", dest="global_threshold", action="store_true", help="one magnitude ranking (or std) across all layers")
+    _add_global_ranking(which, "one magnitude ranking (or std) across all layers")
     which.add_argument("--ignore", action="append", metavar="REGEX", help="leave weights alone whose initializer or node name matches (repeatable)")
     which.add_argument("--include-depthwise", action="store_true", help="sparsify depthwise convs too (default: left dense)")
     which.add_argument("--protect-ends", action="store_true", help="leave the first and last layers' weights dense")

@@ -15,7 +15,7 @@ import hashlib
 import json
 import multiprocessing
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +27,8 @@ from tqdm import tqdm
 from .depgraph import DepGraph
 from .errors import InputError
 from .importance import consumption_points
+from .ops import IN
+from .ops.build import channel_mask_nodes
 from .origin import group_origins
 from .save import write_atomic
 
@@ -109,9 +111,7 @@ def masked_model(dg: DepGraph, group_ids: list[int]) -> onnx.ModelProto:
             shape[dim.axis] = -1
             graph.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), f"{tag}_shape"))
             producer = dg.index.producer.get(dim.tensor, -1)
-            new_nodes = [helper.make_node("Gather", [mask, f"{tag}_idx"], [f"{tag}_elem"]),
-                         helper.make_node("Reshape", [f"{tag}_elem", f"{tag}_shape"], [f"{tag}_bcast"]),
-                         helper.make_node("Mul", [dim.tensor, f"{tag}_bcast"], [tag])]
+            new_nodes = channel_mask_nodes(dim.tensor, mask, f"{tag}_idx", f"{tag}_shape", tag)
             inserted.setdefault(producer, []).extend(new_nodes)
             for node_i, slot in dg.index.consumers.get(dim.tensor, []):
                 if slot >= 0 and any(dg.graph.has_edge(dim, other) for other in _weight_dims(dg, node_i)):
@@ -126,7 +126,7 @@ def masked_model(dg: DepGraph, group_ids: list[int]) -> onnx.ModelProto:
 
 
 def _weight_dims(dg: DepGraph, node_i: int):
-    return [d for d in dg.roles if d.is_const and d.use == node_i and dg.roles[d] == "in"]
+    return [d for d in dg.roles if d.is_const and d.use == node_i and dg.roles[d] == IN]
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -188,13 +188,13 @@ class Sensitivity:
     criterion: str
     ratios: list[float]
     baseline: float
-    groups: dict[int, dict] = field(default_factory=dict)
+    groups: dict[int, "GroupSensitivity"] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"format": SENS_FORMAT, "version": SENS_VERSION, "model": {"sha256": self.model_sha256},
                            "metric": self.metric, "criterion": self.criterion, "ratios": self.ratios,
                            "baseline": self.baseline,
-                           "groups": {str(g): v for g, v in sorted(self.groups.items())}}, indent=1) + "\n"
+                           "groups": {str(g): asdict(v) for g, v in sorted(self.groups.items())}}, indent=1) + "\n"
 
     def write(self, path: Path) -> None:
         write_atomic(path, self.to_json().encode())
@@ -207,13 +207,30 @@ class Sensitivity:
             raise InputError(f"{path}: not a sensitivity file ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != SENS_FORMAT or doc.get("version") != SENS_VERSION:
             raise InputError(f"{path}: not an onnxprune sensitivity file (version {SENS_VERSION})")
-        groups = {int(g): {**v, "losses": {float(r): l for r, l in v["losses"].items()}} for g, v in doc["groups"].items()}
+        try:
+            groups = {int(g): GroupSensitivity(int(v["channels"]), list(v["layers"]), {float(r): float(l) for r, l in v["losses"].items()},
+                                               list(v.get("origins") or []))
+                      for g, v in doc["groups"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{path}: malformed sensitivity group ({exc})") from None
         return cls(doc["model"]["sha256"], doc["metric"], doc["criterion"], doc["ratios"], doc["baseline"], groups)
 
     def curve(self, group_id: int) -> tuple[np.ndarray, np.ndarray]:
-        losses = self.groups[group_id]["losses"]
+        losses = self.groups[group_id].losses
         ratios = np.array([0.0] + sorted(losses))
         return ratios, np.array([0.0] + [max(losses[r], 0.0) for r in sorted(losses)])
+
+
+@dataclass
+class GroupSensitivity:
+    """One group's measured loss at each ratio of its channels removed (alone)."""
+
+    channels: int
+    layers: list[str]
+    losses: dict[float, float] = field(default_factory=dict)
+    origins: list[str] = field(default_factory=list)
+    """The layers' origin-framework names in graph order (onnxprune.origin.group_origins), for
+    tables and legends; empty in files written before they were recorded."""
 
 
 def structure_digest(dg: DepGraph) -> str:
@@ -266,10 +283,11 @@ def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = Non
     layers = {g.id: sorted({dg.index.model.graph.node[d.use].name for d in g.const_dims}) for g in groups}
     origins = model.origins()
     for g in groups:
-        entry = result.groups.setdefault(g.id, {"channels": g.n_channels, "layers": layers[g.id], "losses": {}})
-        entry.setdefault("origins", group_origins(dg.index.model.graph.node, {d.use for d in g.const_dims}, origins))
+        entry = result.groups.setdefault(g.id, GroupSensitivity(g.n_channels, layers[g.id], {}))
+        if not entry.origins:
+            entry.origins = group_origins(dg.index.model.graph.node, {d.use for d in g.const_dims}, origins)
     tasks = [(g.id, r, candidate_keep(scores[g.id], r, g)) for g in groups for r in ratios
-             if r not in result.groups[g.id]["losses"]]
+             if r not in result.groups[g.id].losses]
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
     setup = EvalSetup(masked_model(dg, [g.id for g in groups]).SerializeToString(), feeds,
                       {g.id: g.n_channels for g in groups}, labels, metric, batch, threads)
@@ -279,7 +297,7 @@ def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = Non
     bar = tqdm(total=len(tasks), desc="sensitivity", unit="candidate", disable=not progress)
     try:
         for gid, ratio, loss in _run(tasks, setup, evaluator, workers, backend):
-            result.groups[gid]["losses"][ratio] = loss
+            result.groups[gid].losses[ratio] = loss
             bar.update(1)
             if out is not None:
                 result.write(Path(out))
@@ -390,9 +408,9 @@ def ratios_for_target(sens: Sensitivity, cost_of_ratios: Callable[[dict[int, flo
 def group_label(sens: Sensitivity, group_id: int, width: int = 2) -> str:
     """A legend entry: the group's first origin-framework layers and its channel count."""
     entry = sens.groups[group_id]
-    names = entry.get("origins") or entry.get("layers") or [f"group {group_id}"]
+    names = entry.origins or entry.layers or [f"group {group_id}"]
     more = f" +{len(names) - width}" if len(names) > width else ""
-    return f"{', '.join(names[:width])}{more} ({entry['channels']} ch)"
+    return f"{', '.join(names[:width])}{more} ({entry.channels} ch)"
 
 
 TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -469,7 +487,7 @@ def allocate(model, sens: Sensitivity, scores: dict[int, np.ndarray], target_mac
     round_to = options.round_to if options is not None else 1
     if options is not None:
         eligible = {g.id for g in eligible_groups(model.depgraph, options)}
-        sens = replace(sens, groups={gid: {**entry, "losses": {r: l for r, l in entry["losses"].items() if r <= options.max_ratio}}
+        sens = replace(sens, groups={gid: replace(entry, losses={r: l for r, l in entry.losses.items() if r <= options.max_ratio})
                                      for gid, entry in sens.groups.items() if gid in eligible})
 
     def keep_of(ratios: dict[int, float]) -> dict[int, np.ndarray]:
@@ -478,10 +496,10 @@ def allocate(model, sens: Sensitivity, scores: dict[int, np.ndarray], target_mac
     if max_loss is not None:
         chosen = ratios_for_max_loss(sens, max_loss)
     else:
-        which = 1 if target_macs is not None else 0
+        which = "macs" if target_macs is not None else "params"
         target = target_macs if target_macs is not None else target_params
         if target is None:
             raise InputError("options: with --sensitivity give --target-macs, --target-params or --max-loss")
-        base = model.cost({})[which]
-        chosen = ratios_for_target(sens, lambda ratios: model.cost(keep_of(ratios))[which] / max(base, 1), target)
+        base = getattr(model.cost({}), which)
+        chosen = ratios_for_target(sens, lambda ratios: getattr(model.cost(keep_of(ratios)), which) / max(base, 1), target)
     return keep_of(chosen), chosen

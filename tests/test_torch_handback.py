@@ -250,11 +250,12 @@ def test_dataflow_trace_ignores_reused_tensor_ids():
 def test_alias_feeding_two_layers_is_refused_with_the_reason(tmp_path: Path):
     """An Identity alias whose consumers are two different layers names no single module: the plan
     member's scope stays None and the hand-back refuses it, naming the member, module untouched."""
+    from onnxprune.ops import Role
     from onnxprune.plan import GroupPlan, Member, Plan
 
     module, example = _densenet(fresh=False)
     before = copy.deepcopy(module.state_dict())
-    member = Member("onnx::Conv_1", "Identity_0", 0, "param", 16, None, "Identity", 0, None)
+    member = Member("onnx::Conv_1", "Identity_0", 0, Role.PARAM, 16, None, "Identity", 0, None)
     plan = Plan([GroupPlan(0, 16, list(range(8)), [member])])
     with pytest.raises(InputError, match=r"cannot map 'onnx::Conv_1' \(node Identity_0, scope None\)"):
         apply_plan(module, plan, example)
