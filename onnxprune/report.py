@@ -114,13 +114,14 @@ def build(model_path: str | Path, pruned_path: str | Path | None = None, plan_pa
         if pruned_file is None and plan is not None:
             result = model.apply(plan, data, source=str(plan_path))
             pruned_file = save(result.model, Path(tmp) / f"{model_path.stem}_pruned.onnx")
+            report.quality = result.quality
             report.notes.append(f"pruned model: {Path(plan_path).name} applied to {model_path.name} (verified, not saved)")
         after_layers: dict[str, int | None] = {}
         if pruned_file is not None:
             pruned_index = ModelIndex.build(load_model(pruned_file).model)
             report.models.append(_facts(pruned_file, pruned_index))
             after_layers = {c.node: c.channels for c in cost.layer_costs(pruned_index)}
-            if data is not None:
+            if data is not None and report.quality is None:
                 feeds = model.calibration(data)
                 report.quality = measure(str(model_path), str(pruned_file), feeds,
                                          labels_for(data, len(next(iter(feeds.values())))))
@@ -286,7 +287,9 @@ def _summary_table(report: ReportData) -> str:
     base = report.models[0]
     for facts in report.models:
         latency = f"{facts.latency_ms:.3f} ms" if facts.latency_ms is not None else E(facts.latency_note or "-")
-        ratio = lambda a, b: f" ({a / b:.1%})" if facts is not base and b else ""  # noqa: E731
+        def ratio(a: int, b: int) -> str:
+            return f" ({a / b:.1%})" if facts is not base and b else ""
+
         speed = f" ({base.latency_ms / facts.latency_ms:.2f}x)" if facts is not base and facts.latency_ms and base.latency_ms else ""
         rows.append(f"<tr><td>{E(facts.name)}</td><td class=num>{_num(facts.params)}{ratio(facts.params, base.params)}</td>"
                     f"<td class=num>{_num(facts.macs)}{ratio(facts.macs, base.macs)}</td>"
