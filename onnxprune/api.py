@@ -29,8 +29,8 @@ from .errors import InputError
 from .graph import ModelIndex, weightless_copy
 from .importance import CRITERIA, NORMALIZATIONS, Criterion, ScoreStats, activation_criterion, importance
 from .load import LoadedModel, check_supported, load_model
-from .ops import OUT, PARAM
-from .origin import group_origins, layer_name
+from .ops import OUT, PARAM, is_alias
+from .origin import alias_consumers, group_origins, layer_name
 from .plan import Plan, make_plan, resolve
 from . import quality
 from .quality import Quality
@@ -176,8 +176,12 @@ class PrunableModel:
 
     def origins(self) -> dict[str, str | None]:
         """ONNX node name -> origin-framework layer name (onnxprune.origin.layer_name), for every node."""
-        inits = self.index.initializers
-        return {(n.name or n.output[0]): layer_name(n, inits) for n in self.model.graph.node}
+        inits, nodes = self.index.initializers, self.model.graph.node
+        names = {}
+        for i, node in enumerate(nodes):
+            users = alias_consumers(self.index, i) if is_alias(node) else []
+            names[node.name or node.output[0]] = layer_name(nodes[users[0]] if len(users) == 1 else node, inits)
+        return names
 
     def calibration(self, data: str | Path | dict | None) -> dict[str, np.ndarray] | None:
         if data is None or isinstance(data, dict):

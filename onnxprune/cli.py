@@ -72,7 +72,8 @@ def _print_result(summary: dict) -> None:
     for layer in summary["layers"]:
         ch = layer["channels"]
         if ch[0] != ch[1] or layer["params"][0] != layer["params"][1]:
-            print(f"{_layer(layer):<40} {layer['op']:<14} {str(ch[0]) + ' -> ' + str(ch[1]):>13} "
+            channels = "-" if ch[0] is None and ch[1] is None else f"{ch[0]} -> {ch[1]}"
+            print(f"{_layer(layer):<40} {layer['op']:<14} {channels:>13} "
                   f"{_fmt(layer['params'][0]) + ' -> ' + _fmt(layer['params'][1]):>19}  {layer['node']}")
     print(f"\nchannels removed: {summary['channels_removed']}")
     print(f"parameters: {_fmt(p[0])} -> {_fmt(p[1])} ({p[1] / max(p[0], 1):.1%})")

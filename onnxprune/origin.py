@@ -100,17 +100,11 @@ def group_origins(nodes, uses, origins: dict[str, str | None]) -> list[str]:
     return list(dict.fromkeys(origins.get(n.name or n.output[0]) or n.name or n.output[0] for n in chosen))
 
 
-def member_scope(index, node_id: int) -> str | None:
-    """The scope a plan member records for its node: the node's own, or for an alias (the legacy
-    exporter's Identity in front of a deduplicated initializer, which has no scope) the scope of
-    the node(s) that really consume it, when they all name the same layer; else None (the
-    hand-back then refuses to guess, naming the member)."""
+def alias_consumers(index, node_id: int) -> list[int]:
+    """The nodes that really consume an alias's output (through chains of aliases), in graph order."""
     from .ops import is_alias
 
-    node = index.model.graph.node[node_id]
-    if not is_alias(node):
-        return node_scope(node)
-    scopes, todo, seen = set(), [node_id], set()
+    found, todo, seen = set(), [node_id], set()
     while todo:
         current = index.model.graph.node[todo.pop()]
         for output in current.output:
@@ -121,5 +115,19 @@ def member_scope(index, node_id: int) -> str | None:
                 if is_alias(index.model.graph.node[consumer]):
                     todo.append(consumer)
                 else:
-                    scopes.add(node_scope(index.model.graph.node[consumer]))
+                    found.add(consumer)
+    return sorted(found)
+
+
+def member_scope(index, node_id: int) -> str | None:
+    """The scope a plan member records for its node: the node's own, or for an alias (the legacy
+    exporter's Identity in front of a deduplicated initializer, which has no scope) the scope of
+    the node(s) that really consume it, when they all name the same layer; else None (the
+    hand-back then refuses to guess, naming the member)."""
+    from .ops import is_alias
+
+    node = index.model.graph.node[node_id]
+    if not is_alias(node):
+        return node_scope(node)
+    scopes = {node_scope(index.model.graph.node[c]) for c in alias_consumers(index, node_id)}
     return scopes.pop() if len(scopes) == 1 else None

@@ -224,3 +224,13 @@ def test_alias_scope_is_its_consumers_when_they_name_one_layer():
     assert member_scope(model(["act1"]), 0) == "act1"
     assert member_scope(model(["act1", "act1"]), 0) == "act1"
     assert member_scope(model(["act1", "act2"]), 0) is None
+    # tables name the alias after its consumer's layer, not 'Identity_0'
+    assert onnxprune.PrunableModel(model(["act1"]).model).origins()["Identity_0"] == "act1"
+    assert onnxprune.PrunableModel(model(["act1", "act2"]).model).origins()["Identity_0"] is None
+
+
+def test_layers_without_channels_show_a_dash_not_none(tmp_path: Path, sample: Path):
+    """BatchNormalization, PRelu and alias rows have no output-channel count: '-', not 'None -> None'."""
+    out = run_cli("prune", FIXTURES / "paddle_cnn.onnx", "-o", tmp_path / "p.onnx", "--ratio", "0.5")
+    assert out.returncode == 0, out.stderr
+    assert "None" not in out.stdout and "batch_norm2d_0" in out.stdout
