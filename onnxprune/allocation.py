@@ -17,7 +17,7 @@ import numpy as np
 
 from .depgraph import DepGraph
 from .errors import InputError
-from .groups import Group
+from .groups import Group, KeepMasks, Scores
 from .ops import OUT, PARAM
 
 
@@ -108,8 +108,8 @@ def _keep_top(group: Group, scores: np.ndarray, n_keep: int, round_to: int = 1) 
     return mask
 
 
-def by_threshold(groups: list[Group], scores: dict[int, np.ndarray], threshold: float, round_to: int,
-                 max_ratio: float = 1.0) -> dict[int, np.ndarray]:
+def by_threshold(groups: list[Group], scores: Scores, threshold: float, round_to: int,
+                 max_ratio: float = 1.0) -> KeepMasks:
     """Remove the channels scoring at most `threshold`, but never more than `max_ratio` of a group
     except dead channels (score 0), which always go: removing them changes nothing."""
     keep = {}
@@ -121,7 +121,7 @@ def by_threshold(groups: list[Group], scores: dict[int, np.ndarray], threshold: 
     return keep
 
 
-def by_ratio(groups: list[Group], scores: dict[int, np.ndarray], ratio: float, options: AllocationOptions) -> dict[int, np.ndarray]:
+def by_ratio(groups: list[Group], scores: Scores, ratio: float, options: AllocationOptions) -> KeepMasks:
     if not options.global_ranking:
         return {g.id: _keep_top(g, scores[g.id], _rounded_keep(g.n_channels, g.n_channels - int(ratio * g.n_channels), options.round_to), options.round_to)
                 for g in groups}
@@ -141,7 +141,7 @@ def by_ratio(groups: list[Group], scores: dict[int, np.ndarray], ratio: float, o
     return keep
 
 
-def allocate(dg: DepGraph, scores: dict[int, np.ndarray], options: AllocationOptions, cost_of) -> dict[int, np.ndarray]:
+def allocate(dg: DepGraph, scores: Scores, options: AllocationOptions, cost_of) -> KeepMasks:
     """Keep masks per group.  `cost_of(keep) -> ModelCost` prices a candidate for targets."""
     options.validate()
     groups = eligible_groups(dg, options)
@@ -177,8 +177,8 @@ def allocate(dg: DepGraph, scores: dict[int, np.ndarray], options: AllocationOpt
     return refill(groups, scores, keep, lambda k: getattr(cost_of(k), which) / max(base, 1), target, options.round_to)
 
 
-def _refill(groups: list[Group], scores: dict[int, np.ndarray], keep: dict[int, np.ndarray], fraction, target: float,
-            round_to: int = 1) -> dict[int, np.ndarray]:
+def _refill(groups: list[Group], scores: Scores, keep: KeepMasks, fraction, target: float,
+            round_to: int = 1) -> KeepMasks:
     """The ratio steps are coarse on small models: give back the best removed channels, `round_to`
     at a time per group (so kept counts stay multiples of it), while the cost stays under the
     target, until it is within 1% of it."""
@@ -205,8 +205,8 @@ def _refill(groups: list[Group], scores: dict[int, np.ndarray], keep: dict[int, 
     return keep
 
 
-def _refill_uniform(groups: list[Group], scores: dict[int, np.ndarray], keep: dict[int, np.ndarray], fraction,
-                    target: float, round_to: int = 1) -> dict[int, np.ndarray]:
+def _refill_uniform(groups: list[Group], scores: Scores, keep: KeepMasks, fraction,
+                    target: float, round_to: int = 1) -> KeepMasks:
     """`_refill` for uniform allocation, which must stay uniform: the group that has lost the
     largest fraction gets its best removed channels back first (`round_to` at a time), and only
     while every two groups' removed fractions stay within one step of each other (`round_to`

@@ -13,6 +13,14 @@ import numpy as np
 from .ops import IN, OUT, Coupling, Dim, Edge
 
 
+KeepMasks = dict[int, np.ndarray]
+"""Which channels each group keeps, what crosses from allocation to plan, cost and surgery:
+group id -> a bool per channel (True stays); a group that is not listed keeps all its channels."""
+
+Scores = dict[int, np.ndarray]
+"""Importance per group: group id -> one score per channel (exactly 0 for a dead channel)."""
+
+
 @dataclass
 class Group:
     id: int
@@ -48,9 +56,9 @@ class Group:
         (a dim whose elements all belong to one channel can lose none of it)."""
         ok = np.ones(self.n_channels, dtype=bool)
         for dim in self.dims:
-            present = np.unique(self.classes[dim])
-            if len(present) == 1:
-                ok[present[0]] = False
+            classes = self.classes[dim]
+            if len(classes) and classes.min() == classes.max():
+                ok[classes[0]] = False
         return ok
 
     def min_keep_ok(self, keep: np.ndarray) -> bool:
@@ -143,5 +151,5 @@ def make_groups(graph: nx.Graph, pins: dict, sizes: dict[Dim, int | None],
 
 
 def _why_nothing_removable(group: Group) -> str:
-    tight = next((d for d in group.dims if len(np.unique(group.classes[d])) == 1), group.dims[0])
+    tight = next((d for d in group.dims if group.classes[d].min() == group.classes[d].max()), group.dims[0])
     return f"no channel can be removed: every one is all of {tight} (size {group.sizes[tight]}), which must keep one"

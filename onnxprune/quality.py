@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .runtime import batches, make_session
+from .runtime import batches, make_session, run_chunked
 
 QUALITY_BATCH = 32
 
@@ -75,10 +75,11 @@ def compare(before: np.ndarray, after: np.ndarray, labels: np.ndarray | None = N
 
 
 def first_output(model: onnx.ModelProto | bytes | str, feed_batches: list[dict[str, np.ndarray]]) -> np.ndarray:
-    """The model's first output over all batches (one onnxruntime session)."""
+    """The model's first output over all batches (one onnxruntime session; a model with a fixed
+    batch size is fed in chunks of it, see runtime.run_chunked)."""
     session = make_session(model, prepack=False)
     name = session.get_outputs()[0].name
-    return np.concatenate([session.run([name], feeds)[0] for feeds in feed_batches])
+    return np.concatenate([run_chunked(session, feeds, [name])[0] for feeds in feed_batches])
 
 
 def measure(original: onnx.ModelProto | bytes | str, changed: onnx.ModelProto | bytes | str,

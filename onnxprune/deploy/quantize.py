@@ -23,7 +23,7 @@ from ..graph import ModelIndex
 from ..ops import NodeContext
 from ..load import load_model
 from ..quality import Quality, labels_for, measure
-from ..runtime import batches
+from ..runtime import batches, sample_count
 from ..save import save_model
 
 FORMATS = ("qdq", "qoperator")
@@ -47,7 +47,7 @@ def feed_batches(feeds: dict[str, np.ndarray], model: onnx.ModelProto) -> list[d
     """Calibration batches: the model's static batch size if it has one, else CALIBRATION_BATCH."""
     first = next(vi for vi in model.graph.input if vi.name in feeds).type.tensor_type.shape.dim
     static = first[0].dim_value if first and first[0].HasField("dim_value") else None
-    return [b for b in batches(feeds, static or CALIBRATION_BATCH) if static is None or len(next(iter(b.values()))) == static]
+    return [b for b in batches(feeds, static or CALIBRATION_BATCH) if static is None or sample_count(b) == static]
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
