@@ -108,11 +108,15 @@ def _keep_top(group: Group, scores: np.ndarray, n_keep: int, round_to: int = 1) 
     return mask
 
 
-def by_threshold(groups: list[Group], scores: Scores, threshold: float, round_to: int) -> KeepMasks:
+def by_threshold(groups: list[Group], scores: Scores, threshold: float, round_to: int,
+                 max_ratio: float = 1.0) -> KeepMasks:
+    """Remove the channels scoring at most `threshold`, but never more than `max_ratio` of a group
+    except dead channels (score 0), which always go: removing them changes nothing."""
     keep = {}
     for group in groups:
         s = scores[group.id]
-        n_keep = _rounded_keep(group.n_channels, int(np.count_nonzero(s > threshold)), round_to)
+        floor = min(group.n_channels - int(max_ratio * group.n_channels), int(np.count_nonzero(s > 0)))
+        n_keep = _rounded_keep(group.n_channels, max(int(np.count_nonzero(s > threshold)), floor), round_to)
         keep[group.id] = _keep_top(group, s, n_keep, round_to)
     return keep
 
@@ -142,7 +146,7 @@ def allocate(dg: DepGraph, scores: Scores, options: AllocationOptions, cost_of) 
     options.validate()
     groups = eligible_groups(dg, options)
     if options.threshold is not None:
-        return by_threshold(groups, scores, options.threshold, options.round_to)
+        return by_threshold(groups, scores, options.threshold, options.round_to, options.max_ratio)
     if options.ratio is not None:
         return by_ratio(groups, scores, options.ratio, options)
     target = options.target_macs if options.target_macs is not None else options.target_params
@@ -169,7 +173,8 @@ def allocate(dg: DepGraph, scores: Scores, options: AllocationOptions, cost_of) 
         if abs(fraction(high) - target) <= 0.01 * target:
             break
     keep = by_ratio(groups, scores, high, options)
-    return _refill(groups, scores, keep, lambda k: getattr(cost_of(k), which) / max(base, 1), target, options.round_to)
+    refill = _refill if options.global_ranking else _refill_uniform
+    return refill(groups, scores, keep, lambda k: getattr(cost_of(k), which) / max(base, 1), target, options.round_to)
 
 
 def _refill(groups: list[Group], scores: Scores, keep: KeepMasks, fraction, target: float,
@@ -197,4 +202,44 @@ def _refill(groups: list[Group], scores: Scores, keep: KeepMasks, fraction, targ
             current = trial
         else:
             keep[gid][chunk] = False
+    return keep
+
+
+def _refill_uniform(groups: list[Group], scores: Scores, keep: KeepMasks, fraction,
+                    target: float, round_to: int = 1) -> KeepMasks:
+    """`_refill` for uniform allocation, which must stay uniform: the group that has lost the
+    largest fraction gets its best removed channels back first (`round_to` at a time), and only
+    while every two groups' removed fractions stay within one step of each other (`round_to`
+    channels of the smaller group), instead of re-ranking channels across groups by raw score
+    (which would turn uniform into a global ranking).  The target is then met from below, as
+    closely as uniform steps allow."""
+    step = {g.id: min(1.0, round_to / g.n_channels) for g in groups}
+
+    def removed_fraction(gid: int, n: int) -> float:
+        return float(np.count_nonzero(~keep[gid])) / n
+
+    def uniform_after(group: Group, n_back: int) -> bool:
+        mine = (np.count_nonzero(~keep[group.id]) - n_back) / group.n_channels
+        return all(abs(mine - removed_fraction(g.id, g.n_channels)) <= max(step[g.id], step[group.id]) + 1e-9
+                   for g in groups if g.id != group.id)
+
+    current = fraction(keep)
+    done: set[int] = set()
+    while current < 0.99 * target:
+        candidates = [g for g in groups if g.id not in done and not keep[g.id].all()]
+        if not candidates:
+            break
+        group = max(candidates, key=lambda g: (removed_fraction(g.id, g.n_channels), -g.id))
+        removed = np.nonzero(~keep[group.id])[0]
+        chunk = removed[np.argsort(-scores[group.id][removed], kind="stable")][:round_to]
+        if (len(chunk) < round_to and len(removed) != len(chunk)) or not uniform_after(group, len(chunk)):
+            done.add(group.id)
+            continue
+        keep[group.id][chunk] = True
+        trial = fraction(keep)
+        if trial <= target * 1.01:
+            current = trial
+        else:
+            keep[group.id][chunk] = False
+            done.add(group.id)
     return keep

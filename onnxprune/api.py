@@ -29,11 +29,16 @@ from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex, weightless_copy
 from .inputs import ChosenInputs, check_input_shapes, choose_inputs, declared_dims
-from .importance import CRITERIA, NORMALIZATIONS, WEIGHT_CRITERIA, Criterion, activation_criterion, importance, structure_warning
+from .importance import (CRITERIA, NORMALIZATIONS, WEIGHT_CRITERIA, Criterion, ScoreStats, activation_criterion, importance,
+                         structure_warning)
 from .load import LoadedModel, check_supported, load_model
-from .ops import OUT, PARAM
+from .ops import OUT, PARAM, is_alias
+from .origin import alias_consumers, group_origins, layer_name
 from .plan import Plan, make_plan, resolve
+from . import quality
+from .quality import Quality
 from .recovery import ReconstructOptions, Recovery
+from .runtime import batches
 from .save import save_model
 from .surgery import apply_keep
 from . import verify as verification  # looked up at call time, so tests can make verification fail
@@ -49,6 +54,8 @@ class LayerChange:
     channels: tuple[int | None, int | None]
     params: tuple[int, int]
     macs: tuple[int, int]
+    origin: str | None = None
+    """The origin-framework layer name (onnxprune.origin.layer_name); tables show it, else `node`."""
 
 
 @dataclass
@@ -63,8 +70,10 @@ class PruneResult:
     external_data: bool | None = None
     """How `save` stores the weights: as the original did (a .data file beside the model when the
     original had one); None: inline unless they exceed protobuf's 2 GB limit."""
+    quality: Quality | None = None
+    """Agreement with the original on every sample of the data given (None without data)."""
     recovery: Recovery | None = None
-    """With data: agreement with the original before (and after) reconstruction (onnxprune.recovery)."""
+    """With reconstruction: agreement with the original before and after it (onnxprune.recovery)."""
 
     def save(self, path: str | Path) -> Path:
         """Save the pruned model atomically, its weights stored as the original's were."""
@@ -155,9 +164,10 @@ class PrunableModel:
         prunable_nodes = {d.use for g in dg.prunable_groups for d in g.const_dims if g.roles.get(d, PARAM).is_weight}
         layers = []
         node_index = {(n.name or n.output[0]): i for i, n in enumerate(self.model.graph.node)}
+        origins = self.origins()
         for layer in cost.layer_costs(self.cost_index):
-            layers.append({"node": layer.node, "op": layer.op_type, "params": layer.params, "macs": layer.macs,
-                           "channels": layer.channels, "prunable": node_index[layer.node] in prunable_nodes})
+            layers.append({"node": layer.node, "origin": origins.get(layer.node), "op": layer.op_type, "params": layer.params,
+                           "macs": layer.macs, "channels": layer.channels, "prunable": node_index[layer.node] in prunable_nodes})
         params, macs = cost.total_params(self.cost_index), sum(l["macs"] for l in layers)
         groups = []
         for g in dg.groups:
@@ -168,6 +178,7 @@ class PrunableModel:
             groups.append({"id": g.id, "channels": channels, "prunable": g.prunable,
                            "blocked": None if g.prunable else (g.blocked[0] if g.blocked else "a single channel"),
                            "layers": sorted({self.model.graph.node[d.use].name or self.model.graph.node[d.use].output[0] for d in g.const_dims}),
+                           "origins": group_origins(self.model.graph.node, {d.use for d in g.const_dims}, origins),
                            "producers": [d.tensor for d in outs]})
         control_flow = [n.name or n.output[0] for n in self.model.graph.node
                         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)]
@@ -178,6 +189,15 @@ class PrunableModel:
                 "prunable_params": sum(l["params"] for l in layers if l["prunable"]) / max(params, 1),
                 "prunable_macs": sum(l["macs"] for l in layers if l["prunable"]) / max(macs, 1),
                 "groups": groups, "layers": layers}
+
+    def origins(self) -> dict[str, str | None]:
+        """ONNX node name -> origin-framework layer name (onnxprune.origin.layer_name), for every node."""
+        inits, nodes = self.index.initializers, self.model.graph.node
+        names = {}
+        for i, node in enumerate(nodes):
+            users = alias_consumers(self.index, i) if is_alias(node) else []
+            names[node.name or node.output[0]] = layer_name(nodes[users[0]] if len(users) == 1 else node, inits)
+        return names
 
     def check_runs(self, data: str | Path | dict | None = None) -> ChosenInputs:
         """The inputs verification uses (the first samples of `data`, or inputs chosen so that the
@@ -215,6 +235,12 @@ class PrunableModel:
         if normalize not in NORMALIZATIONS:
             raise InputError(f"options: unknown --normalize '{normalize}' (choose from {', '.join(NORMALIZATIONS)})")
         return {g.id: importance(self.depgraph, g, criterion, aggregate, normalize) for g in groups}
+
+    def score_stats(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum",
+                    normalize: str = "mean") -> list[ScoreStats]:
+        """Each prunable group's score distribution, as `plan(threshold=T)` compares it."""
+        scores = self.importance(criterion, data, aggregate, normalize)
+        return [ScoreStats.of(gid, s) for gid, s in scores.items()]
 
     @cached_property
     def cost_shapes(self) -> dict[str, tuple[int, ...]] | None:
@@ -289,7 +315,7 @@ class PrunableModel:
         if sensitivity is None:
             raise InputError("options: --max-loss needs --sensitivity SENS.json")
         sens = sensitivity if isinstance(sensitivity, sens_mod.Sensitivity) else sens_mod.Sensitivity.read(Path(sensitivity))
-        return sens_mod.allocate(self, sens, scores, opts.target_macs, opts.target_params, max_loss)
+        return sens_mod.allocate(self, sens, scores, opts.target_macs, opts.target_params, max_loss, opts)
 
     # --- surgery -------------------------------------------------------------------------
     def surgery(self, plan: Plan, data=None, source: str = "plan", reconstruct: bool | ReconstructOptions = False,
@@ -299,25 +325,37 @@ class PrunableModel:
         or the file to compute them from), so this object may be dropped before verifying: the
         CLI does, and the original's weights, the pruned model and an onnxruntime session are
         then never in memory together.  With `data`, the result carries a quality report
-        (`recovery`: agreement with the original on all of the data, accuracy with `labels`);
+        (`quality`: agreement with the original on all of the data, accuracy with labels);
         `reconstruct` (True or ReconstructOptions) first re-fits the layers that consume pruned
-        channels on that data (onnxprune.recovery), which needs the original's weights here."""
+        channels on that data (onnxprune.recovery, which needs the original's weights here) and
+        reports agreement before and after it (`recovery`)."""
         keep = resolve(plan, self.depgraph, source)
         exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
         if reconstruct and data is None:
             raise InputError("options: --reconstruct needs calibration data (--data FILE.npz)")
         checked = self.check_runs(data)  # the original's outputs, computed before surgery
         before_layers = {c.node: c for c in cost.layer_costs(self.cost_index)}
+        chunks, quality_labels = self._quality_inputs(data)
+        quality_reference = None if chunks is None or self.path.is_file() else quality.first_output(self.model, chunks)
         pruned, recovery = apply_keep(self.depgraph, keep), None
-        if data is not None and not exact:
+        if reconstruct and not exact:
             from .recovery import recover
 
-            options = reconstruct if isinstance(reconstruct, ReconstructOptions) else ReconstructOptions() if reconstruct else None
+            options = reconstruct if isinstance(reconstruct, ReconstructOptions) else ReconstructOptions()
             pruned, recovery = recover(self.model, pruned, self.depgraph, keep, self.calibration(data), options,
-                                       labels, self.show_progress)
+                                       labels if labels is not None else quality_labels, self.show_progress)
         return Pruning(pruned, plan, weightless_copy(self.model), checked.feeds, exact,
                        self.cost_model.base, before_layers, self.path, checked.outputs, self.loaded.had_external_data,
-                       self.cost_shapes, recovery)
+                       self.cost_shapes, recovery, self.origins(), chunks, quality_labels, quality_reference)
+
+    def _quality_inputs(self, data) -> tuple[list[dict[str, np.ndarray]] | None, np.ndarray | None]:
+        """Every sample of the user's data in batches, and its labels, for PruneResult.quality
+        (None without data: random inputs say nothing about quality)."""
+        feeds = self.calibration(data)
+        if not feeds:
+            return None, None
+        n = len(next(iter(feeds.values())))
+        return list(batches(feeds, quality.QUALITY_BATCH)), quality.labels_for(data, n)
 
     def apply(self, plan: Plan, data=None, source: str = "plan", reconstruct: bool | ReconstructOptions = False,
               labels: np.ndarray | None = None) -> PruneResult:
@@ -356,16 +394,28 @@ class Pruning:
     input_shapes: dict[str, tuple[int, ...]] | None = None
     """The sizes costs are counted at (PrunableModel.input_shapes)."""
     recovery: Recovery | None = None
+    origins: dict[str, str | None] = field(default_factory=dict)
+    """ONNX node name -> origin-framework layer name, for the summary's layers."""
+    quality_batches: list[dict[str, np.ndarray]] | None = None
+    """Every sample of the user's data, for PruneResult.quality (None without data)."""
+    labels: np.ndarray | None = None
+    quality_reference: np.ndarray | None = None
+    """The original's first output on `quality_batches`; None: computed from the file at `path`."""
 
     def verify(self) -> PruneResult:
         """Check the pruned model against the original (verify.verify) and summarise the change."""
         reference = self.reference if self.reference is not None else verification.reference_outputs(str(self.path), self.feeds)
         report = verification.verify(self.original, self.model, self.feeds, exact=self.exact, reference=reference)
+        measured = None
+        if self.quality_batches is not None:
+            before = self.quality_reference if self.quality_reference is not None else quality.first_output(str(self.path), self.quality_batches)
+            measured = quality.compare(before, quality.first_output(self.model, self.quality_batches), self.labels)
         after_index = ModelIndex.build(self.model, self.input_shapes)
         after = cost.model_cost(after_index)
         self.plan.summary = {"params": [self.before.params, after.params], "macs": [self.before.macs, after.macs]}
         old = self.before_layers
         layers = [LayerChange(c.node, c.op_type, (old[c.node].channels, c.channels), (old[c.node].params, c.params),
-                              (old[c.node].macs, c.macs)) for c in cost.layer_costs(after_index) if c.node in old]
+                              (old[c.node].macs, c.macs), self.origins.get(c.node))
+                  for c in cost.layer_costs(after_index) if c.node in old]
         return PruneResult(self.model, self.plan, report, self.before, after, layers, self.exact,
-                           True if self.external_data else None, self.recovery)
+                           True if self.external_data else None, measured, self.recovery)

@@ -7,14 +7,17 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__
-from .api import PrunableModel, PruneResult, Pruning, load
+from .api import PruneResult, Pruning, load
 from .errors import InputError, OnnxPruneError
 from .importance import CRITERIA
 from .inputs import parse_input_shapes
+from .origin import display_name
 from .plan import Plan
+from .quality import Quality
 from .recovery import compare
 from .runtime import sample_count
 from .save import check_output_paths, save_model
@@ -40,13 +43,20 @@ def _print_inspect(info: dict) -> None:
     print(f"\n{'group':>5} {'channels':>8}  {'status':<9} layers / reason")
     for g in info["groups"]:
         status = "prunable" if g["prunable"] else "blocked"
-        layers = ", ".join(g["layers"][:4]) + (f" (+{len(g['layers']) - 4})" if len(g["layers"]) > 4 else "")
+        names = g["origins"]
+        layers = ", ".join(names[:4]) + (f" (+{len(names) - 4})" if len(names) > 4 else "")
         print(f"{g['id']:>5} {g['channels']:>8}  {status:<9} {layers}")
         if not g["prunable"]:
             print(f"{'':>26}{g['blocked']}")
-    print(f"\n{'layer':<40} {'op':<14} {'channels':>8} {'params':>10} {'MACs':>10}")
+    print(f"\n{'layer':<40} {'op':<14} {'channels':>8} {'params':>10} {'MACs':>10}  onnx node")
     for layer in info["layers"]:
-        print(f"{layer['node'][:40]:<40} {layer['op']:<14} {layer['channels'] or '':>8} {_fmt(layer['params']):>10} {_fmt(layer['macs']):>10}")
+        print(f"{_layer(layer):<40} {layer['op']:<14} {layer['channels'] or '':>8} {_fmt(layer['params']):>10} "
+              f"{_fmt(layer['macs']):>10}  {layer['node']}")
+
+
+def _layer(layer: dict, width: int = 40) -> str:
+    """A table's layer column: the origin-framework name, else the ONNX node name (cut to width)."""
+    return display_name(layer["node"], layer.get("origin"))[:width]
 
 
 def _result_json(result: PruneResult, output: Path, input_path: Path) -> dict:
@@ -55,9 +65,10 @@ def _result_json(result: PruneResult, output: Path, input_path: Path) -> dict:
             "macs": [result.before.macs, result.after.macs],
             "file_bytes": [_size(input_path), _size(output)],
             "max_rel_error": result.report.max_rel_error,
+            "quality": result.quality.to_json() if result.quality else None,
             "channels_removed": sum(g.removed for g in result.plan.groups),
-            "layers": [{"node": c.node, "op": c.op, "channels": list(c.channels), "params": list(c.params), "macs": list(c.macs)}
-                       for c in result.layers],
+            "layers": [{"node": c.node, "origin": c.origin, "op": c.op, "channels": list(c.channels), "params": list(c.params),
+                        "macs": list(c.macs)} for c in result.layers],
             "recovery": result.recovery.to_json() if result.recovery else None}
 
 
@@ -68,19 +79,25 @@ def _size(path: Path) -> int:
 
 def _print_result(summary: dict) -> None:
     p, m, f = summary["params"], summary["macs"], summary["file_bytes"]
-    print(f"{'layer':<40} {'op':<14} {'channels':>13} {'params':>19}")
+    print(f"{'layer':<40} {'op':<14} {'channels':>13} {'params':>19}  onnx node")
     for layer in summary["layers"]:
         ch = layer["channels"]
         if ch[0] != ch[1] or layer["params"][0] != layer["params"][1]:
-            print(f"{layer['node'][:40]:<40} {layer['op']:<14} {str(ch[0]) + ' -> ' + str(ch[1]):>13} "
-                  f"{_fmt(layer['params'][0]) + ' -> ' + _fmt(layer['params'][1]):>19}")
+            channels = "-" if ch[0] is None and ch[1] is None else f"{ch[0]} -> {ch[1]}"
+            print(f"{_layer(layer):<40} {layer['op']:<14} {channels:>13} "
+                  f"{_fmt(layer['params'][0]) + ' -> ' + _fmt(layer['params'][1]):>19}  {layer['node']}")
     print(f"\nchannels removed: {summary['channels_removed']}")
     print(f"parameters: {_fmt(p[0])} -> {_fmt(p[1])} ({p[1] / max(p[0], 1):.1%})")
     print(f"MACs:       {_fmt(m[0])} -> {_fmt(m[1])} ({m[1] / max(m[0], 1):.1%})")
     print(f"file size:  {_fmt(f[0])}B -> {_fmt(f[1])}B")
-    kind = "exact (only dead channels removed)" if summary["exact"] else "outputs differ as expected"
+    if summary["channels_removed"] == 0:
+        kind = "nothing removed: the plan keeps every channel, so the output is a verified copy"
+    else:
+        kind = "exact (only dead channels removed)" if summary["exact"] else "outputs differ as expected"
     print(f"verified: onnx.checker ok, onnxruntime runs, output shapes unchanged; max relative output change "
           f"{summary['max_rel_error']:.2e} ({kind})")
+    if summary["quality"]:
+        print(f"quality against the original {Quality(**summary['quality']).describe('original', 'pruned')}")
     if summary.get("recovery"):
         print(_format_recovery(summary["recovery"]))
     print(f"wrote {summary['output']}")
@@ -105,16 +122,6 @@ def _format_recovery(rec: dict) -> str:
         lines.append(f"  reconstruction: {fitted} of {len(fit['layers'])} layers re-fitted in {fit['seconds']:.1f} s"
                      + (f"; not re-fitted: {'; '.join(fit['skipped'])}" if fit["skipped"] else ""))
     return "\n".join(lines)
-
-
-def _labels(model: PrunableModel, data) -> "np.ndarray | None":
-    """The 'labels' array of a --data .npz, if it has one (for the accuracy in the report)."""
-    from .data import load_labels
-
-    if not data or not str(data).endswith(".npz"):
-        return None
-    feeds = model.calibration(data)
-    return load_labels(None, data, sample_count(feeds))
 
 
 def _allocation_args(args) -> dict:
@@ -142,8 +149,7 @@ def _pruned(args) -> Pruning:
     if getattr(args, "plan", None):
         plan = Plan.read(args.plan)
         model.check_runs(args.data)  # the original must run on the verification inputs before any work
-        return model.surgery(plan, args.data, source=str(args.plan), reconstruct=args.reconstruct,
-                             labels=_labels(model, args.data))
+        return model.surgery(plan, args.data, source=str(args.plan), reconstruct=args.reconstruct)
     model.show_progress = not args.json and sys.stderr.isatty()
     options = _allocation_args(args)
     if args.sensitivity or args.max_loss is not None:
@@ -165,18 +171,41 @@ def _pruned(args) -> Pruning:
 
         plot(Sensitivity.read(Path(args.sensitivity)), Path(args.plot),
              {int(g): r for g, r in plan.options["sensitivity_ratios"].items()})
-    return model.surgery(plan, args.data, reconstruct=args.reconstruct, labels=_labels(model, args.data))
+    return model.surgery(plan, args.data, reconstruct=args.reconstruct)
 
 
 def cmd_inspect(args) -> int:
     shapes = parse_input_shapes(args.input_shape)
     model = load(args.model, shapes)
     info = model.inspect()
+    if args.scores:
+        stats = model.score_stats(args.criterion, args.data, args.aggregate, args.normalize)
+        info["scores"] = {"criterion": args.criterion, "aggregate": args.aggregate, "normalize": args.normalize,
+                          "groups": [asdict(s) for s in stats]}
     if args.json:
         print(json.dumps(info, indent=1))
-    else:
-        _print_inspect(info)
+        return 0
+    _print_inspect(info)
+    if args.scores:
+        _print_scores(info)
     return 0
+
+
+def _score(value: float) -> str:
+    """A score for a table; a live channel's floor (the smallest positive float, see
+    importance.importance) reads as '>0', not as 2.23e-308."""
+    return ">0" if 0 < value < 1e-300 else f"{value:.3g}"
+
+
+def _print_scores(info: dict) -> None:
+    scores = info["scores"]
+    origins = {g["id"]: g["origins"] for g in info["groups"]}
+    print(f"\nimportance ({scores['criterion']}, aggregate {scores['aggregate']}, normalize {scores['normalize']}), "
+          f"as --threshold compares it; zeros are dead channels (what --threshold 0 removes):")
+    print(f"{'group':>5} {'ch':>5} {'min':>9} {'25%':>9} {'median':>9} {'75%':>9} {'max':>9} {'zeros':>5}  layers")
+    for s in scores["groups"]:
+        values = " ".join(f"{_score(s[k]):>9}" for k in ("min", "q25", "median", "q75", "max"))
+        print(f"{s['group']:>5} {s['channels']:>5} {values} {s['zeros']:>5}  {', '.join(origins[s['group']][:3])}")
 
 
 def cmd_prune(args) -> int:
@@ -271,9 +300,22 @@ def cmd_sensitivity(args) -> int:
     for gid in sorted(sens.groups):
         g = sens.groups[gid]
         row = " ".join(f"{g.losses.get(r, float('nan')):>6.3f}" for r in sens.ratios)
-        print(f"{gid:>5} {g.channels:>5}  {row}  {', '.join(g.layers[:3])}")
+        print(f"{gid:>5} {g.channels:>5}  {row}  {', '.join((g.origins or g.layers)[:3])}")
     print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
     return 0
+
+
+def _storage(summary: dict) -> str:
+    """How the weights were stored: with --format sparse, only weights sparse enough for COO with
+    int64 indices to be smaller (above 2/3 zeros for float32) become sparse initializers."""
+    if summary["format"] == "dense":
+        return "dense with exact zeros"
+    stored, total = len(summary["stored_sparse"]), len(summary["layers"])
+    if stored == 0:
+        return (f"stored dense: none of the {total} sparsified weights is sparse enough for the sparse format to be "
+                "smaller (COO with int64 indices needs more than 2/3 zeros for float32)")
+    dense = f"; {total - stored} stay dense (too few zeros for COO to be smaller)" if stored < total else ""
+    return f"sparse format: {stored} of {total} sparsified weights stored as sparse initializers{dense}"
 
 
 def cmd_sparsify(args) -> int:
@@ -291,15 +333,31 @@ def cmd_sparsify(args) -> int:
         result.write_masks(args.masks_out)
     summary = {"input": str(model.path), "output": str(output), "format": args.format, "masks_out": args.masks_out,
                "file_bytes": [_size(model.path), _size(output)], **result.summary()}
+    if args.format == "sparse":
+        summary["stored_sparse"] = result.stored_sparse()
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
     print(format_summary(summary))
-    print(f"\nfile size:  {_fmt(summary['file_bytes'][0])}B -> {_fmt(summary['file_bytes'][1])}B ({args.format})")
-    identical = "; sparse storage gives outputs identical to dense with zeros" if args.format == "sparse" else ""
+    print(f"\nfile size:  {_fmt(summary['file_bytes'][0])}B -> {_fmt(summary['file_bytes'][1])}B ({_storage(summary)})")
+    identical = "; sparse storage gives outputs identical to dense with zeros" if summary.get("stored_sparse") else ""
     print(f"verified: onnx.checker ok, onnxruntime runs, output shapes unchanged; max relative output change "
           f"{summary['max_rel_error']:.2e}{identical}")
     print(f"wrote {output}" + (f" and {args.masks_out}" if args.masks_out else ""))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build, check_png_support, render_html, write_pngs
+    from .save import write_atomic
+
+    check_output_paths(args.model, (args.output,), False)
+    if args.png_dir:
+        check_png_support()
+    report = build(args.model, args.pruned, args.plan, args.sensitivity, args.data, args.runs)
+    write_atomic(Path(args.output), render_html(report).encode())
+    pngs = write_pngs(report, Path(args.png_dir)) if args.png_dir else []
+    print(f"wrote {args.output}" + (f" and {', '.join(str(p) for p in pngs)}" if pngs else ""))
     return 0
 
 
@@ -333,9 +391,7 @@ def cmd_quantize(args) -> int:
     f = report.fidelity
     print(f"quantized ({args.format}, {'per-channel' if args.per_channel else 'per-tensor'} int8 weights, uint8 activations); "
           f"kept in float: {', '.join(report.kept_float) or 'none'}")
-    print(f"fidelity on {f.samples} calibration samples: top-1 agreement {f.top1_agreement:.2%}, max abs diff {f.max_abs_diff:.3g}")
-    if f.accuracy_float is not None:
-        print(f"accuracy: float {f.accuracy_float:.2%} -> int8 {f.accuracy_int8:.2%}")
+    print(f"fidelity to the float model {f.describe('float', 'int8')}")
     print(format_table(timings))
     print(f"wrote {report.output}")
     return 0
@@ -400,6 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x640x640",
                    help="size of a dynamic input (repeatable): costs are counted at it")
+    scores = p.add_argument_group("importance scores (to choose a --threshold)")
+    scores.add_argument("--scores", action="store_true", help="also show each prunable group's score distribution (min, "
+                        "quartiles, max, dead channels) as prune --threshold compares it")
+    scores.add_argument("--criterion", default="l1", choices=list(CRITERIA) + ["activation", "apoz"],
+                        help="importance criterion (default l1, as prune); activation and apoz need --data")
+    scores.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="as prune (default sum)")
+    scores.add_argument("--normalize", default="mean", choices=["mean", "max", "none"],
+                        help="as prune (default mean: scores divided by their group's mean, so T = 0.5 means half the mean)")
+    scores.add_argument("--data", help="calibration inputs for --criterion activation or apoz")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("prune", help="remove channels and write a smaller, verified model",
@@ -506,6 +571,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_sparsify)
+
+    p = sub.add_parser("report", help="one self-contained HTML page: summary, channels per layer, groups, sensitivity",
+                       description="Write one HTML page that needs no network (inline CSS and SVG): parameters, MACs, file "
+                                   "size and batch-1 onnxruntime latency of MODEL and PRUNED (or of the plan applied in "
+                                   "memory), quality on --data, channels per layer before and after by origin-framework "
+                                   "name, the channel groups (which layers are tied together, why blocked ones are "
+                                   "blocked, channels kept with --plan) and the sensitivity curves (--sensitivity).")
+    p.add_argument("model", help="the original ONNX model (never modified)")
+    p.add_argument("pruned", nargs="?", help="the pruned model (default: --plan applied in memory, if given)")
+    p.add_argument("-o", "--output", required=True, help="the HTML file to write (atomically)")
+    p.add_argument("--plan", help="the plan that made PRUNED (channels kept per group, ratios chosen from a sensitivity analysis)")
+    p.add_argument("--sensitivity", metavar="SENS_JSON", help="draw these sensitivity curves")
+    p.add_argument("--data", help="inputs (.npz, optional 'labels') for the quality of PRUNED against MODEL")
+    p.add_argument("--runs", type=int, default=30, help="timed rounds for the latency (default 30)")
+    p.add_argument("--png-dir", metavar="DIR", help="also write the figures as PNG (needs matplotlib: the 'plot' extra)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export-ncnn", help="convert to ncnn (.param/.bin) with pnnx and check it against onnxruntime",
                        description="Convert with pnnx (optional package 'pnnx') in a temporary folder, run ncnn (optional "

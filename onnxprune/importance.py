@@ -8,6 +8,7 @@ by a weight (a Conv or Gemm input): it can then go without changing any output.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -302,3 +303,23 @@ def importance(dg: DepGraph, group: Group, criterion: str | Criterion = "l1", ag
         scores = scores / max(scores.max(), 1e-300)
     dead = dead_channels(dg, group)
     return np.where(dead, 0.0, np.maximum(scores, np.finfo(np.float64).tiny))
+
+
+@dataclass
+class ScoreStats:
+    """The distribution of one group's scores, as `--threshold` compares them (so a user can pick T)."""
+
+    group: int
+    channels: int
+    min: float
+    q25: float
+    median: float
+    q75: float
+    max: float
+    zeros: int
+    """Dead channels (score exactly 0): what `--threshold 0` removes."""
+
+    @classmethod
+    def of(cls, group_id: int, scores: np.ndarray) -> "ScoreStats":
+        q = np.quantile(scores, [0.0, 0.25, 0.5, 0.75, 1.0]) if len(scores) else np.zeros(5)
+        return cls(group_id, len(scores), *(float(v) for v in q), int(np.count_nonzero(scores == 0)))

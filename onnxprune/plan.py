@@ -26,7 +26,7 @@ from .depgraph import DepGraph
 from .errors import InputError
 from .groups import Group, KeepMasks
 from .ops import PARAM, Role
-from .origin import node_scope
+from .origin import member_scope
 
 PLAN_FORMAT = "onnxprune.plan"
 PLAN_VERSION = 1
@@ -97,7 +97,7 @@ class Plan:
         if doc.get("version") != PLAN_VERSION:
             raise InputError(f"{source}: plan version {doc.get('version')} is not supported (this onnxprune reads version {PLAN_VERSION})")
         try:
-            groups = [GroupPlan(id=int(g["id"]), channels=int(g["channels"]), keep=[int(k) for k in g["keep"]],
+            groups = [GroupPlan(id=int(g["id"]), channels=int(g["channels"]), keep=checked_keep(g, source),
                                 members=[Member(**{**m, "role": Role(m["role"])}) for m in g["members"]]) for g in doc["groups"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: malformed plan group ({exc})") from None
@@ -119,6 +119,29 @@ class Plan:
         return cls.from_json(text, str(path))
 
 
+def checked_keep(group: dict, source: str) -> list[int]:
+    """A group's `keep` as read from a plan file: channel indices, each once, in range; returned
+    sorted (a hand-edited plan may list them in any order).  Anything else is refused, naming the
+    group: a silent int() would turn 0.5 into channel 0 and a duplicate would pass unnoticed."""
+    gid, channels, keep = group["id"], group["channels"], group["keep"]
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise InputError(f"{source}: group {gid}: \"channels\" must be a positive integer, not {channels!r}")
+    if not isinstance(keep, list):
+        raise InputError(f"{source}: group {gid}: \"keep\" must be a list of channel indices, not {keep!r}")
+    seen: set[int] = set()
+    for k in keep:
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise InputError(f"{source}: group {gid}: keep entry {k!r} is not a channel index (an integer)")
+        if not 0 <= k < channels:
+            raise InputError(f"{source}: group {gid}: channel {k} is out of range 0..{channels - 1}")
+        if k in seen:
+            raise InputError(f"{source}: group {gid}: channel {k} is listed more than once in keep")
+        seen.add(k)
+    if not keep:
+        raise InputError(f"{source}: group {gid}: keep is empty (every group keeps at least one channel)")
+    return sorted(keep)
+
+
 def members_of(dg: DepGraph, group: Group) -> list[Member]:
     members = []
     for dim in group.const_dims:
@@ -128,7 +151,7 @@ def members_of(dg: DepGraph, group: Group) -> list[Member]:
         members.append(Member(initializer=dim.tensor, node=node.name or node.output[0], axis=dim.axis,
                               role=group.roles.get(dim, PARAM), size=group.sizes[dim],
                               channel_of=None if identity else classes.tolist(), op=node.op_type, input=dim.slot,
-                              scope=node_scope(node)))
+                              scope=member_scope(dg.index, dim.use)))
     return members
 
 

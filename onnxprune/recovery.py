@@ -329,7 +329,6 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph
     if not views:
         report.seconds = time.perf_counter() - start
         return report
-    elem_types = dg.index.elem_types
     kept = kept_elements(dg, keep)  # the original's outputs lose the channels the pruned layer no longer makes
     parts = list(batches(feeds, options.batch))
     n_samples = sample_count(feeds)

@@ -30,6 +30,7 @@ from .errors import InputError
 from .importance import consumption_points
 from .ops import IN
 from .ops.build import channel_mask_nodes
+from .origin import group_origins
 from .runtime import run_chunked, sample_count
 from .save import write_atomic
 
@@ -214,7 +215,8 @@ class Sensitivity:
         if not isinstance(doc, dict) or doc.get("format") != SENS_FORMAT or doc.get("version") != SENS_VERSION:
             raise InputError(f"{path}: not an onnxprune sensitivity file (version {SENS_VERSION})")
         try:
-            groups = {int(g): GroupSensitivity(int(v["channels"]), list(v["layers"]), {float(r): float(l) for r, l in v["losses"].items()})
+            groups = {int(g): GroupSensitivity(int(v["channels"]), list(v["layers"]), {float(r): float(l) for r, l in v["losses"].items()},
+                                               list(v.get("origins") or []))
                       for g, v in doc["groups"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{path}: malformed sensitivity group ({exc})") from None
@@ -233,6 +235,9 @@ class GroupSensitivity:
     channels: int
     layers: list[str]
     losses: dict[float, float] = field(default_factory=dict)
+    origins: list[str] = field(default_factory=list)
+    """The layers' origin-framework names in graph order (onnxprune.origin.group_origins), for
+    tables and legends; empty in files written before they were recorded."""
 
 
 def structure_digest(dg: DepGraph) -> str:
@@ -241,11 +246,13 @@ def structure_digest(dg: DepGraph) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def candidate_keep(scores: np.ndarray, ratio: float, group) -> np.ndarray:
-    from .allocation import _keep_top
+def candidate_keep(scores: np.ndarray, ratio: float, group, round_to: int = 1) -> np.ndarray:
+    """Keep mask removing `ratio` of the group's lowest-scoring channels (kept count rounded up to
+    a multiple of `round_to` when allocating; the analysis itself measures unrounded ratios)."""
+    from .allocation import _keep_top, _rounded_keep
 
-    n_keep = max(1, group.n_channels - int(round(ratio * group.n_channels)))
-    return _keep_top(group, scores, n_keep)
+    n_keep = _rounded_keep(group.n_channels, group.n_channels - int(round(ratio * group.n_channels)), round_to)
+    return _keep_top(group, scores, n_keep, round_to)
 
 
 def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = None, metric: str = "top1-agreement",
@@ -281,8 +288,11 @@ def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = Non
         result.groups = previous.groups
     scores = model.importance(criterion, feeds)
     layers = {g.id: sorted({dg.index.model.graph.node[d.use].name for d in g.const_dims}) for g in groups}
+    origins = model.origins()
     for g in groups:
-        result.groups.setdefault(g.id, GroupSensitivity(g.n_channels, layers[g.id], {}))
+        entry = result.groups.setdefault(g.id, GroupSensitivity(g.n_channels, layers[g.id], {}))
+        if not entry.origins:
+            entry.origins = group_origins(dg.index.model.graph.node, {d.use for d in g.const_dims}, origins)
     tasks = [(g.id, r, candidate_keep(scores[g.id], r, g)) for g in groups for r in ratios
              if r not in result.groups[g.id].losses]
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
@@ -372,14 +382,16 @@ def ratios_for_target(sens: Sensitivity, cost_of_ratios: Callable[[dict[int, flo
         best = None
         for gid in sens.groups:
             ratios, losses = sens.curve(gid)
-            index = int(np.searchsorted(ratios, current[gid], side="right"))
-            if index >= len(ratios):
+            start = int(np.searchsorted(ratios, current[gid], side="right"))
+            # the next measured ratio that saves anything (with round_to, a small step may not)
+            for index in range(start, len(ratios)):
+                trial = {**current, gid: float(ratios[index])}
+                saved = cost - cost_of_ratios(trial)
+                if saved > 0:
+                    break
+            else:
                 continue
-            trial = {**current, gid: float(ratios[index])}
-            saved = cost - cost_of_ratios(trial)
-            if saved <= 0:
-                continue
-            added = losses[index] - losses[index - 1]
+            added = losses[index] - losses[start - 1]
             key = (max(added, 0.0) / saved, gid)
             if best is None or key < best[0]:
                 best = (key, trial)
@@ -400,6 +412,32 @@ def ratios_for_target(sens: Sensitivity, cost_of_ratios: Callable[[dict[int, flo
     return current
 
 
+def group_label(sens: Sensitivity, group_id: int, width: int = 2) -> str:
+    """A legend entry: the group's first origin-framework layers and its channel count."""
+    entry = sens.groups[group_id]
+    names = entry.origins or entry.layers or [f"group {group_id}"]
+    more = f" +{len(names) - width}" if len(names) > width else ""
+    return f"{', '.join(names[:width])}{more} ({entry.channels} ch)"
+
+
+TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def group_colours(n: int) -> list[str]:
+    """n distinct colours (hex): matplotlib's tab10 up to 10 groups, beyond that n evenly spaced
+    hues at alternating lightness (matplotlib's default cycle repeats after 10).  Plain strings,
+    so the HTML report uses the same colours without matplotlib."""
+    import colorsys
+
+    if n <= len(TAB10):
+        return list(TAB10[:n])
+    colours = []
+    for i in range(n):
+        r, g, b = colorsys.hls_to_rgb(i / n, 0.38 if i % 2 else 0.55, 0.75)
+        colours.append(f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}")
+    return colours
+
+
 def plotting():
     """matplotlib's pyplot (headless), or bad input saying what to install.  Called before any
     analysis when a plot is asked for, so that a missing package does not cost the whole run."""
@@ -418,10 +456,22 @@ def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) 
     plt = plotting()
     import io
 
+    fig = sensitivity_figure(sens, chosen)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_atomic(Path(path), buffer.getvalue())
+
+
+def sensitivity_figure(sens: Sensitivity, chosen: dict[int, float] | None = None):
+    """The matplotlib figure of `plot` (also embedded by onnxprune.report)."""
+    import matplotlib.pyplot as plt
+
+    gids = sorted(sens.groups)
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for gid in sorted(sens.groups):
+    for gid, colour in zip(gids, group_colours(len(gids))):
         ratios, losses = sens.curve(gid)
-        line, = ax.plot(ratios, losses, marker=".", label=f"group {gid} ({sens.groups[gid].channels} ch)")
+        line, = ax.plot(ratios, losses, marker=".", color=colour, label=group_label(sens, gid))
         if chosen and gid in chosen:
             ax.plot([chosen[gid]], [np.interp(chosen[gid], ratios, losses)], marker="o", markersize=9,
                     markerfacecolor="none", color=line.get_color())
@@ -429,24 +479,33 @@ def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) 
     ax.set_ylabel(f"loss ({sens.metric})")
     ax.set_title("sensitivity per group" + (" (circles: chosen ratios)" if chosen else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    buffer = io.BytesIO()
+    ax.legend(fontsize=7, ncol=2 if len(gids) <= 24 else 3)
     fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_atomic(Path(path), buffer.getvalue())
+    return fig
 
 
 def allocate(model, sens: Sensitivity, scores: Scores, target_macs: float | None = None,
-             target_params: float | None = None, max_loss: float | None = None) -> tuple[KeepMasks, dict[int, float]]:
+             target_params: float | None = None, max_loss: float | None = None,
+             options=None) -> tuple[KeepMasks, dict[int, float]]:
     """Keep masks (and the chosen ratio per group) from a sensitivity analysis: the least predicted
-    loss that meets a cost target, or the smallest model within `max_loss`."""
+    loss that meets a cost target, or the smallest model within `max_loss`.  `options`
+    (AllocationOptions) are honoured as by the other strategies: only eligible groups (`ignore`,
+    `protect_ends`), measured ratios up to `max_ratio`, kept counts rounded to `round_to`."""
+    from dataclasses import replace
+
+    from .allocation import eligible_groups
+
     if sens.model_sha256 != structure_digest(model.depgraph):
         raise InputError("sensitivity file: it was made for another model (its groups differ from this model's)")
     groups = {g.id: g for g in model.groups}
+    round_to = options.round_to if options is not None else 1
+    if options is not None:
+        eligible = {g.id for g in eligible_groups(model.depgraph, options)}
+        sens = replace(sens, groups={gid: replace(entry, losses={r: l for r, l in entry.losses.items() if r <= options.max_ratio})
+                                     for gid, entry in sens.groups.items() if gid in eligible})
 
     def keep_of(ratios: dict[int, float]) -> KeepMasks:
-        return {gid: candidate_keep(scores[gid], r, groups[gid]) for gid, r in ratios.items() if r > 0 and gid in groups}
+        return {gid: candidate_keep(scores[gid], r, groups[gid], round_to) for gid, r in ratios.items() if r > 0 and gid in groups}
 
     if max_loss is not None:
         chosen = ratios_for_max_loss(sens, max_loss)

@@ -288,6 +288,11 @@ class SparsifyResult:
         check_sparse(self.model, sparse, self.feeds)
         return sparse
 
+    def stored_sparse(self) -> list[str]:
+        """The sparsified weights `format="sparse"` stores as sparse initializers; the others stay
+        dense because COO with int64 indices would be larger at their sparsity (see to_sparse)."""
+        return [t.values.name for t in self.sparse_model.graph.sparse_initializer]
+
     def sizes(self) -> dict[str, tuple[int, int]]:
         """(bytes, gzip bytes) of the original, the dense-with-zeros and the sparse-format model."""
         return {"dense": serialized_sizes(self.original), "dense_zeros": serialized_sizes(self.model),

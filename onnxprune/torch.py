@@ -71,6 +71,7 @@ def _merge(current: np.ndarray | None, new: np.ndarray, what: str) -> np.ndarray
 def _dataflow_successors(module: nn.Module, example_inputs) -> dict[str, list[str]]:
     """Module name -> names of the modules that consume its output directly (one traced forward)."""
     produced: dict[int, str] = {}
+    alive: list[torch.Tensor] = []  # a freed tensor's id can be reused by a later one: keep them all
     successors: dict[str, list[str]] = {}
     handles = []
 
@@ -81,6 +82,7 @@ def _dataflow_successors(module: nn.Module, example_inputs) -> dict[str, list[st
                     successors.setdefault(produced[id(value)], []).append(name)
             if isinstance(output, torch.Tensor):
                 produced[id(output)] = name
+                alive.append(output)
         return record
 
     for name, sub in module.named_modules():
@@ -116,11 +118,31 @@ class _Mapper:
         if member.initializer in self.state:
             owner, _, attr = member.initializer.rpartition(".")
             module = self.modules.get(owner)
+            if self._shared_with_another_layer(owner, module, member):
+                return self._scope_target(member)
             if isinstance(module, CONV + CONV_T + (nn.Linear,)) and attr in ("weight", "bias"):
                 return Target(owner, self._weight_side(module, member, attr))
             if isinstance(module, NORM + (nn.PReLU, nn.LayerNorm)):
                 return Target(owner, Side.OUT)
             return Target(owner, Side.PARAM, member.initializer)
+        return self._scope_target(member)
+
+    def _shared_with_another_layer(self, owner: str, module: nn.Module | None, member: Member) -> bool:
+        """Whether the state_dict key names the wrong layer: exporters share one initializer between
+        equal tensors of different layers (freshly initialised BatchNorms are all ones and zeros, a
+        BN-folded conv's zero bias equals a BatchNorm's bias), so `a.norm1.bias` may be what the node
+        of `b.conv1` reads.  The node's own layer (its scope) is then the one to cut, unless it is
+        the BatchNorm the exporter folded into this very conv (dynamo names it in the conv's scope)."""
+        user = self.resolve_scope(member.scope)
+        if not user or user == owner or module is None or user.startswith(f"{owner}.") or owner.startswith(f"{user}."):
+            return False
+        other = self.modules[user]
+        if isinstance(other, NORM) and isinstance(module, CONV + CONV_T + (nn.Linear,)):
+            return False
+        return isinstance(other, CONV + CONV_T + (nn.Linear,) + NORM + (nn.PReLU, nn.LayerNorm))
+
+    def _scope_target(self, member: Member) -> Target:
+        """(module name, side) from the member's scope (its node's layer)."""
         scope = self.resolve_scope(member.scope)
         scope_module = self.modules.get(scope) if scope is not None else None
         if scope_module is None:
@@ -135,21 +157,27 @@ class _Mapper:
 
     def resolve_scope(self, scope: str | None) -> str | None:
         """The module path a node scope names: a dotted path (dynamo), or the legacy exporter's
-        chain `1/body/body.0`, whose parts are paths relative to the nearest enclosing module that
-        is not a container (Sequential, ModuleList, ModuleDict)."""
+        chain (`layer1/layer1.0/conv1`, `features/denseblock1/denselayer1/conv1`, `1/body/body.0`),
+        each part of which names a module inside the previous one either by its full path or by
+        its path relative to some enclosing module: the closest module inside the previous part
+        whose path ends with the part is taken (None when there is none, or two equally close)."""
         if not scope:
             return None
         if scope in self.modules:
             return scope
-        base, full = "", None
+        current = ""
         for part in scope.split("/"):
-            full = f"{base}.{part}" if base else part
-            module = self.modules.get(full)
-            if module is None:
+            prefix = f"{current}." if current else ""
+            found = [name for name in self.modules if name.startswith(prefix) and name != current
+                     and (name == part or name.endswith("." + part))]
+            if not found:
                 return None
-            if not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
-                base = full
-        return full
+            shortest = min(len(name) for name in found)
+            closest = [name for name in found if len(name) == shortest]
+            if len(closest) > 1:
+                return None
+            current = closest[0]
+        return current
 
     @staticmethod
     def _weight_side(module: nn.Module, member: Member, attr: str) -> Side:

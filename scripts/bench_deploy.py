@@ -99,7 +99,7 @@ def run(name: str, workdir: Path, runs: int, epochs: int, round_to: int) -> None
         float_model = onnxprune.load(base).model
         f = fidelity(float_model, load_model(path, allow_quantized=True).model, evaluation, labels)
         macs = total_macs(ModelIndex.build(float_model))
-        accuracy = f"{f.accuracy_int8:.2%}" if f.accuracy_int8 is not None else "-"
+        accuracy = f"{f.accuracy_after:.2%}" if f.accuracy_after is not None else "-"
         agreement = "-" if path == base else f"{f.top1_agreement:.2%}, {f.max_abs_diff:.3g}"
         ort = by[(path.name, "onnxruntime")]
         cells = [by.get((path.name, e)) for e in ("ncnn fp32", "ncnn fp16")]

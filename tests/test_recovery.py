@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
 from onnxprune.api import PrunableModel
-from onnxprune.recovery import ReconstructOptions, _Stats, compare, reconstruct
+from onnxprune.recovery import ReconstructOptions, _Stats
 
 ROOT = Path(__file__).resolve().parents[1]
 F = TensorProto.FLOAT

@@ -176,3 +176,19 @@ def test_bad_inputs(tmp_path: Path, exported, capsys):
     np.save(tmp_path / "bad.npy", np.zeros((4, 1, 8, 9), np.float32))
     code = main(["sensitivity", str(DIGITS), "--data", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "s.json")])
     assert code == 2 and "size 9 on axis 3" in capsys.readouterr().err
+
+
+def test_sensitivity_allocation_honours_round_to_ignore_and_max_ratio(tmp_path: Path):
+    """--round-to, --ignore and --max-ratio used to be dropped silently with --sensitivity (the
+    digits CNN came out 32->29 with --round-to 8)."""
+    model = onnxprune.load(DIGITS)
+    sens = analyse(model, {"x": CALIB["x"]}, metric="top1-agreement", ratios=[0.25, 0.5, 0.75], out=tmp_path / "s.json")
+    rounded = model.plan(target_macs=0.5, sensitivity=sens, round_to=8)
+    assert all(len(g.keep) % 8 == 0 for g in rounded.groups), [len(g.keep) for g in rounded.groups]
+    assert rounded.summary["macs"][1] <= 0.505 * rounded.summary["macs"][0]
+    first = next(g for g in rounded.groups if g.channels == 32)
+    spared = model.plan(target_macs=0.6, sensitivity=sens, ignore=["features\\.0\\.weight"])
+    assert next(g for g in spared.groups if g.id == first.id).removed == 0
+    capped = model.plan(target_macs=0.6, sensitivity=sens, max_ratio=0.5)
+    assert all(g.removed <= 0.5 * g.channels for g in capped.groups)
+    assert all(r <= 0.5 for r in capped.options["sensitivity_ratios"].values())

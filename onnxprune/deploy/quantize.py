@@ -22,22 +22,12 @@ from ..errors import InputError
 from ..graph import ModelIndex
 from ..ops import NodeContext
 from ..load import load_model
-from ..runtime import batches, make_session, sample_count
+from ..quality import Quality, labels_for, measure
+from ..runtime import batches, sample_count
 from ..save import save_model
 
 FORMATS = ("qdq", "qoperator")
 CALIBRATION_BATCH = 32
-
-
-@dataclass
-class Fidelity:
-    """The quantized model against the float one on the calibration inputs."""
-
-    samples: int
-    top1_agreement: float
-    max_abs_diff: float
-    accuracy_float: float | None = None
-    accuracy_int8: float | None = None
 
 
 @dataclass
@@ -46,7 +36,8 @@ class QuantizeReport:
     format: str
     per_channel: bool
     kept_float: list[str] = field(default_factory=list)
-    fidelity: Fidelity | None = None
+    fidelity: Quality | None = None
+    """The int8 model against the float one on the calibration inputs (onnxprune.quality)."""
 
     def to_json(self) -> dict:
         return {**asdict(self), "output": str(self.output)}
@@ -106,24 +97,11 @@ def _reader(calibration: list[dict[str, np.ndarray]]):
     return NpzReader()
 
 
-def labels_of(data: str | Path) -> np.ndarray | None:
-    """The 'labels' array of a calibration .npz, if it has one (for accuracy)."""
-    loaded = np.load(data, allow_pickle=False)
-    return loaded["labels"] if isinstance(loaded, np.lib.npyio.NpzFile) and "labels" in loaded.files else None
-
-
 def fidelity(float_model: onnx.ModelProto, quantized: onnx.ModelProto, feeds: dict[str, np.ndarray],
-             labels: np.ndarray | None) -> Fidelity:
-    """Top-1 agreement and max abs difference on the first output; accuracy when labels are given."""
-    a_session, b_session = make_session(float_model), make_session(quantized)
-    parts = [(a_session.run(None, f)[0], b_session.run(None, f)[0]) for f in feed_batches(feeds, float_model)]
-    a, b = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    top_a, top_b = a.reshape(len(a), -1).argmax(1), b.reshape(len(b), -1).argmax(1)
-    result = Fidelity(len(a), float(np.mean(top_a == top_b)), float(np.max(np.abs(a.astype(np.float64) - b))))
-    if labels is not None and len(labels) >= len(a):
-        result.accuracy_float = float(np.mean(top_a == labels[:len(a)]))
-        result.accuracy_int8 = float(np.mean(top_b == labels[:len(a)]))
-    return result
+             labels: np.ndarray | None) -> Quality:
+    """onnxprune.quality.measure in the float model's calibration batches (a static batch size
+    is respected); accuracy when labels are given."""
+    return measure(float_model, quantized, feeds, labels, feed_batches(feeds, float_model))
 
 
 def quantize_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], per_channel: bool = False, fmt: str = "qdq",
@@ -155,6 +133,7 @@ def quantize(model_path: str | Path, output: str | Path, data: str | Path, per_c
     loaded = load_model(model_path)
     feeds = load_calibration(data, ModelIndex.build(loaded.model))
     quantized, kept = quantize_model(loaded.model, feeds, per_channel, fmt, keep_float, Path(model_path))
-    report = QuantizeReport(Path(output), fmt, per_channel, kept, fidelity(loaded.model, quantized, feeds, labels_of(data)))
+    n = len(next(iter(feeds.values())))
+    report = QuantizeReport(Path(output), fmt, per_channel, kept, fidelity(loaded.model, quantized, feeds, labels_for(data, n)))
     save_model(quantized, output)
     return report

@@ -104,6 +104,15 @@ class Unary(OpRule):
         return couple_unary(ctx)
 
 
+ALIAS_OPS = frozenset({"Identity"})
+"""Ops whose output is their input, unchanged: the legacy torch exporter puts one between a
+deduplicated initializer and its second user, so the layer is the alias's consumer's."""
+
+
+def is_alias(node) -> bool:
+    return node.op_type in ALIAS_OPS
+
+
 @register("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "HardSwish", "Tanh", "Softsign",
           "Abs", "Sqrt", "Erf", "Floor", "Ceil", "Round", "Sign", "Mish",
           "ThresholdedRelu", "Sin", "Atan", "Asin", "Sinh", "Tan")
