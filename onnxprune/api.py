@@ -12,13 +12,15 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from . import cost
 from .allocation import AllocationOptions, allocate
@@ -31,15 +33,17 @@ from .load import LoadedModel, check_supported, load_model
 from .plan import Plan, make_plan, resolve
 from .save import save_model
 from .surgery import apply_keep
-from . import verify as verification  # looked up at call time, so tests can make verification fail
-from .verify import VerifyReport
+from .timings import Stage, Timings
+
+if TYPE_CHECKING:
+    from .verify import VerifyReport
 
 
 @dataclass
 class PruneResult:
     model: onnx.ModelProto
     plan: Plan
-    report: VerifyReport
+    report: "VerifyReport"
     before: dict
     after: dict
     layers: list[dict] = field(default_factory=list)
@@ -64,9 +68,18 @@ class PruneResult:
         write_atomic(Path(path), buffer.getvalue())
 
 
-def load(path: str | Path) -> "PrunableModel":
-    """Load an ONNX file (external data only from inside its folder) for analysis and pruning."""
-    return PrunableModel(load_model(path))
+def load(path: str | Path, mapped: bool = False) -> "PrunableModel":
+    """Load an ONNX file (external data only from inside its folder) for analysis and pruning.
+
+    `mapped` memory-maps external data instead of reading it (load.map_external): faster, and the
+    original's weights stay file pages.  `model.model` then holds stubs for those initializers,
+    so it suits the pipeline (plan, apply: the pruned model holds all its data) rather than code
+    that reads the original's weights from the ModelProto itself."""
+    timings = Timings()
+    with timings.stage(Stage.LOAD):
+        model = PrunableModel(load_model(path, mapped=mapped))
+    model.timings = timings
+    return model
 
 
 def save(model: onnx.ModelProto, path: str | Path, external_data: bool | None = None) -> Path:
@@ -83,6 +96,8 @@ class PrunableModel:
             loaded = LoadedModel(loaded, Path("<model>"), False)
         self.loaded = loaded
         self.show_progress = show_progress
+        self.timings = Timings()
+        """Time spent per stage so far (`onnxprune prune --timings`)."""
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -94,11 +109,13 @@ class PrunableModel:
 
     @cached_property
     def index(self) -> ModelIndex:
-        return ModelIndex.build(self.model)
+        with self.timings.stage(Stage.DEPGRAPH):  # shape inference: part of building the graph
+            return ModelIndex.build(self.model, self.loaded.arrays)
 
     @cached_property
     def depgraph(self) -> DepGraph:
-        return build_depgraph(self.index)
+        with self.timings.stage(Stage.DEPGRAPH):
+            return build_depgraph(self.index)
 
     @property
     def groups(self):
@@ -152,10 +169,15 @@ class PrunableModel:
             criterion = activation_criterion(self.depgraph, feeds, "mean" if criterion == "activation" else "nonzero")
         elif isinstance(criterion, str) and criterion not in CRITERIA:
             raise InputError(f"options: unknown criterion '{criterion}' (choose from {', '.join(list(CRITERIA) + ['activation', 'apoz'])})")
-        groups = tqdm(self.groups, desc="importance", unit="group", disable=not self.show_progress, leave=False)
         if normalise not in NORMALISATIONS:
             raise InputError(f"options: unknown normalisation '{normalise}' (choose from {', '.join(NORMALISATIONS)})")
-        return {g.id: importance(self.depgraph, g, criterion, aggregate, normalise) for g in groups}
+        groups = self.groups
+        if self.show_progress:
+            from tqdm import tqdm
+
+            groups = tqdm(groups, desc="importance", unit="group", leave=False)
+        with self.timings.stage(Stage.IMPORTANCE):
+            return {g.id: importance(self.depgraph, g, criterion, aggregate, normalise) for g in groups}
 
     def cost(self, keep: dict[int, np.ndarray]) -> tuple[int, int]:
         """(params, MACs) after keeping these channels (estimated without surgery)."""
@@ -172,17 +194,22 @@ class PrunableModel:
         max_loss = options.pop("max_loss", None)
         normalise = options.pop("normalise", "mean")
         allocator = options.pop("allocator", allocate)
+        latency = self._latency_allocator(options)
+        allocator = latency or allocator
         opts = AllocationOptions(**options)
         opts.validate()
         scores = self.importance(criterion, data, aggregate, normalise)
         chosen = None
-        if sensitivity is not None or max_loss is not None:
-            keep, chosen = self._allocate_from_sensitivity(sensitivity, scores, opts, max_loss)
-        else:
-            keep = allocator(self.depgraph, scores, opts, self.cost)
+        with self.timings.stage(Stage.ALLOCATION):
+            if sensitivity is not None or max_loss is not None:
+                keep, chosen = self._allocate_from_sensitivity(sensitivity, scores, opts, max_loss)
+            else:
+                keep = allocator(self.depgraph, scores, opts, self.cost)
         plan = make_plan(self.depgraph, keep, {"file": self.path.name, "sha256": self.sha256},
                          {"criterion": criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom"),
                           "aggregate": aggregate, "normalise": normalise, **{k: v for k, v in vars(opts).items() if v not in (None, [], False)}})
+        if latency is not None:
+            plan.options.update(latency.options.plan_options(), measured_latency=latency.measured)
         if chosen is not None:
             plan.options["sensitivity_ratios"] = {str(g): r for g, r in sorted(chosen.items())}
             if max_loss is not None:
@@ -190,6 +217,24 @@ class PrunableModel:
         params, macs = self.cost(keep)
         plan.summary = {"params": [cost.total_params(self.index), params], "macs": [cost.total_macs(self.index), macs]}
         return plan
+
+    def _latency_allocator(self, options: dict):
+        """The latency-budget strategy (onnxprune.latency) when `target_latency` is among the options
+        (with `latency_batch`, `latency_threads`, `latency_cache`), else None."""
+        if options.get("target_latency") is None:
+            for name in ("target_latency", "latency_batch", "latency_threads", "latency_cache"):
+                options.pop(name, None)
+            return None
+        from .latency import LatencyAllocator, LatencyOptions
+
+        lat = LatencyOptions(options.pop("target_latency"), options.pop("latency_batch", None) or 1,
+                             options.pop("latency_threads", None) or 0,
+                             cache_dir=Path(c) if (c := options.pop("latency_cache", None)) else None)
+        lat.validate()
+        if any(options.get(k) is not None for k in ("ratio", "threshold", "target_macs", "target_params")):
+            raise InputError("options: --target-latency cannot be combined with --ratio, --threshold, --target-macs or --target-params")
+        progress = (lambda text: print(text, file=sys.stderr)) if self.show_progress else None
+        return LatencyAllocator(lat, progress, self.sha256)
 
     def _allocate_from_sensitivity(self, sensitivity, scores, opts: AllocationOptions, max_loss):
         from . import sensitivity as sens_mod
@@ -206,23 +251,29 @@ class PrunableModel:
         `release_original` drops this object's copy of the original model once the pruned one
         exists, so verification never holds both models' weights and an onnxruntime session at
         once (the CLI uses it; the object cannot be used again afterwards)."""
+        from . import verify as verification  # looked up at call time, so tests can make verification fail
+
         keep = resolve(plan, self.depgraph, source)
-        exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
-        feeds = verification_inputs(self.index, data)
-        # onnxruntime reads the original from its file where there is one (no serialised copy) and,
-        # when our copy is released, only after the release: the two are never in memory together.
-        from_file = self.path.is_file() and (release_original or self.loaded.had_external_data)
-        late = release_original and self.path.is_file()
-        reference = None if late else verification.reference_outputs(str(self.path) if from_file else self.model, feeds)
+        timings = self.timings
+        with timings.stage(Stage.VERIFICATION):
+            exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
+            feeds = verification_inputs(self.index, data)
+            # onnxruntime reads the original from its file where there is one (no serialised copy) and,
+            # when our copy is released, only after the release: the two are never in memory together.
+            from_file = self.path.is_file() and (release_original or self.loaded.had_external_data)
+            late = release_original and self.path.is_file()
+            reference = None if late else verification.reference_outputs(str(self.path) if from_file else self.model, feeds)
         before = {"params": cost.total_params(self.index), "macs": cost.total_macs(self.index)}
         old_layers = {c.node: c for c in cost.layer_costs(self.index)}
-        pruned = apply_keep(self.depgraph, keep)
+        with timings.stage(Stage.SURGERY):
+            pruned = apply_keep(self.depgraph, keep)
         original = weightless_copy(self.model)  # inputs, outputs and graph: all verification needs of it
         if release_original:
             self._release()
-        if reference is None:
-            reference = verification.reference_outputs(str(self.path), feeds)
-        report = verification.verify(original, pruned, feeds, exact=exact, reference=reference)
+        with timings.stage(Stage.VERIFICATION):
+            if reference is None:
+                reference = verification.reference_outputs(str(self.path), feeds)
+            report = verification.verify(original, pruned, feeds, exact=exact, reference=reference)
         after_index = ModelIndex.build(pruned)
         after = {"params": cost.total_params(after_index), "macs": cost.total_macs(after_index)}
         plan.summary = {"params": [before["params"], after["params"]], "macs": [before["macs"], after["macs"]]}
@@ -236,7 +287,7 @@ class PrunableModel:
         returns to the system once nothing refers to the ModelProto)."""
         for name in ("index", "depgraph"):
             self.__dict__.pop(name, None)
-        self.loaded = LoadedModel(onnx.ModelProto(), self.loaded.path, self.loaded.had_external_data, self.loaded.sha256)
+        self.loaded = LoadedModel(onnx.ModelProto(), self.loaded.path, self.loaded.had_external_data, self.loaded.sha256)  # no arrays: the maps close
 
     def _all_dead(self, group_id: int, keep: np.ndarray) -> bool:
         from .importance import dead_channels

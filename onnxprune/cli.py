@@ -7,13 +7,37 @@ import json
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .api import PrunableModel, PruneResult, load, save
 from .errors import InputError, OnnxPruneError
-from .importance import CRITERIA
-from .plan import Plan
-from .save import check_output_paths
+from .names import CRITERION_NAMES, DATA_CRITERION_NAMES
+
+if TYPE_CHECKING:
+    from .api import PrunableModel, PruneResult
+
+CRITERIA = CRITERION_NAMES + DATA_CRITERION_NAMES
+
+# The API (onnx, networkx, numpy; onnxruntime once a command verifies) is imported by the commands
+# that need it, not by `onnxprune --help` or argument errors: these three stand in for it.
+
+
+def load(path, mapped: bool = False) -> "PrunableModel":
+    from .api import load as api_load
+
+    return api_load(path, mapped)
+
+
+def save(model, path, external_data=None) -> Path:
+    from .api import save as api_save
+
+    return api_save(model, path, external_data)
+
+
+def check_output_paths(source, outputs, overwrite: bool) -> None:
+    from .save import check_output_paths as check
+
+    check(source, outputs, overwrite)
 
 
 def _fmt(n: float) -> str:
@@ -46,7 +70,7 @@ def _result_json(result: PruneResult, output: Path, input_path: Path) -> dict:
             "file_bytes": [_size(input_path), _size(output)],
             "max_rel_error": result.report.max_rel_error,
             "channels_removed": sum(g.removed for g in result.plan.groups),
-            "layers": result.layers}
+            "layers": result.layers, "measured_latency": result.plan.options.get("measured_latency")}
 
 
 def _size(path: Path) -> int:
@@ -66,6 +90,8 @@ def _print_result(summary: dict) -> None:
     print(f"parameters: {_fmt(p[0])} -> {_fmt(p[1])} ({p[1] / max(p[0], 1):.1%})")
     print(f"MACs:       {_fmt(m[0])} -> {_fmt(m[1])} ({m[1] / max(m[0], 1):.1%})")
     print(f"file size:  {_fmt(f[0])}B -> {_fmt(f[1])}B")
+    if summary.get("measured_latency") is not None:
+        print(f"latency:    {summary['measured_latency']:.1%} of the original's (onnxruntime on this machine)")
     kind = "exact (only dead channels removed)" if summary["exact"] else "outputs differ as expected"
     print(f"verified: onnx.checker ok, onnxruntime runs, output shapes unchanged; max relative output change "
           f"{summary['max_rel_error']:.2e} ({kind})")
@@ -76,17 +102,26 @@ def _allocation_args(args) -> dict:
     return {"ratio": args.ratio, "threshold": args.threshold, "target_macs": args.target_macs,
             "target_params": args.target_params, "global_ranking": args.global_ranking, "max_ratio": args.max_ratio,
             "round_to": args.round_to, "ignore": args.ignore or [], "protect_ends": args.protect_ends,
-            "normalise": args.normalise}
+            "normalise": args.normalise, "target_latency": args.target_latency, "latency_batch": args.latency_batch}
 
 
 def _write_outputs(model: PrunableModel, result: PruneResult, args) -> dict:
+    from .timings import Stage
+
     output = Path(args.output)
-    save(result.model, output, external_data=True if model.loaded.had_external_data else None)
+    with model.timings.stage(Stage.SAVE):
+        save(result.model, output, external_data=True if model.loaded.had_external_data else None)
     if getattr(args, "plan_out", None):
         result.plan.write(args.plan_out)
     if getattr(args, "weights_out", None):
         result.write_weights(args.weights_out)
     return _result_json(result, output, model.path)
+
+
+def _print_timings(model: PrunableModel, args) -> None:
+    """`--timings`: seconds per stage on stderr (stdout stays the summary, or JSON)."""
+    if args.timings:
+        print(model.timings.format(), file=sys.stderr)
 
 
 def cmd_inspect(args) -> int:
@@ -101,15 +136,15 @@ def cmd_inspect(args) -> int:
 
 def cmd_prune(args) -> int:
     check_output_paths(args.model, (args.output, args.plan_out, args.weights_out), args.overwrite)
-    model = load(args.model)
+    model = load(args.model, mapped=True)
     model.show_progress = not args.json and sys.stderr.isatty()
     options = _allocation_args(args)
     if args.sensitivity or args.max_loss is not None:
         options.update(sensitivity=args.sensitivity, max_loss=args.max_loss)
     elif args.plot:
         raise InputError("options: --plot needs --sensitivity")
-    elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params")):
-        raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs or --target-params")
+    elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params", "target_latency")):
+        raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs, --target-params or --target-latency")
     plan = model.plan(args.criterion, args.data, args.aggregate, **options)
     if args.plot:
         from .sensitivity import Sensitivity, plot
@@ -120,6 +155,7 @@ def cmd_prune(args) -> int:
     if args.simplify:
         _simplify(result, args.data)
     summary = _write_outputs(model, result, args)
+    _print_timings(model, args)
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
@@ -141,11 +177,14 @@ def _simplify(result: PruneResult, data) -> None:
 
 
 def cmd_apply(args) -> int:
+    from .plan import Plan
+
     check_output_paths(args.model, (args.output, args.weights_out), args.overwrite)
     plan = Plan.read(args.plan)
-    model = load(args.model)
+    model = load(args.model, mapped=True)
     result = model.apply(plan, args.data, source=str(args.plan), release_original=True)
     summary = _write_outputs(model, result, args)
+    _print_timings(model, args)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -269,6 +308,8 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
                                          "for loading back into the origin framework")
     p.add_argument("--data", help="calibration inputs (.npy, or .npz keyed by input name) used for verification "
                                   "and the activation criteria; default: random inputs")
+    p.add_argument("--timings", action="store_true", help="print the seconds each stage took (load, depgraph, importance, "
+                                                           "allocation, surgery, verification, save) to stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,8 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--threshold", type=float, help="remove every channel whose importance is at most T (0: dead channels only)")
     how.add_argument("--target-macs", type=float, help="keep this fraction of MACs, e.g. 0.5 (met within 1%%)")
     how.add_argument("--target-params", type=float, help="keep this fraction of parameters (met within 1%%)")
+    how.add_argument("--target-latency", type=float, metavar="F",
+                     help="keep this fraction of the original's latency, measured in onnxruntime on this machine "
+                          "(per-layer latency table, cached; then the result is timed and refined; see README)")
+    how.add_argument("--latency-batch", type=int, default=1, help="with --target-latency: batch size to time (default 1)")
     which = p.add_argument_group("which channels")
-    which.add_argument("--criterion", default="l1", choices=list(CRITERIA) + ["activation", "apoz"],
+    which.add_argument("--criterion", default="l1", choices=CRITERIA,
                        help="importance criterion (default l1); activation and apoz need --data")
     which.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="combine the scores of a group's layers (default sum)")
     which.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across all groups instead of per group")
@@ -332,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="top1-agreement", choices=["accuracy", "top1-agreement", "cosine", "mse", "kl"],
                    help="loss to measure (default top1-agreement: fraction of changed top-1 predictions)")
     p.add_argument("--ratios", help="comma-separated fractions to try (default 0.1,0.2,...,0.9)")
-    p.add_argument("--criterion", default="l1", choices=list(CRITERIA) + ["activation", "apoz"], help="which channels go first (default l1)")
+    p.add_argument("--criterion", default="l1", choices=CRITERIA, help="which channels go first (default l1)")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("--backend", default="local", choices=["local", "ray"], help="run workers locally or on a Ray cluster")
     p.add_argument("--batch", type=int, default=32, help="samples per onnxruntime run (default 32)")

@@ -71,6 +71,15 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
+def with_data(stub: onnx.TensorProto, value: np.ndarray) -> onnx.TensorProto:
+    """`stub` (an initializer whose data lives elsewhere) as an ordinary tensor holding `value`."""
+    tensor = onnx.TensorProto()
+    copy_fields(stub, tensor, skip="external_data")
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    tensor.raw_data = np.ascontiguousarray(value).tobytes()
+    return tensor
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape-infer a copy of `model` (data propagation on, so Reshape targets resolve).  Only the
     returned graph's value_info, inputs and outputs are meant to be read: large initializers of
@@ -108,10 +117,13 @@ class ModelIndex:
     initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
     constant_nodes: dict[str, int] = field(default_factory=dict)
     elem_types: dict[str, int] = field(default_factory=dict)
+    external: dict[str, np.ndarray] = field(default_factory=dict)
+    """The data of initializers that are stubs in `model` (memory-mapped external data, see
+    load.map_external); `const` reads them without a copy."""
 
     @classmethod
-    def build(cls, model: onnx.ModelProto) -> "ModelIndex":
-        index = cls(model=model)
+    def build(cls, model: onnx.ModelProto, external: dict[str, np.ndarray] | None = None) -> "ModelIndex":
+        index = cls(model=model, external=external or {})
         graph = model.graph
         index.initializers = {t.name: t for t in graph.initializer}
         for i, node in enumerate(graph.node):
@@ -189,6 +201,8 @@ class ModelIndex:
         if name in self._const_cache:
             return self._const_cache[name]
         value = None
+        if name in self.external:
+            return self.external[name]  # a view of the mapped file: nothing to cache
         if name in self.initializers:
             value = numpy_helper.to_array(self.initializers[name])
         elif name in self.constant_nodes:

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from .depgraph import DepGraph
 from .errors import OnnxPruneError
-from .graph import ModelIndex, copy_fields, infer_shapes
+from .graph import ModelIndex, copy_fields, infer_shapes, with_data
 from .ops import Dim, RewriteContext, rule_for
 
 
@@ -173,7 +173,8 @@ def _fill_untouched(model: onnx.ModelProto, index: ModelIndex) -> None:
     held three times (original, copy, slice): for a multi-GB model that is the peak memory."""
     for tensor in model.graph.initializer:
         if tensor.data_type == onnx.TensorProto.UNDEFINED:
-            tensor.CopyFrom(index.initializers[tensor.name])
+            source = index.initializers[tensor.name]
+            tensor.CopyFrom(with_data(source, index.external[source.name]) if source.name in index.external else source)
 
 
 def _drop_replaced_initializers(model: onnx.ModelProto, index: ModelIndex) -> None:

@@ -1,0 +1,457 @@
+"""Latency-targeted allocation: keep a fraction of the original's *measured* latency.
+
+MACs are a proxy, and a poor one: odd channel counts fall off vectorised kernels, depthwise
+layers are bound by memory, not arithmetic.  Following HALP (Shen et al., NeurIPS 2022), the
+allocation works from a latency table measured on this machine, in onnxruntime:
+
+1. *Table.*  The model is pruned uniformly at a few kept fractions (1, 3/4, 1/2, 1/4; with the
+   plan's `round_to`).  Every layer with multiply-accumulates is cut out of each pruned model as a
+   one-node model and timed alone, giving each layer's latency as a function of its own MAC
+   fraction (which depends on the kept counts of the groups on both of its sides).  The layers
+   are found through the cost model and the dependency graph, so no op is named here.
+2. *Calibration.*  The table's sum leaves out everything between the layers (activations, adds,
+   pooling, the session's overhead).  The whole model is timed against the original at the 1/2
+   point, interleaved, and a line through (sum, measured fraction) at 1 and 1/2 maps the table's
+   sum to the model's latency fraction.
+3. *Allocation.*  Greedy, like HALP's knapsack: starting from the whole model, repeatedly remove
+   `step` channels (a multiple of `round_to`) from the group whose least important kept channels
+   cost the least importance per second of predicted latency saved, until the prediction meets
+   the budget.
+4. *Refinement.*  The result is built and timed against the original; while it misses the target
+   by more than 2%, the budget in table units is rescaled by target / measured and the allocation
+   runs again (at most `refinements` times).  The closest result is kept; its measured fraction
+   is recorded in the plan (`options.measured_latency`).
+
+The table and the calibration are cached (JSON) under `$ONNXPRUNE_CACHE` or
+`~/.cache/onnxprune/latency`, keyed by the model's sha256, the CPU, the onnxruntime version, the
+batch, the thread count and `round_to`: a second run on the same machine skips the measuring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from . import cost
+from .allocation import AllocationOptions, _keep_top, _rounded_keep, by_ratio, eligible_groups
+from .depgraph import DepGraph
+from .errors import InputError
+from .graph import ModelIndex
+from .groups import Group
+
+GRID = (1.0, 0.75, 0.5, 0.25)
+"""Uniform kept fractions at which the per-layer table is measured."""
+
+TOLERANCE = 0.02
+"""Refinement stops once the measured fraction is within this (relative) of the target."""
+
+
+@dataclass
+class LatencyOptions:
+    target: float
+    """Fraction of the original's measured latency to keep, in (0, 1]."""
+    batch: int = 1
+    threads: int = 0
+    """onnxruntime intra-op threads (0: onnxruntime's default, all cores)."""
+    refinements: int = 3
+    cache_dir: Path | None = None
+    rounds: int = 5
+    """Interleaved rounds per whole-model comparison (median of per-round ratios)."""
+
+    def plan_options(self) -> dict:
+        """What the plan records, spelled as the API's options."""
+        return {"target_latency": self.target, "latency_batch": self.batch, **({"latency_threads": self.threads} if self.threads else {})}
+
+    def validate(self) -> None:
+        if not 0 < self.target <= 1:
+            raise InputError(f"options: --target-latency {self.target} is outside (0, 1] (the fraction of latency to keep)")
+        if self.batch < 1:
+            raise InputError(f"options: --latency-batch {self.batch} must be at least 1")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ONNXPRUNE_CACHE") or Path.home() / ".cache" / "onnxprune") / "latency"
+
+
+def machine_key() -> str:
+    """CPU model and count and onnxruntime version: what a latency table is only valid for."""
+    import onnxruntime
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import platform
+
+    return f"{cpu or platform.processor() or platform.machine()} x{os.cpu_count()} ort {onnxruntime.__version__}"
+
+
+# --- measuring ------------------------------------------------------------------------------
+def _feeds(index: ModelIndex, names: list[str], batch: int, seed: int = 0) -> dict[str, np.ndarray] | None:
+    """Random inputs for the tensors `names`, the first dynamic axis set to `batch`; None when a
+    shape is not fully known."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name in names:
+        shape = index.shape(name)
+        if shape is None:
+            return None
+        dims = [d if isinstance(d, int) else (batch if k == 0 else None) for k, d in enumerate(shape)]
+        if any(d is None for d in dims):
+            return None
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(index.elem_types.get(name, onnx.TensorProto.FLOAT))
+        feeds[name] = rng.standard_normal(dims).astype(dtype) if np.issubdtype(dtype, np.floating) else np.zeros(dims, dtype)
+    return feeds
+
+
+def one_node_model(index: ModelIndex, node_i: int) -> tuple[onnx.ModelProto, list[str]] | None:
+    """Node `node_i` alone: its constant inputs as initializers, its other inputs as graph inputs
+    (returned too), its outputs as graph outputs.  None when an input's type is unknown."""
+    node = index.model.graph.node[node_i]
+    inputs, inits, runtime_inputs = [], [], []
+    for name in node.input:
+        if not name or name in runtime_inputs or any(t.name == name for t in inits):
+            continue
+        if index.is_const(name):
+            value = index.const(name)
+            if value is None:
+                return None
+            inits.append(onnx.numpy_helper.from_array(np.ascontiguousarray(value), name))
+        else:
+            shape = index.shape(name)
+            if shape is None or name not in index.elem_types:
+                return None
+            inputs.append(onnx.helper.make_tensor_value_info(name, index.elem_types[name], list(shape)))
+            runtime_inputs.append(name)
+    outputs = [onnx.helper.make_tensor_value_info(o, index.elem_types.get(o, onnx.TensorProto.UNDEFINED), None)
+               for o in node.output if o]
+    graph = onnx.helper.make_graph([node], "layer", inputs, outputs, inits)
+    model = onnx.helper.make_model(graph, opset_imports=list(index.model.opset_import), ir_version=index.model.ir_version)
+    return model, runtime_inputs
+
+
+def _time_session(session, feeds: dict[str, np.ndarray], budget: float = 0.03, most: int = 15) -> float:
+    """Median seconds per run: two warm-up runs, then at least 3 and about `budget` seconds."""
+    for _ in range(2):
+        session.run(None, feeds)
+    times: list[float] = []
+    while len(times) < 3 or (sum(times) < budget and len(times) < most):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def layer_latencies(index: ModelIndex, nodes: list[int], batch: int, threads: int,
+                    memo: dict[str, float]) -> dict[int, float]:
+    """Seconds per run of each node alone.  Identical layers (same op, attributes and shapes, as
+    in repeated blocks) are timed once: `memo` is keyed by the layer's weightless description."""
+    from .graph import weightless_copy
+    from .runtime import make_session
+
+    result = {}
+    for node_i in nodes:
+        cut = one_node_model(index, node_i)
+        if cut is None:
+            continue
+        model, names = cut
+        described = weightless_copy(model)
+        for t in described.graph.initializer:
+            t.ClearField("raw_data")  # small constants (biases) are not part of what makes a layer slow
+        key = hashlib.sha256(described.SerializeToString() + f"b{batch}t{threads}".encode()).hexdigest()
+        if key not in memo:
+            feeds = _feeds(index, names, batch)
+            if feeds is None:
+                continue
+            memo[key] = _time_session(make_session(model, threads=threads), feeds)
+        result[node_i] = memo[key]
+    return result
+
+
+def latency_ratio(candidate, original, feeds: dict[str, np.ndarray], rounds: int) -> float:
+    """Median over interleaved rounds of candidate / original seconds per run."""
+    ratios = []
+    for r in range(rounds):
+        order = (candidate, original) if r % 2 == 0 else (original, candidate)
+        t = {id(s): _time_session(s, feeds, budget=0.05, most=5) for s in order}
+        ratios.append(t[id(candidate)] / t[id(original)])
+    return statistics.median(ratios)
+
+
+# --- the latency model ------------------------------------------------------------------------
+@dataclass
+class LayerTerm:
+    """How one layer's MAC fraction follows the kept channels: the product, over the weight axes
+    that belong to groups, of the kept share of that axis."""
+
+    node: int
+    axes: list[tuple[int, np.ndarray, int]]
+    """(group id, element -> channel map of the axis, axis size)."""
+
+    def fraction(self, keep: dict[int, np.ndarray]) -> float:
+        f = 1.0
+        for gid, classes, size in self.axes:
+            mask = keep.get(gid)
+            if mask is not None:
+                f *= np.count_nonzero(mask[classes]) / size
+        return f
+
+
+def layer_terms(dg: DepGraph) -> list[LayerTerm]:
+    """One term per layer with multiply-accumulates, with the group axes of its weight (as the
+    cost model prices it: cost.estimate)."""
+    index = dg.index
+    macs = cost._node_macs(index)
+    axes: dict[int, list] = {i: [] for i in macs}
+    for group in dg.groups:
+        if not group.prunable:
+            continue
+        for dim in group.const_dims:
+            if dim.use in axes and index.model.graph.node[dim.use].input[1] == dim.tensor:
+                axes[dim.use].append((group.id, group.classes[dim], group.sizes[dim]))
+    return [LayerTerm(i, axes[i]) for i in sorted(macs)]
+
+
+@dataclass
+class LatencyTable:
+    """Per layer: (MAC fraction, seconds) points, and the line from table sum to model fraction."""
+
+    points: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+    slope: float = 1.0
+    intercept: float = 0.0
+    full_sum: float = 0.0
+
+    def layer_seconds(self, node: int, fraction: float) -> float:
+        pts = self.points.get(node)
+        if not pts:
+            return 0.0
+        xs, ys = zip(*pts)
+        return float(np.interp(fraction, xs, ys))
+
+    def predicted_sum(self, terms: list[LayerTerm], keep: dict[int, np.ndarray]) -> float:
+        return sum(self.layer_seconds(t.node, t.fraction(keep)) for t in terms)
+
+    def to_fraction(self, table_sum: float) -> float:
+        return self.slope * table_sum + self.intercept
+
+    def to_sum(self, fraction: float) -> float:
+        return (fraction - self.intercept) / self.slope
+
+    def to_json(self) -> dict:
+        return {"points": {str(k): v for k, v in self.points.items()}, "slope": self.slope,
+                "intercept": self.intercept, "full_sum": self.full_sum}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LatencyTable":
+        return cls({int(k): [tuple(p) for p in v] for k, v in data["points"].items()}, data["slope"],
+                   data["intercept"], data["full_sum"])
+
+
+class Measurer:
+    """Sessions and inputs for timing pruned candidates against the original."""
+
+    def __init__(self, dg: DepGraph, options: LatencyOptions):
+        from .runtime import make_session
+
+        self.dg, self.options = dg, options
+        index = dg.index
+        names = sorted(index.graph_inputs)
+        self.feeds = _feeds(index, names, options.batch)
+        if self.feeds is None:
+            raise InputError("options: --target-latency needs the model's input shapes (all but the batch axis known)")
+        model = index.model
+        self.original = make_session(model.SerializeToString() if index.external else model, threads=options.threads,
+                                     arrays=index.external or None)
+
+    def ratio(self, keep: dict[int, np.ndarray]) -> float:
+        """Measured latency of the model pruned to `keep`, as a fraction of the original's."""
+        from .surgery import apply_keep
+
+        session = _timed_session(apply_keep(self.dg, keep), self.options.threads)
+        return latency_ratio(session, self.original, self.feeds, self.options.rounds)
+
+
+def _timed_session(model: onnx.ModelProto, threads: int):
+    """A session as deployment would build it (all optimisations, prepacked weights), fed its
+    weights in place (runtime.weightless_session without the one-off settings)."""
+    from .graph import weightless_copy
+    from .runtime import make_session
+
+    view = weightless_copy(model)
+    stubbed = {t.name for t in view.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    arrays = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name in stubbed}
+    return make_session(view.SerializeToString(), threads=threads, arrays=arrays)
+
+
+def measure_table(dg: DepGraph, groups: list[Group], scores: dict[int, np.ndarray], alloc: AllocationOptions,
+                  options: LatencyOptions, measurer: Measurer, terms: list[LayerTerm],
+                  progress: Callable[[str], None] | None = None) -> LatencyTable:
+    """Time every layer alone in uniformly pruned models at the GRID fractions, then the whole
+    model at 1/2 against the original (the calibration line)."""
+    from .surgery import apply_keep
+
+    table = LatencyTable()
+    memo: dict[str, float] = {}
+    nodes = [t.node for t in terms]
+    half_keep: dict[int, np.ndarray] = {}
+    sums = {}
+    for f in GRID:
+        if progress:
+            progress(f"latency table: layers at {f:.0%} of channels")
+        keep = by_ratio(groups, scores, 1 - f, _uniform(alloc)) if f < 1 else {}
+        model = dg.index.model if not keep else apply_keep(dg, keep)
+        index = dg.index if not keep else ModelIndex.build(model)
+        seconds = layer_latencies(index, nodes, options.batch, options.threads, memo)
+        for t in terms:
+            if t.node in seconds:
+                table.points.setdefault(t.node, []).append((t.fraction(keep), seconds[t.node]))
+        if f == 0.5:
+            half_keep = keep
+    for node, pts in table.points.items():  # np.interp needs increasing x; equal x: keep the mean
+        merged: dict[float, list[float]] = {}
+        for x, y in pts:
+            merged.setdefault(round(x, 9), []).append(y)
+        table.points[node] = sorted((x, float(np.mean(ys))) for x, ys in merged.items())
+    table.full_sum = table.predicted_sum(terms, {})
+    half_sum = table.predicted_sum(terms, half_keep)
+    if progress:
+        progress("latency table: whole model at 50% of channels against the original")
+    half = measurer.ratio(half_keep)
+    if table.full_sum - half_sum > 1e-12 * table.full_sum:
+        table.slope = (1.0 - half) / (table.full_sum - half_sum)
+        table.intercept = 1.0 - table.slope * table.full_sum
+    else:  # nothing the table can see shrinks: only the whole-model measurements can guide
+        table.slope, table.intercept = 1.0 / max(table.full_sum, 1e-12), 0.0
+    return table
+
+
+def _uniform(alloc: AllocationOptions) -> AllocationOptions:
+    return AllocationOptions(ratio=0.0, round_to=alloc.round_to, max_ratio=alloc.max_ratio, ignore=alloc.ignore,
+                             protect_ends=alloc.protect_ends)
+
+
+# --- allocation -------------------------------------------------------------------------------
+def greedy(groups: list[Group], scores: dict[int, np.ndarray], terms: list[LayerTerm], table: LatencyTable,
+           budget_sum: float, alloc: AllocationOptions) -> dict[int, np.ndarray]:
+    """Remove chunks of channels, cheapest importance per predicted second first, until the
+    table's sum is at most `budget_sum` (or nothing more may go)."""
+    order = {g.id: np.argsort(-scores[g.id], kind="stable") for g in groups}
+    counts = {g.id: g.n_channels for g in groups}
+    floor = {g.id: _rounded_keep(g.n_channels, g.n_channels - int(alloc.max_ratio * g.n_channels), alloc.round_to)
+             for g in groups}
+    step = {g.id: max(alloc.round_to, int(math.ceil(g.n_channels / 32 / alloc.round_to)) * alloc.round_to) for g in groups}
+    by_group: dict[int, list[LayerTerm]] = {}
+    for t in terms:
+        for gid, _, _ in t.axes:
+            by_group.setdefault(gid, []).append(t)
+    keep = {g.id: np.ones(g.n_channels, dtype=bool) for g in groups}
+    fractions = {t.node: 1.0 for t in terms}
+    seconds = {t.node: table.layer_seconds(t.node, 1.0) for t in terms}
+    total = sum(seconds.values())
+    gmap = {g.id: g for g in groups}
+
+    def candidate(gid: int):
+        n_new = max(floor[gid], counts[gid] - step[gid])
+        if n_new >= counts[gid]:
+            return None
+        mask = np.zeros(gmap[gid].n_channels, dtype=bool)
+        mask[order[gid][:n_new]] = True
+        lost = float(scores[gid][order[gid][n_new:counts[gid]]].sum())
+        trial = dict(keep)
+        trial[gid] = mask
+        saved, new_seconds = 0.0, {}
+        for t in by_group.get(gid, []):
+            new_seconds[t.node] = table.layer_seconds(t.node, t.fraction(trial))
+            saved += seconds[t.node] - new_seconds[t.node]
+        return lost, saved, n_new, mask, new_seconds
+
+    cands = {gid: candidate(gid) for gid in keep}
+    while total > budget_sum:
+        best, best_value = None, math.inf
+        for gid, c in cands.items():
+            if c is None:
+                continue
+            lost, saved, *_ = c
+            value = lost / saved if saved > 0 else math.inf
+            if value < best_value or (best is None and c is not None):
+                best, best_value = gid, value
+        if best is None:
+            break
+        lost, saved, n_new, mask, new_seconds = cands[best]
+        keep[best], counts[best] = mask, n_new
+        for node, s in new_seconds.items():
+            total += s - seconds[node]
+            seconds[node] = s
+        touched = {gid for t in by_group.get(best, []) for gid, _, _ in t.axes} | {best}
+        for gid in touched & set(cands):
+            cands[gid] = candidate(gid)
+    return {gid: _keep_top(gmap[gid], scores[gid], counts[gid], alloc.round_to) for gid in keep}
+
+
+@dataclass
+class LatencyAllocator:
+    """An allocation strategy (see api.PrunableModel.plan's `allocator`): meets a measured latency
+    budget.  After a call, `measured` is the kept fraction of latency that was measured."""
+
+    options: LatencyOptions
+    progress: Callable[[str], None] | None = None
+    model_sha256: str = ""
+    measured: float | None = None
+    history: list[tuple[float, float]] = field(default_factory=list)
+    """(predicted, measured) fraction of each candidate tried."""
+
+    def cache_path(self, alloc: AllocationOptions) -> Path | None:
+        if not self.model_sha256:
+            return None
+        o = self.options
+        key = f"{self.model_sha256} {machine_key()} b{o.batch} t{o.threads} r{alloc.round_to} m{alloc.max_ratio} " \
+              f"i{alloc.ignore} p{alloc.protect_ends}"
+        return (o.cache_dir or default_cache_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+    def table(self, dg, groups, scores, alloc, measurer, terms) -> LatencyTable:
+        path = self.cache_path(alloc)
+        if path is not None and path.is_file():
+            try:
+                return LatencyTable.from_json(json.loads(path.read_text()))
+            except (ValueError, KeyError, TypeError):
+                pass  # a damaged cache entry is measured again
+        table = measure_table(dg, groups, scores, alloc, self.options, measurer, terms, self.progress)
+        if path is not None:
+            from .save import write_atomic
+
+            write_atomic(path, json.dumps(table.to_json()).encode())
+        return table
+
+    def __call__(self, dg: DepGraph, scores: dict[int, np.ndarray], alloc: AllocationOptions, cost_of) -> dict[int, np.ndarray]:
+        self.options.validate()
+        groups = eligible_groups(dg, alloc)
+        terms = layer_terms(dg)
+        measurer = Measurer(dg, self.options)
+        table = self.table(dg, groups, scores, alloc, measurer, terms)
+        target = aim = self.options.target
+        best, best_error = None, math.inf
+        for attempt in range(self.options.refinements + 1):
+            keep = greedy(groups, scores, terms, table, table.to_sum(aim), alloc)
+            if self.progress:
+                self.progress(f"latency: measuring candidate {attempt + 1} against the original")
+            measured = measurer.ratio(keep) if any(not m.all() for m in keep.values()) else 1.0
+            self.history.append((table.to_fraction(table.predicted_sum(terms, keep)), measured))
+            error = abs(measured - target) / target
+            if error < best_error:
+                best, best_error, self.measured = keep, error, measured
+            if error <= TOLERANCE:
+                break
+            aim *= target / measured  # what the table predicts is off by about this factor here
+        return best
