@@ -102,7 +102,8 @@ def _allocation_args(args) -> dict:
     return {"ratio": args.ratio, "threshold": args.threshold, "target_macs": args.target_macs,
             "target_params": args.target_params, "global_ranking": args.global_ranking, "max_ratio": args.max_ratio,
             "round_to": args.round_to, "ignore": args.ignore or [], "protect_ends": args.protect_ends,
-            "normalise": args.normalise, "target_latency": args.target_latency, "latency_batch": args.latency_batch}
+            "normalise": args.normalise, "target_latency": args.target_latency, "latency_batch": args.latency_batch,
+            "latency_threads": args.latency_threads}
 
 
 def _write_outputs(model: PrunableModel, result: PruneResult, args) -> dict:
@@ -344,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep this fraction of the original's latency, measured in onnxruntime on this machine "
                           "(per-layer latency table, cached; then the result is timed and refined; see README)")
     how.add_argument("--latency-batch", type=int, default=1, help="with --target-latency: batch size to time (default 1)")
+    how.add_argument("--latency-threads", type=int, default=0,
+                     help="with --target-latency: onnxruntime threads to time with (default 0: all cores)")
     which = p.add_argument_group("which channels")
     which.add_argument("--criterion", default="l1", choices=CRITERIA,
                        help="importance criterion (default l1); activation and apoz need --data")
