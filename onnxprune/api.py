@@ -227,9 +227,9 @@ class PrunableModel:
             return None
         from .latency import LatencyAllocator, LatencyOptions
 
-        lat = LatencyOptions(options.pop("target_latency"), options.pop("latency_batch", None) or 1,
-                             options.pop("latency_threads", None) or 0,
-                             cache_dir=Path(c) if (c := options.pop("latency_cache", None)) else None)
+        batch, threads, cache = (options.pop(k, None) for k in ("latency_batch", "latency_threads", "latency_cache"))
+        lat = LatencyOptions(options.pop("target_latency"), 1 if batch is None else batch, threads or 0,
+                             cache_dir=Path(cache) if cache else None)
         lat.validate()
         if any(options.get(k) is not None for k in ("ratio", "threshold", "target_macs", "target_params")):
             raise InputError("options: --target-latency cannot be combined with --ratio, --threshold, --target-macs or --target-params")

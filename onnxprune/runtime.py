@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from .graph import ModelIndex, weightless_copy
+from .graph import STRIP_ABOVE_ELEMENTS, ModelIndex, weightless_copy
 
 
 FILE_ROUTE_ABOVE = 1 << 28
@@ -73,15 +73,40 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, prepack
     return session
 
 
-def weightless_session(model: onnx.ModelProto) -> ort.InferenceSession:
+def weightless_session(model: onnx.ModelProto, lent: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
     """A one-off session (see make_session's `prepack`) on an in-memory model without serialising
     its weights: the graph goes over as a weightless copy, and each large initializer's bytes as
     an array onnxruntime reads in place.  Serialising would cost a copy of every weight in memory
-    and the time to make it, and above 2 GB it would need a temporary file."""
+    and the time to make it, and above 2 GB it would need a temporary file.  (The arrays are
+    copies: protobuf cannot lend its bytes.  For a large model pass what `weights_lent(model)`
+    moved out of the model instead.)"""
     view = weightless_copy(model)
     stubbed = {t.name for t in view.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
-    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in stubbed}
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in stubbed and t.HasField("raw_data")}
+    arrays.update(lent or {})
     return make_session(view.SerializeToString(), prepack=False, arrays=arrays)
+
+
+@contextmanager
+def weights_lent(model: onnx.ModelProto) -> Iterator[dict[str, np.ndarray]]:
+    """For a model over FILE_ROUTE_ABOVE: while inside, the bytes of its large initializers live
+    in the arrays yielded (for `weightless_session`) instead of in the ModelProto, and go back
+    afterwards, one tensor at a time.  Memory then holds one copy of the weights, not two, for the
+    cost of copying them twice.  Smaller models are left alone (nothing is yielded)."""
+    if weights_size(model) <= FILE_ROUTE_ABOVE:
+        yield {}
+        return
+    lent: dict[str, np.ndarray] = {}
+    tensors = {t.name: t for t in model.graph.initializer}
+    try:
+        for tensor in tensors.values():
+            if math.prod(tensor.dims) > STRIP_ABOVE_ELEMENTS and tensor.HasField("raw_data"):
+                lent[tensor.name] = numpy_helper.to_array(tensor)
+                tensor.ClearField("raw_data")
+        yield lent
+    finally:
+        for name in list(lent):
+            tensors[name].raw_data = lent.pop(name).tobytes()
 
 
 def with_outputs(index: ModelIndex, names: list[str]) -> onnx.ModelProto:
