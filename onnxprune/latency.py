@@ -20,9 +20,11 @@ allocation works from a latency table measured on this machine, in onnxruntime:
    least important kept channels cost the least importance per second of predicted latency saved.
    (One-shot, without fine-tuning, uniform keeps more accuracy on the digits CNN: README.)
 4. *Refinement.*  The result is built and timed against the original; while it misses the target
-   by more than 2%, the budget in table units is rescaled by target / measured and the allocation
-   runs again (at most `refinements` times).  The closest result is kept; its measured fraction
-   is recorded in the plan (`options.measured_latency`).
+   by more than 2%, a line through all (predicted, measured) pairs so far (proportional for the
+   first) says what to aim the prediction at, and the allocation runs again (at most
+   `refinements` times).  Single measurements are noisy, so the candidate kept is the one whose
+   *fitted* latency is closest to the target; its measured fraction is recorded in the plan
+   (`options.measured_latency`).
 
 The table and the calibration are cached (JSON) under `$ONNXPRUNE_CACHE` or
 `~/.cache/onnxprune/latency`, keyed by the model's sha256, the CPU, the onnxruntime version, the
@@ -144,10 +146,10 @@ def one_node_model(index: ModelIndex, node_i: int) -> tuple[onnx.ModelProto, lis
 
 
 def _warm(session, feeds: dict[str, np.ndarray], seconds: float = 0.1) -> None:
-    """Run until at least 3 runs and `seconds` have passed: a fresh session's first runs are many
+    """Run until at least 2 runs and `seconds` have passed: a fresh session's first runs are many
     times slower (thread pool start-up, memory arenas growing)."""
     start, runs = time.perf_counter(), 0
-    while runs < 3 or time.perf_counter() - start < seconds:
+    while runs < 2 or time.perf_counter() - start < seconds:
         session.run(None, feeds)
         runs += 1
 
@@ -191,16 +193,16 @@ def layer_latencies(index: ModelIndex, nodes: list[int], batch: int, threads: in
     return result
 
 
-def latency_ratio(candidate, original, feeds: dict[str, np.ndarray], rounds: int) -> float:
-    """Candidate / original seconds per run: single runs alternating between the two (at least
-    3 * `rounds` pairs, more while under a second and 10 * `rounds` pairs), each side's fastest.
+def latency_ratio(candidate, original, feeds: dict[str, np.ndarray], rounds: int, seconds: float = 3.0) -> float:
+    """Candidate / original seconds per run: single runs alternating between the two (`rounds`
+    pairs at least, then more while under `seconds` and 10 * `rounds` pairs), each side's fastest.
     On a shared machine other processes add time to runs in bursts; alternating run by run gives
     both sides the same chances, and the fastest run is the one they disturbed least."""
     _warm(candidate, feeds)
     _warm(original, feeds)
     best = {id(candidate): math.inf, id(original): math.inf}
     start, pairs = time.perf_counter(), 0
-    while pairs < 3 * rounds or (time.perf_counter() - start < 1.0 and pairs < 10 * rounds):
+    while pairs < rounds or (time.perf_counter() - start < seconds and pairs < 10 * rounds):
         for session in ((candidate, original) if pairs % 2 == 0 else (original, candidate)):
             t = time.perf_counter()
             session.run(None, feeds)
@@ -419,6 +421,29 @@ def greedy(groups: list[Group], scores: dict[int, np.ndarray], terms: list[Layer
     return {gid: _keep_top(gmap[gid], scores[gid], counts[gid], alloc.round_to) for gid in keep}
 
 
+def _fit(history: list[tuple[float, float]]) -> Callable[[float], float]:
+    """Measured as a function of predicted fraction: proportional through one point, the least
+    squares line through several (a flat or falling line, which noise can give, falls back to
+    proportional through their means)."""
+    xs, ys = np.array([h[0] for h in history]), np.array([h[1] for h in history])
+    if len(history) >= 2 and np.ptp(xs) > 1e-6:
+        slope, intercept = np.polyfit(xs, ys, 1)
+        if slope > 0:
+            return lambda x: float(slope * x + intercept)
+    scale = float(ys.mean() / max(xs.mean(), 1e-12))
+    return lambda x: scale * x
+
+
+def _next_aim(history: list[tuple[float, float]], target: float, aim: float) -> float:
+    """The predicted fraction to allocate for next, so that the fitted measurement hits `target`."""
+    fit = _fit(history)
+    low, high = 0.0, 2.0
+    for _ in range(40):  # fit is increasing: bisection finds where it crosses the target
+        mid = (low + high) / 2
+        low, high = (mid, high) if fit(mid) < target else (low, mid)
+    return high if 0 < high < 2 else aim * target / max(history[-1][1], 1e-12)
+
+
 def uniform(groups: list[Group], scores: dict[int, np.ndarray], terms: list[LayerTerm], table: LatencyTable,
             budget_sum: float, alloc: AllocationOptions) -> dict[int, np.ndarray]:
     """As `--target-macs` allocates, with predicted latency for MACs: the smallest uniform ratio
@@ -477,17 +502,19 @@ class LatencyAllocator:
         table = self.table(dg, groups, scores, alloc, measurer, terms)
         strategy = greedy if alloc.global_ranking else uniform
         target = aim = self.options.target
-        best, best_error = None, math.inf
+        candidates = []
         for attempt in range(self.options.refinements + 1):
             keep = strategy(groups, scores, terms, table, table.to_sum(aim), alloc)
             if self.progress:
                 self.progress(f"latency: measuring candidate {attempt + 1} against the original")
             measured = measurer.ratio(keep) if any(not m.all() for m in keep.values()) else 1.0
-            self.history.append((table.to_fraction(table.predicted_sum(terms, keep)), measured))
-            error = abs(measured - target) / target
-            if error < best_error:
-                best, best_error, self.measured = keep, error, measured
-            if error <= TOLERANCE:
+            predicted = table.to_fraction(table.predicted_sum(terms, keep))
+            self.history.append((predicted, measured))
+            candidates.append((keep, predicted, measured))
+            if abs(measured - target) <= TOLERANCE * target:
                 break
-            aim *= target / measured  # what the table predicts is off by about this factor here
-        return best
+            aim = _next_aim(self.history, target, aim)
+        fit = _fit(self.history)  # each measurement is noisy: judge candidates by the line through all
+        keep, predicted, measured = min(candidates, key=lambda c: abs(fit(c[1]) - target))
+        self.measured = measured
+        return keep

@@ -108,8 +108,8 @@ def table_two(args) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/onnxprune_bench"))
-    parser.add_argument("--rounds", type=int, default=7, help="the independent measurement makes 3x to 10x this many "
-                        "alternating pairs of runs")
+    parser.add_argument("--rounds", type=int, default=7, help="the independent measurement makes at least this many "
+                        "alternating pairs of runs (more while under 3 s)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1: on a shared "
                         "machine, several threads wait on each other whenever another process takes a core)")
     parser.add_argument("--skip-digits", action="store_true")
