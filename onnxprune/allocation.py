@@ -18,6 +18,7 @@ import numpy as np
 from .depgraph import DepGraph
 from .errors import InputError
 from .groups import Group
+from .ops import OUT, PARAM
 
 
 @dataclass
@@ -68,14 +69,14 @@ def eligible_groups(dg: DepGraph, options: AllocationOptions) -> list[Group]:
     patterns = compile_patterns(options.ignore)
     ends: set[int] = set()
     if options.protect_ends:
-        weighted = sorted({d.use for g in dg.groups for d in g.const_dims if g.roles.get(d) in ("out", "in")})
+        weighted = sorted({d.use for g in dg.groups for d in g.const_dims if g.roles.get(d, PARAM).is_weight})
         ends = {weighted[0], weighted[-1]} if weighted else set()
     chosen = []
     for group in groups:
         names = [d.tensor for d in group.const_dims] + [dg.index.model.graph.node[d.use].name for d in group.const_dims]
         if any(p.search(n) for p in patterns for n in names):
             continue
-        if ends & {d.use for d in group.const_dims if group.roles.get(d) == "out"}:
+        if ends & {d.use for d in group.const_dims if group.roles.get(d) == OUT}:
             continue
         chosen.append(group)
     return chosen
@@ -137,7 +138,7 @@ def by_ratio(groups: list[Group], scores: dict[int, np.ndarray], ratio: float, o
 
 
 def allocate(dg: DepGraph, scores: dict[int, np.ndarray], options: AllocationOptions, cost_of) -> dict[int, np.ndarray]:
-    """Keep masks per group.  `cost_of(keep) -> (params, macs)` prices a candidate for targets."""
+    """Keep masks per group.  `cost_of(keep) -> ModelCost` prices a candidate for targets."""
     options.validate()
     groups = eligible_groups(dg, options)
     if options.threshold is not None:
@@ -147,16 +148,16 @@ def allocate(dg: DepGraph, scores: dict[int, np.ndarray], options: AllocationOpt
     target = options.target_macs if options.target_macs is not None else options.target_params
     if target is None:
         raise InputError("options: give one of --ratio, --threshold, --target-macs or --target-params")
-    which = 1 if options.target_macs is not None else 0
-    base = cost_of({})[which]
+    which = "macs" if options.target_macs is not None else "params"
+    base = getattr(cost_of({}), which)
     reach = options.max_ratio if options.global_ranking else min(options.max_ratio, 0.999)
 
     def fraction(r: float) -> float:
-        return cost_of(by_ratio(groups, scores, r, options))[which] / max(base, 1)
+        return getattr(cost_of(by_ratio(groups, scores, r, options)), which) / max(base, 1)
 
     best = fraction(reach)
     if best > target * 1.01:
-        name = "MACs" if which else "parameters"
+        name = "MACs" if which == "macs" else "parameters"
         raise InputError(f"options: cannot keep only {target:.1%} of {name}; the least reachable with these options is {best:.1%}")
     low, high = 0.0, reach
     for _ in range(40):
@@ -168,7 +169,7 @@ def allocate(dg: DepGraph, scores: dict[int, np.ndarray], options: AllocationOpt
         if abs(fraction(high) - target) <= 0.01 * target:
             break
     keep = by_ratio(groups, scores, high, options)
-    return _refill(groups, scores, keep, lambda k: cost_of(k)[which] / max(base, 1), target, options.round_to)
+    return _refill(groups, scores, keep, lambda k: getattr(cost_of(k), which) / max(base, 1), target, options.round_to)
 
 
 def _refill(groups: list[Group], scores: dict[int, np.ndarray], keep: dict[int, np.ndarray], fraction, target: float,

@@ -16,20 +16,21 @@ import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from . import cost
+from .cost import CostModel, ModelCost
 from .allocation import AllocationOptions, allocate
 from .data import load_calibration, verification_inputs
 from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex, weightless_copy
-from .importance import CRITERIA, NORMALISATIONS, Criterion, activation_criterion, importance
+from .importance import CRITERIA, NORMALIZATIONS, Criterion, activation_criterion, importance
 from .load import LoadedModel, check_supported, load_model
+from .ops import OUT, PARAM
 from .plan import Plan, make_plan, resolve
 from .save import save_model
 from .surgery import apply_keep
@@ -38,16 +39,37 @@ from .timings import Stage, Timings
 if TYPE_CHECKING:
     from .verify import VerifyReport
 
+# onnxprune.verify (and with it onnxruntime) is imported where verification runs, and looked up at
+# call time, so tests can make verification fail.
+
+
+@dataclass
+class LayerChange:
+    """One layer before and after pruning, as summaries show it."""
+
+    node: str
+    op: str
+    channels: tuple[int | None, int | None]
+    params: tuple[int, int]
+    macs: tuple[int, int]
+
 
 @dataclass
 class PruneResult:
     model: onnx.ModelProto
     plan: Plan
     report: "VerifyReport"
-    before: dict
-    after: dict
-    layers: list[dict] = field(default_factory=list)
+    before: ModelCost
+    after: ModelCost
+    layers: list[LayerChange] = field(default_factory=list)
     exact: bool = False
+    external_data: bool | None = None
+    """How `save` stores the weights: as the original did (a .data file beside the model when the
+    original had one); None: inline unless they exceed protobuf's 2 GB limit."""
+
+    def save(self, path: str | Path) -> Path:
+        """Save the pruned model atomically, its weights stored as the original's were."""
+        return save_model(self.model, path, self.external_data)
 
     def weights(self) -> dict[str, np.ndarray]:
         """Every float initializer of the pruned model by name: the original initializer names (a
@@ -68,34 +90,41 @@ class PruneResult:
         write_atomic(Path(path), buffer.getvalue())
 
 
-def load(path: str | Path, mapped: bool = False) -> "PrunableModel":
+def load(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None, mapped: bool = False) -> "PrunableModel":
     """Load an ONNX file (external data only from inside its folder) for analysis and pruning.
+    `input_shapes` (input name -> shape) are the sizes the model really runs at: costs (MACs,
+    `target_macs`) are counted there instead of counting dynamic sizes as 1.
 
     `mapped` memory-maps external data instead of reading it (load.map_external): faster, and the
     original's weights stay file pages.  `model.model` then holds stubs for those initializers,
-    so it suits the pipeline (plan, apply: the pruned model holds all its data) rather than code
-    that reads the original's weights from the ModelProto itself."""
+    so it suits the pipeline (plan, surgery, apply: the pruned model holds all its data) rather
+    than code that reads the original's weights from the ModelProto itself."""
     timings = Timings()
     with timings.stage(Stage.LOAD):
-        model = PrunableModel(load_model(path, mapped=mapped))
+        model = PrunableModel(load_model(path, mapped=mapped), input_shapes=input_shapes)
     model.timings = timings
     return model
 
 
-def save(model: onnx.ModelProto, path: str | Path, external_data: bool | None = None) -> Path:
-    """Save atomically; external data when asked for or when the weights exceed 1 GB."""
+def save(model: onnx.ModelProto | PruneResult, path: str | Path, external_data: bool | None = None) -> Path:
+    """Save atomically; external data when asked for or when the weights exceed 1 GB.  A
+    PruneResult is saved as `PruneResult.save` does (weights stored as the original's were)."""
+    if isinstance(model, PruneResult):
+        return model.save(path) if external_data is None else save_model(model.model, path, external_data)
     return save_model(model, path, external_data)
 
 
 class PrunableModel:
     """One loaded model and its channel-dependency graph."""
 
-    def __init__(self, loaded: LoadedModel | onnx.ModelProto, show_progress: bool = False):
+    def __init__(self, loaded: LoadedModel | onnx.ModelProto, show_progress: bool = False,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None):
         if isinstance(loaded, onnx.ModelProto):
             check_supported(loaded, Path("<model>"))
             loaded = LoadedModel(loaded, Path("<model>"), False)
         self.loaded = loaded
         self.show_progress = show_progress
+        self.input_shapes = dict(input_shapes) if input_shapes else None
         self.timings = Timings()
         """Time spent per stage so far (`onnxprune prune --timings`)."""
 
@@ -110,7 +139,7 @@ class PrunableModel:
     @cached_property
     def index(self) -> ModelIndex:
         with self.timings.stage(Stage.DEPGRAPH):  # shape inference: part of building the graph
-            return ModelIndex.build(self.model, self.loaded.arrays)
+            return ModelIndex.build(self.model, external=self.loaded.arrays)
 
     @cached_property
     def depgraph(self) -> DepGraph:
@@ -132,18 +161,18 @@ class PrunableModel:
     def inspect(self) -> dict:
         """Groups, per-layer cost, and how much of the model can be pruned."""
         dg = self.depgraph
-        prunable_nodes = {d.use for g in dg.prunable_groups for d in g.const_dims if g.roles.get(d) in ("out", "in")}
+        prunable_nodes = {d.use for g in dg.prunable_groups for d in g.const_dims if g.roles.get(d, PARAM).is_weight}
         layers = []
         node_index = {(n.name or n.output[0]): i for i, n in enumerate(self.model.graph.node)}
-        for layer in cost.layer_costs(self.index):
+        for layer in cost.layer_costs(self.cost_index):
             layers.append({"node": layer.node, "op": layer.op_type, "params": layer.params, "macs": layer.macs,
                            "channels": layer.channels, "prunable": node_index[layer.node] in prunable_nodes})
-        params, macs = cost.total_params(self.index), sum(l["macs"] for l in layers)
+        params, macs = cost.total_params(self.cost_index), sum(l["macs"] for l in layers)
         groups = []
         for g in dg.groups:
             if not g.has_weights:
                 continue
-            outs = g.dims_with_role("out")
+            outs = g.dims_with_role(OUT)
             channels = g.n_channels or (g.sizes[outs[0]] if outs else 0)
             groups.append({"id": g.id, "channels": channels, "prunable": g.prunable,
                            "blocked": None if g.prunable else (g.blocked[0] if g.blocked else "a single channel"),
@@ -160,7 +189,7 @@ class PrunableModel:
         return load_calibration(data, self.index)
 
     def importance(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum",
-                   normalise: str = "mean") -> dict[int, np.ndarray]:
+                   normalize: str = "mean") -> dict[int, np.ndarray]:
         """Score per channel for every prunable group (0 exactly for dead channels)."""
         if criterion in ("activation", "apoz"):
             feeds = self.calibration(data)
@@ -169,36 +198,45 @@ class PrunableModel:
             criterion = activation_criterion(self.depgraph, feeds, "mean" if criterion == "activation" else "nonzero")
         elif isinstance(criterion, str) and criterion not in CRITERIA:
             raise InputError(f"options: unknown criterion '{criterion}' (choose from {', '.join(list(CRITERIA) + ['activation', 'apoz'])})")
-        if normalise not in NORMALISATIONS:
-            raise InputError(f"options: unknown normalisation '{normalise}' (choose from {', '.join(NORMALISATIONS)})")
+        if normalize not in NORMALIZATIONS:
+            raise InputError(f"options: unknown --normalize '{normalize}' (choose from {', '.join(NORMALIZATIONS)})")
         groups = self.groups
         if self.show_progress:
             from tqdm import tqdm
 
             groups = tqdm(groups, desc="importance", unit="group", leave=False)
         with self.timings.stage(Stage.IMPORTANCE):
-            return {g.id: importance(self.depgraph, g, criterion, aggregate, normalise) for g in groups}
+            return {g.id: importance(self.depgraph, g, criterion, aggregate, normalize) for g in groups}
 
-    def cost(self, keep: dict[int, np.ndarray]) -> tuple[int, int]:
-        """(params, MACs) after keeping these channels (estimated without surgery)."""
-        return cost.estimate(self.depgraph, keep)
+    @cached_property
+    def cost_index(self) -> ModelIndex:
+        """The index costs are counted on: at `input_shapes` when given."""
+        return ModelIndex.build(self.model, self.input_shapes, self.loaded.arrays) if self.input_shapes else self.index
+
+    @cached_property
+    def cost_model(self) -> CostModel:
+        return CostModel(self.depgraph, self.cost_index)
+
+    def cost(self, keep: dict[int, np.ndarray]) -> ModelCost:
+        """Params and MACs after keeping these channels: a dry run of surgery, nothing written."""
+        return self.cost_model.estimate(keep)
 
     def plan(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum", **options) -> Plan:
         """Choose the channels to remove.  Options are those of `AllocationOptions` (ratio,
         threshold, target_macs, target_params, global_ranking, max_ratio, round_to, ignore,
-        protect_ends), plus normalise ("mean", "max", "none": see importance.importance),
+        protect_ends), plus normalize ("mean", "max", "none": see importance.importance),
         sensitivity / max_loss (allocation from a sensitivity analysis) and allocator: your own
         strategy, called as allocator(depgraph, scores, options, cost_of) -> {group id: keep mask},
-        where cost_of(keep) -> (params, MACs) prices a candidate without surgery."""
+        where cost_of(keep) -> ModelCost(params, macs) prices a candidate without surgery."""
         sensitivity = options.pop("sensitivity", None)
         max_loss = options.pop("max_loss", None)
-        normalise = options.pop("normalise", "mean")
+        normalize = options.pop("normalize", "mean")
         allocator = options.pop("allocator", allocate)
         latency = self._latency_allocator(options)
         allocator = latency or allocator
         opts = AllocationOptions(**options)
         opts.validate()
-        scores = self.importance(criterion, data, aggregate, normalise)
+        scores = self.importance(criterion, data, aggregate, normalize)
         chosen = None
         with self.timings.stage(Stage.ALLOCATION):
             if sensitivity is not None or max_loss is not None:
@@ -207,15 +245,16 @@ class PrunableModel:
                 keep = allocator(self.depgraph, scores, opts, self.cost)
         plan = make_plan(self.depgraph, keep, {"file": self.path.name, "sha256": self.sha256},
                          {"criterion": criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom"),
-                          "aggregate": aggregate, "normalise": normalise, **{k: v for k, v in vars(opts).items() if v not in (None, [], False)}})
+                          "aggregate": aggregate, "normalize": normalize, **{k: v for k, v in vars(opts).items() if v not in (None, [], False)}})
         if latency is not None:
             plan.options.update(latency.options.plan_options(), measured_latency=latency.measured)
         if chosen is not None:
             plan.options["sensitivity_ratios"] = {str(g): r for g, r in sorted(chosen.items())}
             if max_loss is not None:
                 plan.options["max_loss"] = max_loss
-        params, macs = self.cost(keep)
-        plan.summary = {"params": [cost.total_params(self.index), params], "macs": [cost.total_macs(self.index), macs]}
+        estimate = self.cost(keep)
+        base = self.cost_model.base
+        plan.summary = {"params": [base.params, estimate.params], "macs": [base.macs, estimate.macs]}
         return plan
 
     def _latency_allocator(self, options: dict):
@@ -245,49 +284,30 @@ class PrunableModel:
         return sens_mod.allocate(self, sens, scores, opts.target_macs, opts.target_params, max_loss)
 
     # --- surgery -------------------------------------------------------------------------
-    def apply(self, plan: Plan, data=None, source: str = "plan", release_original: bool = False) -> PruneResult:
-        """Apply a plan, verify the result against the original, and return it (nothing saved).
-
-        `release_original` drops this object's copy of the original model once the pruned one
-        exists, so verification never holds both models' weights and an onnxruntime session at
-        once (the CLI uses it; the object cannot be used again afterwards)."""
-        from . import verify as verification  # looked up at call time, so tests can make verification fail
+    def surgery(self, plan: Plan, data=None, source: str = "plan") -> "Pruning":
+        """Apply a plan: the pruned model, not yet verified.  What `Pruning.verify` needs of the
+        original travels with it (its inputs and outputs, its outputs on the verification inputs
+        or the file to compute them from), so this object may be dropped before verifying: the
+        CLI does, and the original's weights, the pruned model and an onnxruntime session are
+        then never in memory together."""
+        from . import verify as verification
 
         keep = resolve(plan, self.depgraph, source)
-        timings = self.timings
-        with timings.stage(Stage.VERIFICATION):
+        with self.timings.stage(Stage.VERIFICATION):
             exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
             feeds = verification_inputs(self.index, data)
-            # onnxruntime reads the original from its file where there is one (no serialised copy) and,
-            # when our copy is released, only after the release: the two are never in memory together.
-            from_file = self.path.is_file() and (release_original or self.loaded.had_external_data)
-            late = release_original and self.path.is_file()
-            reference = None if late else verification.reference_outputs(str(self.path) if from_file else self.model, feeds)
-        before = {"params": cost.total_params(self.index), "macs": cost.total_macs(self.index)}
-        old_layers = {c.node: c for c in cost.layer_costs(self.index)}
-        with timings.stage(Stage.SURGERY):
+            # onnxruntime reads the original from its file where there is one (no serialised copy)
+            reference = None if self.path.is_file() else verification.reference_outputs(self.model, feeds)
+        before_layers = {c.node: c for c in cost.layer_costs(self.cost_index)}
+        with self.timings.stage(Stage.SURGERY):
             pruned = apply_keep(self.depgraph, keep)
-        original = weightless_copy(self.model)  # inputs, outputs and graph: all verification needs of it
-        if release_original:
-            self._release()
-        with timings.stage(Stage.VERIFICATION):
-            if reference is None:
-                reference = verification.reference_outputs(str(self.path), feeds)
-            report = verification.verify(original, pruned, feeds, exact=exact, reference=reference)
-        after_index = ModelIndex.build(pruned)
-        after = {"params": cost.total_params(after_index), "macs": cost.total_macs(after_index)}
-        plan.summary = {"params": [before["params"], after["params"]], "macs": [before["macs"], after["macs"]]}
-        layers = [{"node": c.node, "op": c.op_type, "channels": [old_layers[c.node].channels, c.channels],
-                   "params": [old_layers[c.node].params, c.params], "macs": [old_layers[c.node].macs, c.macs]}
-                  for c in cost.layer_costs(after_index) if c.node in old_layers]
-        return PruneResult(pruned, plan, report, before, after, layers, exact)
+        return Pruning(pruned, plan, weightless_copy(self.model), feeds, exact,
+                       self.cost_model.base, before_layers, self.path, reference, self.loaded.had_external_data,
+                       self.input_shapes, self.timings)
 
-    def _release(self) -> None:
-        """Let go of the original model and everything derived from it (its weights' memory
-        returns to the system once nothing refers to the ModelProto)."""
-        for name in ("index", "depgraph"):
-            self.__dict__.pop(name, None)
-        self.loaded = LoadedModel(onnx.ModelProto(), self.loaded.path, self.loaded.had_external_data, self.loaded.sha256)  # no arrays: the maps close
+    def apply(self, plan: Plan, data=None, source: str = "plan") -> PruneResult:
+        """Apply a plan, verify the result against the original, and return it (nothing saved)."""
+        return self.surgery(plan, data, source).verify()
 
     def _all_dead(self, group_id: int, keep: np.ndarray) -> bool:
         from .importance import dead_channels
@@ -298,3 +318,41 @@ class PrunableModel:
     def prune(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum", **options) -> PruneResult:
         """plan() then apply()."""
         return self.apply(self.plan(criterion, data, aggregate, **options), data)
+
+
+@dataclass
+class Pruning:
+    """A pruned model and what its verification needs of the original (see PrunableModel.surgery)."""
+
+    model: onnx.ModelProto
+    plan: Plan
+    original: onnx.ModelProto
+    """The original without its weights' bytes: inputs, outputs and graph are all verification reads."""
+    feeds: dict[str, np.ndarray]
+    exact: bool
+    before: ModelCost
+    before_layers: dict[str, cost.LayerCost]
+    path: Path
+    reference: list[np.ndarray] | None
+    """The original's outputs on `feeds`; None: computed from the file at `path` when verifying."""
+    external_data: bool
+    input_shapes: dict[str, tuple[int, ...]] | None = None
+    """The sizes costs are counted at (PrunableModel.input_shapes)."""
+    timings: Timings = field(default_factory=Timings)
+    """The stages so far (PrunableModel.timings); verification adds itself."""
+
+    def verify(self) -> PruneResult:
+        """Check the pruned model against the original (verify.verify) and summarise the change."""
+        from . import verify as verification
+
+        with self.timings.stage(Stage.VERIFICATION):
+            reference = self.reference if self.reference is not None else verification.reference_outputs(str(self.path), self.feeds)
+            report = verification.verify(self.original, self.model, self.feeds, exact=self.exact, reference=reference)
+        after_index = ModelIndex.build(self.model, self.input_shapes)
+        after = cost.model_cost(after_index)
+        self.plan.summary = {"params": [self.before.params, after.params], "macs": [self.before.macs, after.macs]}
+        old = self.before_layers
+        layers = [LayerChange(c.node, c.op_type, (old[c.node].channels, c.channels), (old[c.node].params, c.params),
+                              (old[c.node].macs, c.macs)) for c in cost.layer_costs(after_index) if c.node in old]
+        return PruneResult(self.model, self.plan, report, self.before, after, layers, self.exact,
+                           True if self.external_data else None)

@@ -12,26 +12,21 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .errors import InputError, OnnxPruneError
 from .names import CRITERION_NAMES, DATA_CRITERION_NAMES
+from .timings import Stage, Timings
 
 if TYPE_CHECKING:
-    from .api import PrunableModel, PruneResult
+    from .api import PrunableModel, PruneResult, Pruning
 
 CRITERIA = CRITERION_NAMES + DATA_CRITERION_NAMES
 
 # The API (onnx, networkx, numpy; onnxruntime once a command verifies) is imported by the commands
-# that need it, not by `onnxprune --help` or argument errors: these three stand in for it.
+# that need it, not by `onnxprune --help` or argument errors: these two stand in for it.
 
 
 def load(path, mapped: bool = False) -> "PrunableModel":
     from .api import load as api_load
 
-    return api_load(path, mapped)
-
-
-def save(model, path, external_data=None) -> Path:
-    from .api import save as api_save
-
-    return api_save(model, path, external_data)
+    return api_load(path, mapped=mapped)
 
 
 def check_output_paths(source, outputs, overwrite: bool) -> None:
@@ -49,7 +44,7 @@ def _fmt(n: float) -> str:
 
 def _print_inspect(info: dict) -> None:
     print(f"model: {info['model']} (opset {info['opset']})")
-    print(f"parameters: {_fmt(info['params'])}   MACs per sample: {_fmt(info['macs'])}")
+    print(f"parameters: {_fmt(info['params'])}   MACs: {_fmt(info['macs'])} (one run; dynamic sizes counted as 1)")
     print(f"prunable: {info['prunable_params']:.1%} of parameters, {info['prunable_macs']:.1%} of MACs")
     print(f"\n{'group':>5} {'channels':>8}  {'status':<9} layers / reason")
     for g in info["groups"]:
@@ -63,14 +58,15 @@ def _print_inspect(info: dict) -> None:
         print(f"{layer['node'][:40]:<40} {layer['op']:<14} {layer['channels'] or '':>8} {_fmt(layer['params']):>10} {_fmt(layer['macs']):>10}")
 
 
-def _result_json(result: PruneResult, output: Path, input_path: Path) -> dict:
+def _result_json(result: "PruneResult", output: Path, input_path: Path) -> dict:
     return {"input": str(input_path), "output": str(output), "exact": result.exact,
-            "params": [result.before["params"], result.after["params"]],
-            "macs": [result.before["macs"], result.after["macs"]],
+            "params": [result.before.params, result.after.params],
+            "macs": [result.before.macs, result.after.macs],
             "file_bytes": [_size(input_path), _size(output)],
             "max_rel_error": result.report.max_rel_error,
             "channels_removed": sum(g.removed for g in result.plan.groups),
-            "layers": result.layers, "measured_latency": result.plan.options.get("measured_latency")}
+            "layers": [{"node": c.node, "op": c.op, "channels": list(c.channels), "params": list(c.params), "macs": list(c.macs)}
+                       for c in result.layers], "measured_latency": result.plan.options.get("measured_latency")}
 
 
 def _size(path: Path) -> int:
@@ -102,41 +98,36 @@ def _allocation_args(args) -> dict:
     return {"ratio": args.ratio, "threshold": args.threshold, "target_macs": args.target_macs,
             "target_params": args.target_params, "global_ranking": args.global_ranking, "max_ratio": args.max_ratio,
             "round_to": args.round_to, "ignore": args.ignore or [], "protect_ends": args.protect_ends,
-            "normalise": args.normalise, "target_latency": args.target_latency, "latency_batch": args.latency_batch,
+            "normalize": args.normalize, "target_latency": args.target_latency, "latency_batch": args.latency_batch,
             "latency_threads": args.latency_threads}
 
 
-def _write_outputs(model: PrunableModel, result: PruneResult, args) -> dict:
-    from .timings import Stage
-
+def _write_outputs(input_path: Path, result: "PruneResult", args, timings: Timings | None = None) -> dict:
     output = Path(args.output)
-    with model.timings.stage(Stage.SAVE):
-        save(result.model, output, external_data=True if model.loaded.had_external_data else None)
+    with (timings or Timings()).stage(Stage.SAVE):
+        result.save(output)
     if getattr(args, "plan_out", None):
         result.plan.write(args.plan_out)
     if getattr(args, "weights_out", None):
         result.write_weights(args.weights_out)
-    return _result_json(result, output, model.path)
+    return _result_json(result, output, input_path)
 
 
-def _print_timings(model: PrunableModel, args) -> None:
+def _print_timings(timings: Timings, args) -> None:
     """`--timings`: seconds per stage on stderr (stdout stays the summary, or JSON)."""
     if args.timings:
-        print(model.timings.format(), file=sys.stderr)
+        print(timings.format(), file=sys.stderr)
 
 
-def cmd_inspect(args) -> int:
-    model = load(args.model)
-    info = model.inspect()
-    if args.json:
-        print(json.dumps(info, indent=1))
-    else:
-        _print_inspect(info)
-    return 0
+def _pruned(args) -> "Pruning":
+    """Load, plan (or read the plan) and cut.  The loaded original goes out of scope when this
+    returns, so verifying the Pruning afterwards never holds the original's weights, the pruned
+    model and an onnxruntime session at once (PrunableModel.surgery)."""
+    if getattr(args, "plan", None):
+        from .plan import Plan
 
-
-def cmd_prune(args) -> int:
-    check_output_paths(args.model, (args.output, args.plan_out, args.weights_out), args.overwrite)
+        plan = Plan.read(args.plan)
+        return load(args.model, mapped=True).surgery(plan, args.data, source=str(args.plan))
     model = load(args.model, mapped=True)
     model.show_progress = not args.json and sys.stderr.isatty()
     options = _allocation_args(args)
@@ -152,11 +143,28 @@ def cmd_prune(args) -> int:
 
         plot(Sensitivity.read(Path(args.sensitivity)), Path(args.plot),
              {int(g): r for g, r in plan.options["sensitivity_ratios"].items()})
-    result = model.apply(plan, args.data, release_original=True)
+    return model.surgery(plan, args.data)
+
+
+def cmd_inspect(args) -> int:
+    model = load(args.model)
+    info = model.inspect()
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        _print_inspect(info)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    check_output_paths(args.model, (args.output, args.plan_out, args.weights_out), args.overwrite)
+    pruning = _pruned(args)
+    result = pruning.verify()
+    plan = result.plan
     if args.simplify:
         _simplify(result, args.data)
-    summary = _write_outputs(model, result, args)
-    _print_timings(model, args)
+    summary = _write_outputs(Path(args.model), result, args, pruning.timings)
+    _print_timings(pruning.timings, args)
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
@@ -167,7 +175,7 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def _simplify(result: PruneResult, data) -> None:
+def _simplify(result: "PruneResult", data) -> None:
     """Replace the pruned model by its onnxslim-simplified form, checked on the verification inputs."""
     from .data import verification_inputs
     from .deploy.simplify import simplify_checked
@@ -178,14 +186,11 @@ def _simplify(result: PruneResult, data) -> None:
 
 
 def cmd_apply(args) -> int:
-    from .plan import Plan
-
     check_output_paths(args.model, (args.output, args.weights_out), args.overwrite)
-    plan = Plan.read(args.plan)
-    model = load(args.model, mapped=True)
-    result = model.apply(plan, args.data, source=str(args.plan), release_original=True)
-    summary = _write_outputs(model, result, args)
-    _print_timings(model, args)
+    pruning = _pruned(args)
+    result = pruning.verify()
+    summary = _write_outputs(Path(args.model), result, args, pruning.timings)
+    _print_timings(pruning.timings, args)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -218,8 +223,8 @@ def cmd_sensitivity(args) -> int:
     print(f"{'group':>5} {'ch':>5}  " + " ".join(f"{r:>6.0%}" for r in sens.ratios) + "  layers")
     for gid in sorted(sens.groups):
         g = sens.groups[gid]
-        row = " ".join(f"{g['losses'].get(r, float('nan')):>6.3f}" for r in sens.ratios)
-        print(f"{gid:>5} {g['channels']:>5}  {row}  {', '.join(g['layers'][:3])}")
+        row = " ".join(f"{g.losses.get(r, float('nan')):>6.3f}" for r in sens.ratios)
+        print(f"{gid:>5} {g.channels:>5}  {row}  {', '.join(g.layers[:3])}")
     print(f"wrote {args.output}" + (f" and {args.plot}" if args.plot else ""))
     return 0
 
@@ -227,7 +232,7 @@ def cmd_sensitivity(args) -> int:
 def cmd_sparsify(args) -> int:
     from .sparsity import SparsityOptions, format_summary, sparsify
 
-    options = {"sparsity": args.sparsity, "quality": args.quality, "global_threshold": args.global_threshold,
+    options = {"sparsity": args.sparsity, "quality": args.quality, "global_ranking": args.global_ranking,
                "ignore": args.ignore or [], "include_depthwise": args.include_depthwise, "protect_ends": args.protect_ends}
     SparsityOptions(**options).validate()
     check_output_paths(args.model, (args.output, args.masks_out), args.overwrite)
@@ -313,6 +318,12 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
                                                            "allocation, surgery, verification, save) to stderr")
 
 
+def _add_global_ranking(group, help_text: str) -> None:
+    """`--global-ranking` (API and plan: global_ranking); `--global`, its old spelling, still works."""
+    group.add_argument("--global-ranking", dest="global_ranking", action="store_true", help=help_text)
+    group.add_argument("--global", dest="global_ranking", action="store_true", help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnxprune", description="Exact structured (channel) pruning of exported ONNX models.",
@@ -337,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="ONNX model file (never modified)")
     _add_common_output(p)
     how = p.add_argument_group("how much (choose one)")
-    how.add_argument("--ratio", type=float, help="fraction of channels to remove in every group (uniform), or overall with --global")
+    how.add_argument("--ratio", type=float, help="fraction of channels to remove in every group (uniform), or overall with --global-ranking")
     how.add_argument("--threshold", type=float, help="remove every channel whose importance is at most T (0: dead channels only)")
     how.add_argument("--target-macs", type=float, help="keep this fraction of MACs, e.g. 0.5 (met within 1%%)")
     how.add_argument("--target-params", type=float, help="keep this fraction of parameters (met within 1%%)")
@@ -351,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--criterion", default="l1", choices=CRITERIA,
                        help="importance criterion (default l1); activation and apoz need --data")
     which.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="combine the scores of a group's layers (default sum)")
-    which.add_argument("--global", dest="global_ranking", action="store_true", help="rank channels across all groups instead of per group")
-    which.add_argument("--normalize", dest="normalise", default="mean", choices=["mean", "max", "none"],
+    _add_global_ranking(which, "rank channels across all groups instead of per group")
+    which.add_argument("--normalize", default="mean", choices=["mean", "max", "none"],
                        help="how scores are scaled per group before a global ranking (default mean; none: a layer with "
                             "small weights overall loses more)")
     which.add_argument("--max-ratio", type=float, default=0.9, help="never remove more than this fraction of a group (default 0.9)")
@@ -408,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--sparsity", type=float, help="fraction of each layer's weights to zero, in [0, 1), e.g. 0.75")
     how.add_argument("--quality", type=float, help="zero |w| < Q * std(w) of each layer (Han et al.), Q >= 0")
     which = p.add_argument_group("which weights")
-    which.add_argument("--global", dest="global_threshold", action="store_true", help="one magnitude ranking (or std) across all layers")
+    _add_global_ranking(which, "one magnitude ranking (or std) across all layers")
     which.add_argument("--ignore", action="append", metavar="REGEX", help="leave weights alone whose initializer or node name matches (repeatable)")
     which.add_argument("--include-depthwise", action="store_true", help="sparsify depthwise convs too (default: left dense)")
     which.add_argument("--protect-ends", action="store_true", help="leave the first and last layers' weights dense")

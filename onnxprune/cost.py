@@ -1,19 +1,35 @@
-"""Parameters and multiply-accumulates per layer, from the weights and the inferred shapes.
+"""Parameters and multiply-accumulates, per layer and in total.
 
-Dynamic dimensions (the batch) count as 1, so MACs are per sample."""
+MACs are each op rule's own count (`OpRule.macs`) at the shapes the index holds: sizes that are
+dynamic count as 1, so with a dynamic batch MACs are per sample.  Parameters are the floating-point
+constants: initializers and Constant-node tensors (paddle2onnx keeps every weight in Constant nodes).
+
+`CostModel.estimate` prices a candidate pruning without doing it: a dry run of surgery's own
+decisions, the slicing of every constant (`surgery.plan_slicing`: shared constants, per-use copies
+and all) and each rule's MACs at the pruned sizes."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import onnx
 
 from .graph import ModelIndex
+from .ops import NodeContext
+from .ops.registry import op_label
 
-WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "InstanceNormalization",
-              "LayerNormalization", "PRelu"}
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Parameters and MACs of a whole model."""
+
+    params: int
+    macs: int
 
 
 @dataclass
@@ -26,91 +42,79 @@ class LayerCost:
     """Output channels (Conv/Gemm/MatMul), shown in summaries before and after."""
 
 
-def _numel(shape) -> int:
-    return math.prod(d if isinstance(d, int) else 1 for d in shape)
+def _is_float_param(index: ModelIndex, name: str) -> bool:
+    """A floating-point constant: an initializer, or a Constant node's tensor."""
+    if name in index.initializers:
+        return index.initializers[name].data_type in FLOAT_TYPES
+    return name in index.constant_nodes and index.elem_types.get(name) in FLOAT_TYPES
 
 
-def _float_params(index: ModelIndex, names) -> int:
-    total = 0
-    for name in names:
-        tensor = index.initializers.get(name)
-        if tensor is not None and tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-                                                       onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
-            total += _numel(tensor.dims)
-    return total
-
-
-def _macs(index: ModelIndex, node: onnx.NodeProto) -> tuple[int, int | None]:
-    out = index.shape(node.output[0]) if node.output else None
-    weight = index.shape(node.input[1]) if len(node.input) > 1 else None
-    if out is None or weight is None:
-        return 0, None
-    if node.op_type == "Conv":
-        return _numel(out[1:]) * _numel(weight[1:]), out[1] if len(out) > 1 else None
-    if node.op_type == "ConvTranspose":
-        x = index.shape(node.input[0]) or ()
-        return _numel(x[1:]) * _numel(weight[1:]), out[1] if len(out) > 1 else None
-    if node.op_type in ("Gemm", "MatMul") and index.is_const(node.input[1]):
-        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-        k = weight[-1] if trans_b else weight[0]
-        return _numel(out[1:] if len(out) > 2 else out[-1:]) * (k if isinstance(k, int) else 1), out[-1]
-    return 0, None
+def _param_count(index: ModelIndex, names) -> int:
+    return sum(math.prod(index.shape(n) or ()) for n in names if _is_float_param(index, n))
 
 
 def layer_costs(index: ModelIndex) -> list[LayerCost]:
     """One entry per node that has weights or does multiply-accumulates."""
     costs = []
     for i, node in enumerate(index.model.graph.node):
-        params = _float_params(index, set(node.input))
-        macs, channels = _macs(index, node)
+        ctx = NodeContext(index, i)
+        params = _param_count(index, set(node.input))
+        macs = ctx.rule.macs(ctx)
         if params or macs:
-            costs.append(LayerCost(node.name or node.output[0], node.op_type, params, macs, channels))
+            costs.append(LayerCost(node.name or node.output[0], op_label(node), params, macs, ctx.rule.output_channels(ctx)))
     return costs
 
 
 def total_params(index: ModelIndex) -> int:
-    return _float_params(index, index.initializers)
+    return _param_count(index, list(index.initializers) + list(index.constant_nodes))
 
 
 def total_macs(index: ModelIndex) -> int:
     return sum(c.macs for c in layer_costs(index))
 
 
-def _node_macs(index: ModelIndex) -> dict[int, int]:
-    return {i: m for i, node in enumerate(index.model.graph.node) if (m := _macs(index, node)[0])}
+def model_cost(index: ModelIndex) -> ModelCost:
+    return ModelCost(total_params(index), total_macs(index))
 
 
-def estimate(dg, keep: dict) -> tuple[int, int]:
-    """(params, MACs) after keeping `keep[group_id]` channels, without doing the surgery: each
-    weight shrinks by the kept fraction of each of its pruned axes, and so do its MACs.  A constant
-    whose uses need different slices costs one copy per distinct slice, as surgery makes them."""
-    index = dg.index
-    if not hasattr(dg, "_cost_base"):
-        dg._cost_base = (_node_macs(index), total_params(index))
-    node_macs, params = dg._cost_base
-    specs: dict[str, dict[int, dict[int, np.ndarray]]] = {}  # initializer -> use -> axis -> kept indices
-    for group in dg.groups:
-        mask = keep.get(group.id)
-        if mask is None or mask.all():
-            continue
-        for dim in group.const_dims:
-            if index.model.graph.node[dim.use].op_type == "Shape":
-                continue  # reads only sizes; surgery slices the weight for its real use (surgery._shared_spec)
-            specs.setdefault(dim.tensor, {}).setdefault(dim.use, {})[dim.axis] = np.nonzero(mask[group.classes[dim]])[0]
+class CostModel:
+    """Prices candidate prunings of one dependency graph (see the module docstring), at the shapes
+    of `index`: the dependency graph's own, or an index of the same model built with the input
+    shapes it really runs at (ModelIndex.build(model, input_shapes)), so that no size counts as 1."""
 
-    def fraction(name: str, use_spec: dict[int, np.ndarray]) -> float:
-        shape = index.shape(name)
-        return float(np.prod([len(kept) / shape[axis] for axis, kept in use_spec.items()])) if use_spec else 1.0
+    def __init__(self, dg, index: ModelIndex | None = None):
+        self.dg = dg
+        self.index = index or dg.index
 
-    macs = 0
-    for i, m in node_macs.items():
-        weight = index.model.graph.node[i].input[1]
-        macs += m * fraction(weight, specs.get(weight, {}).get(i, {}))
-    for name, uses in specs.items():
-        if name not in index.initializers:
-            continue
-        readers = {i for i, slot in index.consumers.get(name, []) if slot >= 0 and index.model.graph.node[i].op_type != "Shape"}
-        distinct = {tuple((a, k.tobytes()) for a, k in sorted(spec.items())): spec for spec in uses.values()}
-        copies = [fraction(name, spec) for spec in distinct.values()] + ([1.0] if readers - set(uses) else [])
-        params += _float_params(index, [name]) * (sum(copies) - 1)
-    return int(round(params)), int(round(macs))
+    @cached_property
+    def base(self) -> ModelCost:
+        return model_cost(self.index)
+
+    @cached_property
+    def _counted_nodes(self) -> list[int]:
+        """Nodes that do multiply-accumulates: the only ones whose MACs a pruning can change."""
+        index = self.index
+        return [i for i in range(len(index.model.graph.node)) if (ctx := NodeContext(index, i)).rule.macs(ctx)]
+
+    def estimate(self, keep: dict[int, np.ndarray]) -> ModelCost:
+        """The cost after keeping `keep[group_id]` channels, without doing the surgery."""
+        from .surgery import kept_elements, plan_slicing
+
+        index = self.index
+        kept = kept_elements(self.dg, keep)
+        if not kept:
+            return self.base
+        sizes = {dim: len(idx) for dim, idx in kept.items()}
+        touched = {d.tensor for d in kept}
+        macs = self.base.macs
+        for i in self._counted_nodes:
+            node = index.model.graph.node[i]
+            if touched.isdisjoint(node.input) and touched.isdisjoint(node.output):
+                continue
+            before, after = NodeContext(index, i), NodeContext(index, i, sizes)
+            macs += after.rule.macs(after) - before.rule.macs(before)
+        params = self.base.params
+        for slicing in plan_slicing(self.dg.index, kept):
+            if _is_float_param(index, slicing.name):
+                params += sum(math.prod(s) for s in slicing.shapes_after()) - math.prod(slicing.shape)
+        return ModelCost(int(params), int(macs))

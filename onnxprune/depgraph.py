@@ -9,6 +9,7 @@ too, as are dims of unknown size.  Connected components become `Group`s (see gro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import networkx as nx
 import onnx
@@ -16,9 +17,8 @@ from networkx.utils import UnionFind
 
 from .graph import ModelIndex
 from .groups import Group, make_groups
-from .ops import Coupling, Dim, Edge, NodeContext, rule_for
+from .ops import Coupling, Dim, Edge, NodeContext, Role, op_label
 from .ops.registry import UNKNOWN
-from .ops.shapecalc import refine_shapes
 
 
 @dataclass
@@ -33,11 +33,9 @@ class DepGraph:
     def prunable_groups(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
 
-    @property
-    def roles(self) -> dict[Dim, str]:
-        if not hasattr(self, "_roles"):
-            self._roles = {d: r for g in self.groups for d, r in g.roles.items()}
-        return self._roles
+    @cached_property
+    def roles(self) -> dict[Dim, Role]:
+        return {d: r for g in self.groups for d, r in g.roles.items()}
 
     def group_of(self, dim: Dim) -> Group | None:
         for group in self.groups:
@@ -64,12 +62,10 @@ def _touched(ctx: NodeContext) -> list[Dim]:
 
 
 def _pin_reason(ctx: NodeContext, dim: Dim, coupling: Coupling) -> str:
-    if dim in coupling.reasons:
-        return coupling.reasons[dim]
-    rule = rule_for(ctx.node)
-    if rule is UNKNOWN:
-        op = ctx.node.op_type if ctx.node.domain in ("", "ai.onnx") else f"{ctx.node.domain}::{ctx.node.op_type}"
-        return f"blocked by {op} at node '{ctx.node.name or ctx.node.output[0]}' (no pruning rule for this op)"
+    if dim in coupling.pinned:
+        return coupling.pinned[dim]
+    if ctx.rule is UNKNOWN:
+        return f"blocked by {op_label(ctx.node)} at node '{ctx.node.name or ctx.node.output[0]}' (no pruning rule for this op)"
     return f"{ctx.label} does not map axis {dim.axis} of '{dim.tensor}'"
 
 
@@ -83,13 +79,12 @@ def _dim_size(index: ModelIndex, dim: Dim) -> int | None:
 
 def build_depgraph(index: ModelIndex) -> DepGraph:
     """Run every node's op rule and assemble the dependency graph and its groups."""
-    refine_shapes(index)
     graph = nx.Graph()
     couplings: list[Coupling] = []
     pins: dict[Dim, str] = {}
     for i in range(len(index.model.graph.node)):
         ctx = NodeContext(index, i)
-        coupling = rule_for(ctx.node).couple(ctx)
+        coupling = ctx.rule.couple(ctx)
         couplings.append(coupling)
         for edge in coupling.edges:
             _add_edge(graph, edge)

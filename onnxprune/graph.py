@@ -7,12 +7,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from onnx import numpy_helper, shape_inference
+from onnx import shape_inference
+
+if TYPE_CHECKING:
+    from .ops.values import Values
 
 Size = int | str | None
 """A dimension: a known int, a symbolic name, or None when unknown."""
@@ -20,12 +24,6 @@ Size = int | str | None
 
 STRIP_ABOVE_ELEMENTS = 4096
 """Initializers with more elements than this are handed to shape inference without their data."""
-
-
-CACHE_ABOVE_BYTES = 1 << 24
-"""Constants larger than this are decoded again on each use instead of cached: every cached value
-is a second copy of its weight (protobuf hands out raw_data as a fresh bytes object), which for a
-multi-GB model would double the memory; decoding one weight again costs a memcpy."""
 
 
 def _is_repeated(descriptor: FieldDescriptor) -> bool:
@@ -80,12 +78,20 @@ def with_data(stub: onnx.TensorProto, value: np.ndarray) -> onnx.TensorProto:
     return tensor
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape-infer a copy of `model` (data propagation on, so Reshape targets resolve).  Only the
-    returned graph's value_info, inputs and outputs are meant to be read: large initializers of
-    the returned model carry no data (see `weightless_copy`)."""
+def infer_shapes(model: onnx.ModelProto, hints: list[onnx.ValueInfoProto] = ()) -> onnx.ModelProto:
+    """Shape-infer a copy of `model` (data propagation on, so Reshape targets resolve), seeded with
+    the shapes in `hints` (a hint for a graph input replaces its declared shape).  Only the returned
+    graph's value_info, inputs and outputs are meant to be read: large initializers of the returned
+    model carry no data (see `weightless_copy`)."""
+    copy = weightless_copy(model)
+    inputs = {vi.name: vi for vi in copy.graph.input}
+    for hint in hints:
+        if hint.name in inputs:
+            inputs[hint.name].CopyFrom(hint)
+        else:
+            copy.graph.value_info.append(hint)
     try:
-        return shape_inference.infer_shapes(weightless_copy(model), check_type=False, strict_mode=False, data_prop=True)
+        return shape_inference.infer_shapes(copy, check_type=False, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, ValueError):
         # A model whose graph alone cannot be serialised; fall back to declared shapes.
         return model
@@ -122,8 +128,38 @@ class ModelIndex:
     load.map_external); `const` reads them without a copy."""
 
     @classmethod
-    def build(cls, model: onnx.ModelProto, external: dict[str, np.ndarray] | None = None) -> "ModelIndex":
-        index = cls(model=model, external=external or {})
+    def build(cls, model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
+              external: dict[str, np.ndarray] | None = None) -> "ModelIndex":
+        """Index `model`.  Sizes that onnx's inference leaves unknown but op rules can work out
+        (`OpRule.refine_shape`: a Reshape whose target is a run-time shape vector) seed a second
+        inference, so tensors downstream get shapes too.
+
+        `input_shapes` fixes the graph inputs' sizes (the shapes the model really runs at), so
+        every size downstream is known: what cost counts at.  Pruning itself works on the index
+        without them, which keeps dynamic dimensions dynamic.  `external` holds the data of
+        initializers that are stubs in `model` (see the field)."""
+        seeds = [onnx.helper.make_tensor_value_info(name, _input_type(model, name), list(shape))
+                 for name, shape in (input_shapes or {}).items()]
+        index = cls._build(model, {}, seeds, external or {})
+        hints = index._refined_shapes()
+        return cls._build(model, hints, seeds + index._hint_infos(hints), external or {}) if hints else index
+
+    def _refined_shapes(self) -> dict[str, tuple[Size, ...]]:
+        from .ops import NodeContext, rule_for
+
+        hints = {}
+        for i, node in enumerate(self.model.graph.node):
+            refined = rule_for(node, self.opset).refine_shape(NodeContext(self, i))
+            if refined is not None:
+                hints[node.output[0]] = refined
+        return hints
+
+    @classmethod
+    def _build(cls, model: onnx.ModelProto, hints: dict[str, tuple[Size, ...]],
+               hint_infos: list[onnx.ValueInfoProto], external: dict[str, np.ndarray]) -> "ModelIndex":
+        from .ops import rule_for
+
+        index = cls(model=model, external=external)
         graph = model.graph
         index.initializers = {t.name: t for t in graph.initializer}
         for i, node in enumerate(graph.node):
@@ -133,13 +169,14 @@ class ModelIndex:
             for slot, name in enumerate(node.input):
                 if name:
                     index.consumers.setdefault(name, []).append((i, slot))
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
+            if node.output and rule_for(node, index.opset).constant_source:
                 index.constant_nodes[node.output[0]] = i
             for attr in node.attribute:  # names used inside subgraphs are consumed by this node
                 for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
                     for outer in _outer_names(sub):
                         index.consumers.setdefault(outer, []).append((i, -1))
-        index._read_shapes(infer_shapes(model))
+        index._read_shapes(infer_shapes(model, hint_infos))
+        index.shapes.update(hints)
         for name, tensor in index.initializers.items():
             index.shapes[name] = tuple(int(d) for d in tensor.dims)
             index.elem_types[name] = tensor.data_type
@@ -147,7 +184,12 @@ class ModelIndex:
             value = index.const(name)
             if value is not None:
                 index.shapes[name] = tuple(value.shape)
+                index.elem_types[name] = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
         return index
+
+    def _hint_infos(self, hints: dict[str, tuple[Size, ...]]) -> list[onnx.ValueInfoProto]:
+        return [onnx.helper.make_tensor_value_info(name, self.elem_types[name], list(shape))
+                for name, shape in hints.items() if name in self.elem_types and name not in self.graph_outputs]
 
     def _read_shapes(self, inferred: onnx.ModelProto) -> None:
         for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
@@ -156,22 +198,6 @@ class ModelIndex:
             shape = _shape_of(vi)
             if shape is not None and (vi.name not in self.shapes or None not in shape):
                 self.shapes[vi.name] = shape
-
-    def reinfer_with(self, hints: dict[str, tuple[Size, ...]]) -> None:
-        """Run shape inference again, seeded with sizes worked out by onnxprune, so that tensors
-        downstream of a Reshape that onnx could not follow get shapes too."""
-        graph = self.model.graph
-        added = 0
-        for name, shape in hints.items():
-            if name in self.elem_types and name not in self.graph_outputs:
-                graph.value_info.append(onnx.helper.make_tensor_value_info(name, self.elem_types[name], list(shape)))
-                added += 1
-        try:
-            self._read_shapes(infer_shapes(self.model))
-        finally:
-            for _ in range(added):
-                graph.value_info.pop()
-        self.shapes.update(hints)
 
     @cached_property
     def opset(self) -> int:
@@ -190,80 +216,19 @@ class ModelIndex:
         return {vi.name for vi in self.model.graph.output}
 
     @cached_property
-    def _const_cache(self) -> dict[str, np.ndarray]:
-        return {}
+    def values(self) -> "Values":
+        """The evaluator of this model's values known before run time (onnxprune.ops.values)."""
+        from .ops.values import Values
+
+        return Values(self)
 
     def is_const(self, name: str) -> bool:
+        """A stored constant: an initializer or a Constant node's output."""
         return name in self.initializers or name in self.constant_nodes
 
     def const(self, name: str) -> np.ndarray | None:
-        """The value of a constant tensor, or None if `name` is computed at run time."""
-        if name in self._const_cache:
-            return self._const_cache[name]
-        value = None
-        if name in self.external:
-            return self.external[name]  # a view of the mapped file: nothing to cache
-        if name in self.initializers:
-            value = numpy_helper.to_array(self.initializers[name])
-        elif name in self.constant_nodes:
-            node = self.model.graph.node[self.constant_nodes[name]]
-            attr = node.attribute[0] if len(node.attribute) == 1 else None
-            if attr is not None and attr.name == "value":
-                value = numpy_helper.to_array(attr.t)
-            elif attr is not None and attr.name in ("value_float", "value_int"):
-                value = np.array(onnx.helper.get_attribute_value(attr))
-            elif attr is not None and attr.name in ("value_floats", "value_ints"):
-                value = np.array(onnx.helper.get_attribute_value(attr))
-        elif name in self.producer:
-            value = self._fold(name)
-        if value is not None and value.nbytes <= CACHE_ABOVE_BYTES:
-            self._const_cache[name] = value
-        return value
-
-    FOLDABLE = {"Cast", "Concat", "Reshape", "Unsqueeze", "Squeeze", "Identity", "Gather", "Slice",
-                "Mul", "Add", "Sub", "Div", "Neg", "Shape", "Range", "ConstantOfShape", "Expand", "CastLike"}
-
-    def _fold(self, name: str, depth: int = 0) -> np.ndarray | None:
-        """Evaluate a small node whose inputs are all constants (exporters build axes and shape
-        vectors that way) with onnx's reference evaluator."""
-        node = self.model.graph.node[self.producer[name]]
-        if node.op_type not in self.FOLDABLE or node.domain not in ("", "ai.onnx") or depth > 8:
-            return None
-        if node.op_type == "Shape":
-            shape = self.shape(node.input[0])
-            if shape is None or not all(isinstance(s, int) for s in shape):
-                return None
-        if node.op_type == "CastLike":  # only the dtype of the second input matters
-            value, target = self.const(node.input[0]), self.elem_types.get(node.input[1])
-            if value is None or not target:
-                return None
-            return value.astype(onnx.helper.tensor_dtype_to_np_dtype(target))
-        inputs = {}
-        for n in node.input:
-            if not n or node.op_type == "Shape":
-                continue
-            value = self.const(n) if n in self._const_cache or self.is_const(n) or n not in self.producer else self._fold(n, depth + 1)
-            if value is None or value.size > 4096:
-                return None
-            inputs[n] = value
-        if node.op_type == "Shape":
-            start = next((a.i for a in node.attribute if a.name == "start"), 0)
-            end = next((a.i for a in node.attribute if a.name == "end"), None)
-            return np.array(self.shape(node.input[0]), dtype=np.int64)[start:end]
-        from onnx.reference import ReferenceEvaluator
-
-        graph = onnx.helper.make_graph(
-            [node], "fold", [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-                             for n, v in inputs.items()],
-            [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o])
-        mini = onnx.helper.make_model(graph, opset_imports=list(self.model.opset_import))
-        try:
-            results = ReferenceEvaluator(mini).run(None, inputs)
-        except Exception:  # noqa: BLE001 - anything the evaluator cannot do is simply not folded
-            return None
-        value = np.asarray(results[list(node.output).index(name)])
-        self._const_cache[name] = value
-        return value
+        """The value of tensor `name` if known before run time (stored or folded), else None."""
+        return self.values.const(name)
 
     def shape(self, name: str) -> tuple[Size, ...] | None:
         return self.shapes.get(name)
@@ -271,6 +236,13 @@ class ModelIndex:
     def node_label(self, i: int) -> str:
         node = self.model.graph.node[i]
         return f"{node.op_type} '{node.name or node.output[0]}'"
+
+
+def _input_type(model: onnx.ModelProto, name: str) -> int:
+    for vi in model.graph.input:
+        if vi.name == name:
+            return vi.type.tensor_type.elem_type
+    raise KeyError(f"no graph input named '{name}'")
 
 
 def _outer_names(graph: onnx.GraphProto) -> set[str]:

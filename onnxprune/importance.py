@@ -14,7 +14,7 @@ import numpy as np
 
 from .depgraph import DepGraph
 from .groups import Group
-from .ops import BN_SCALE, IN, OUT, Dim, NodeContext, ZeroView, rule_for
+from .ops import BN_SCALE, IN, OUT, Dim, NodeContext, ZeroView
 
 Criterion = Callable[[DepGraph, Group], "np.ndarray | list[np.ndarray]"]
 """A user-pluggable importance function: (dependency graph, group) -> a score per channel, or one
@@ -52,7 +52,7 @@ def dead_channels(dg: DepGraph, group: Group) -> np.ndarray:
     producers = sorted({index.producer[d.tensor] for d in group.dims if not d.is_const and d.tensor in index.producer})
     for node_i in producers:
         ctx = NodeContext(index, node_i)
-        rule = rule_for(ctx.node)
+        rule = ctx.rule
         for name in ctx.node.output:
             for out in [d for d in group.dims if d.tensor == name and not d.is_const]:
                 n = group.sizes[out]
@@ -142,7 +142,7 @@ def lamp(dg: DepGraph, group: Group) -> list[np.ndarray]:
     return scores
 
 
-lamp.normalise = False  # LAMP scores are comparable across layers by construction
+lamp.normalize = False  # LAMP scores are comparable across layers by construction
 
 
 def bn_scale(dg: DepGraph, group: Group) -> list[np.ndarray]:
@@ -191,14 +191,14 @@ CRITERIA: dict[str, Criterion] = {"l1": l1, "l2": l2, "bn": bn_scale, "fpgm": fp
 AGGREGATES = {"sum": np.sum, "mean": np.mean, "max": np.max}
 
 
-NORMALISATIONS = ("mean", "max", "none")
+NORMALIZATIONS = ("mean", "max", "none")
 
 
 def importance(dg: DepGraph, group: Group, criterion: str | Criterion = "l1", aggregate: str = "sum",
-               normalise: str = "mean") -> np.ndarray:
+               normalize: str = "mean") -> np.ndarray:
     """Scores per channel, aggregated over the group's producing layers; 0 exactly for dead channels.
 
-    `normalise` decides what a global ranking compares: "mean" (default, as Torch-Pruning does)
+    `normalize` decides what a global ranking compares: "mean" (default, as Torch-Pruning does)
     divides by the group's mean, so each layer competes on the spread of its own channels and
     layers with many inputs (large norms) are not spared; "max" divides by the largest score;
     "none" compares raw scores, so a layer whose weights are small overall loses more."""
@@ -209,11 +209,11 @@ def importance(dg: DepGraph, group: Group, criterion: str | Criterion = "l1", ag
     scores = np.abs(np.asarray(raw, dtype=np.float64))
     if scores.shape != (group.n_channels,):
         raise ValueError(f"importance function returned shape {scores.shape}, expected ({group.n_channels},)")
-    if normalise not in NORMALISATIONS:
-        raise ValueError(f"normalise must be one of {NORMALISATIONS}")
-    if getattr(fn, "normalise", True) and normalise == "mean":
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}")
+    if getattr(fn, "normalize", True) and normalize == "mean":
         scores = scores / max(scores.mean(), 1e-300)
-    elif getattr(fn, "normalise", True) and normalise == "max":
+    elif getattr(fn, "normalize", True) and normalize == "max":
         scores = scores / max(scores.max(), 1e-300)
     dead = dead_channels(dg, group)
     return np.where(dead, 0.0, np.maximum(scores, np.finfo(np.float64).tiny))

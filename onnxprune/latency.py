@@ -45,12 +45,12 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from . import cost
 from .allocation import AllocationOptions, _keep_top, _refill, _rounded_keep, by_ratio, eligible_groups
 from .depgraph import DepGraph
 from .errors import InputError
 from .graph import ModelIndex
 from .groups import Group
+from .ops import Dim, NodeContext
 
 GRID = (1.0, 0.75, 0.5, 0.25)
 """Uniform kept fractions at which the per-layer table is measured."""
@@ -214,35 +214,45 @@ def latency_ratio(candidate, original, feeds: dict[str, np.ndarray], rounds: int
 # --- the latency model ------------------------------------------------------------------------
 @dataclass
 class LayerTerm:
-    """How one layer's MAC fraction follows the kept channels: the product, over the weight axes
-    that belong to groups, of the kept share of that axis."""
+    """One layer that does multiply-accumulates, and the group dims its count depends on (its
+    inputs' and outputs' axes, its own weights' axes): under a keep, its MAC fraction is its op
+    rule's count at the pruned sizes over the count at full size, as cost's dry run counts."""
 
     node: int
-    axes: list[tuple[int, np.ndarray, int]]
-    """(group id, element -> channel map of the axis, axis size)."""
+    dims: list[tuple[int, Dim, np.ndarray]]
+    """(group id, dim, element -> channel map of the dim)."""
+    index: ModelIndex
+    base: int
 
     def fraction(self, keep: dict[int, np.ndarray]) -> float:
-        f = 1.0
-        for gid, classes, size in self.axes:
-            mask = keep.get(gid)
-            if mask is not None:
-                f *= np.count_nonzero(mask[classes]) / size
-        return f
+        sizes = {dim: int(np.count_nonzero(keep[gid][classes])) for gid, dim, classes in self.dims if gid in keep}
+        if not sizes:
+            return 1.0
+        ctx = NodeContext(self.index, self.node, sizes)
+        return ctx.rule.macs(ctx) / self.base
+
+    @property
+    def groups(self) -> set[int]:
+        return {gid for gid, _, _ in self.dims}
 
 
 def layer_terms(dg: DepGraph) -> list[LayerTerm]:
-    """One term per layer with multiply-accumulates, with the group axes of its weight (as the
-    cost model prices it: cost.estimate)."""
+    """One term per layer with multiply-accumulates."""
     index = dg.index
-    macs = cost._node_macs(index)
-    axes: dict[int, list] = {i: [] for i in macs}
-    for group in dg.groups:
-        if not group.prunable:
+    by_tensor: dict[str, list[tuple[int, Dim, np.ndarray]]] = {}
+    for group in dg.prunable_groups:
+        for dim in group.dims:
+            by_tensor.setdefault(dim.tensor, []).append((group.id, dim, group.classes[dim]))
+    terms = []
+    for i, node in enumerate(index.model.graph.node):
+        ctx = NodeContext(index, i)
+        base = ctx.rule.macs(ctx)
+        if not base:
             continue
-        for dim in group.const_dims:
-            if dim.use in axes and index.model.graph.node[dim.use].input[1] == dim.tensor:
-                axes[dim.use].append((group.id, group.classes[dim], group.sizes[dim]))
-    return [LayerTerm(i, axes[i]) for i in sorted(macs)]
+        dims = [(gid, dim, classes) for name in set(node.input) | set(node.output) if name
+                for gid, dim, classes in by_tensor.get(name, []) if not dim.is_const or dim.use == i]
+        terms.append(LayerTerm(i, dims, index, base))
+    return terms
 
 
 @dataclass
@@ -375,7 +385,7 @@ def greedy(groups: list[Group], scores: dict[int, np.ndarray], terms: list[Layer
     step = {g.id: max(alloc.round_to, int(math.ceil(g.n_channels / 32 / alloc.round_to)) * alloc.round_to) for g in groups}
     by_group: dict[int, list[LayerTerm]] = {}
     for t in terms:
-        for gid, _, _ in t.axes:
+        for gid in t.groups:
             by_group.setdefault(gid, []).append(t)
     keep = {g.id: np.ones(g.n_channels, dtype=bool) for g in groups}
     fractions = {t.node: 1.0 for t in terms}
@@ -415,7 +425,7 @@ def greedy(groups: list[Group], scores: dict[int, np.ndarray], terms: list[Layer
         for node, s in new_seconds.items():
             total += s - seconds[node]
             seconds[node] = s
-        touched = {gid for t in by_group.get(best, []) for gid, _, _ in t.axes} | {best}
+        touched = {gid for t in by_group.get(best, []) for gid in t.groups} | {best}
         for gid in touched & set(cands):
             cands[gid] = candidate(gid)
     return {gid: _keep_top(gmap[gid], scores[gid], counts[gid], alloc.round_to) for gid in keep}

@@ -23,6 +23,7 @@ from onnx import external_data_helper
 
 from .errors import InputError, UnsupportedModelError
 from .graph import copy_fields
+from .ops import model_opset, rule_for
 
 
 @dataclass
@@ -181,8 +182,8 @@ def check_supported(model: onnx.ModelProto, path: Path, external_source: Path | 
     except ValueError as exc:  # > 2 GB in memory is fine for us, the checker only refuses to serialise
         if "2GB" not in str(exc) and "2 GB" not in str(exc):
             raise InputError(f"{path}: invalid ONNX model: {exc}") from None
-    quantized = [n.name or n.op_type for n in model.graph.node if not allow_quantized and
-                 n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul")]
+    opset = model_opset(model)
+    quantized = [n.name or n.op_type for n in model.graph.node if not allow_quantized and rule_for(n, opset).quantized]
     if quantized:
         raise UnsupportedModelError(
             f"{path}: quantized model (node {quantized[0]}); channel pruning of quantized models is not supported, prune the float model and quantize afterwards")
@@ -291,8 +292,9 @@ def check_tensors(model: onnx.ModelProto, path: Path) -> None:
     """Every initializer and Constant holds as many elements as its dims declare (a short or
     missing buffer would otherwise surface as a numpy reshape error deep in the pipeline, and a
     huge declared size must never be allocated), and no graph input is too large to run."""
+    opset = model_opset(model)
     tensors = [(t.name, t) for t in model.graph.initializer] + [
-        (n.output[0], a.t) for n in model.graph.node if n.op_type == "Constant" and n.output
+        (n.output[0], a.t) for n in model.graph.node if n.output and rule_for(n, opset).constant_source
         for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
     for name, tensor in tensors:
         declared, held = math.prod(tensor.dims), _held_elements(tensor)

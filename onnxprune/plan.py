@@ -25,10 +25,13 @@ import numpy as np
 from .depgraph import DepGraph
 from .errors import InputError
 from .groups import Group
+from .ops import PARAM, Role
 from .origin import node_scope
 
 PLAN_FORMAT = "onnxprune.plan"
 PLAN_VERSION = 1
+RENAMED_OPTIONS = {"normalise": "normalize"}
+"""Option keys of older plans and their spelling now (one spelling across CLI, API and plan)."""
 
 
 @dataclass
@@ -36,7 +39,7 @@ class Member:
     initializer: str
     node: str
     axis: int
-    role: str
+    role: Role
     size: int
     channel_of: list[int] | None = None
     op: str = ""
@@ -93,10 +96,14 @@ class Plan:
             raise InputError(f"{source}: plan version {doc.get('version')} is not supported (this onnxprune reads version {PLAN_VERSION})")
         try:
             groups = [GroupPlan(id=int(g["id"]), channels=int(g["channels"]), keep=[int(k) for k in g["keep"]],
-                                members=[Member(**m) for m in g["members"]]) for g in doc["groups"]]
+                                members=[Member(**{**m, "role": Role(m["role"])}) for m in g["members"]]) for g in doc["groups"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: malformed plan group ({exc})") from None
-        return cls(groups=groups, model=doc.get("model", {}), options=doc.get("options", {}), summary=doc.get("summary", {}))
+        options = dict(doc.get("options", {}))
+        for old, new in RENAMED_OPTIONS.items():  # plans written before the option was renamed
+            if old in options:
+                options.setdefault(new, options.pop(old))
+        return cls(groups=groups, model=doc.get("model", {}), options=options, summary=doc.get("summary", {}))
 
     @classmethod
     def read(cls, path: str | Path) -> "Plan":
@@ -113,7 +120,7 @@ def members_of(dg: DepGraph, group: Group) -> list[Member]:
         classes = group.classes[dim]
         identity = len(classes) == group.n_channels and np.array_equal(classes, np.arange(group.n_channels))
         members.append(Member(initializer=dim.tensor, node=node.name or node.output[0], axis=dim.axis,
-                              role=group.roles.get(dim, "param"), size=group.sizes[dim],
+                              role=group.roles.get(dim, PARAM), size=group.sizes[dim],
                               channel_of=None if identity else classes.tolist(), op=node.op_type, input=dim.slot,
                               scope=node_scope(node)))
     return members

@@ -15,7 +15,7 @@ import hashlib
 import json
 import multiprocessing
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +27,8 @@ from tqdm import tqdm
 from .depgraph import DepGraph
 from .errors import InputError
 from .importance import consumption_points
+from .ops import IN
+from .ops.build import channel_mask_nodes
 from .save import write_atomic
 
 SENS_FORMAT = "onnxprune.sensitivity"
@@ -108,9 +110,7 @@ def masked_model(dg: DepGraph, group_ids: list[int]) -> onnx.ModelProto:
             shape[dim.axis] = -1
             graph.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), f"{tag}_shape"))
             producer = dg.index.producer.get(dim.tensor, -1)
-            new_nodes = [helper.make_node("Gather", [mask, f"{tag}_idx"], [f"{tag}_elem"]),
-                         helper.make_node("Reshape", [f"{tag}_elem", f"{tag}_shape"], [f"{tag}_bcast"]),
-                         helper.make_node("Mul", [dim.tensor, f"{tag}_bcast"], [tag])]
+            new_nodes = channel_mask_nodes(dim.tensor, mask, f"{tag}_idx", f"{tag}_shape", tag)
             inserted.setdefault(producer, []).extend(new_nodes)
             for node_i, slot in dg.index.consumers.get(dim.tensor, []):
                 if slot >= 0 and any(dg.graph.has_edge(dim, other) for other in _weight_dims(dg, node_i)):
@@ -125,7 +125,7 @@ def masked_model(dg: DepGraph, group_ids: list[int]) -> onnx.ModelProto:
 
 
 def _weight_dims(dg: DepGraph, node_i: int):
-    return [d for d in dg.roles if d.is_const and d.use == node_i and dg.roles[d] == "in"]
+    return [d for d in dg.roles if d.is_const and d.use == node_i and dg.roles[d] == IN]
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -187,13 +187,13 @@ class Sensitivity:
     criterion: str
     ratios: list[float]
     baseline: float
-    groups: dict[int, dict] = field(default_factory=dict)
+    groups: dict[int, "GroupSensitivity"] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"format": SENS_FORMAT, "version": SENS_VERSION, "model": {"sha256": self.model_sha256},
                            "metric": self.metric, "criterion": self.criterion, "ratios": self.ratios,
                            "baseline": self.baseline,
-                           "groups": {str(g): v for g, v in sorted(self.groups.items())}}, indent=1) + "\n"
+                           "groups": {str(g): asdict(v) for g, v in sorted(self.groups.items())}}, indent=1) + "\n"
 
     def write(self, path: Path) -> None:
         write_atomic(path, self.to_json().encode())
@@ -206,13 +206,26 @@ class Sensitivity:
             raise InputError(f"{path}: not a sensitivity file ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != SENS_FORMAT or doc.get("version") != SENS_VERSION:
             raise InputError(f"{path}: not an onnxprune sensitivity file (version {SENS_VERSION})")
-        groups = {int(g): {**v, "losses": {float(r): l for r, l in v["losses"].items()}} for g, v in doc["groups"].items()}
+        try:
+            groups = {int(g): GroupSensitivity(int(v["channels"]), list(v["layers"]), {float(r): float(l) for r, l in v["losses"].items()})
+                      for g, v in doc["groups"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{path}: malformed sensitivity group ({exc})") from None
         return cls(doc["model"]["sha256"], doc["metric"], doc["criterion"], doc["ratios"], doc["baseline"], groups)
 
     def curve(self, group_id: int) -> tuple[np.ndarray, np.ndarray]:
-        losses = self.groups[group_id]["losses"]
+        losses = self.groups[group_id].losses
         ratios = np.array([0.0] + sorted(losses))
         return ratios, np.array([0.0] + [max(losses[r], 0.0) for r in sorted(losses)])
+
+
+@dataclass
+class GroupSensitivity:
+    """One group's measured loss at each ratio of its channels removed (alone)."""
+
+    channels: int
+    layers: list[str]
+    losses: dict[float, float] = field(default_factory=dict)
 
 
 def structure_digest(dg: DepGraph) -> str:
@@ -262,9 +275,9 @@ def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = Non
     scores = model.importance(criterion, feeds)
     layers = {g.id: sorted({dg.index.model.graph.node[d.use].name for d in g.const_dims}) for g in groups}
     for g in groups:
-        result.groups.setdefault(g.id, {"channels": g.n_channels, "layers": layers[g.id], "losses": {}})
+        result.groups.setdefault(g.id, GroupSensitivity(g.n_channels, layers[g.id], {}))
     tasks = [(g.id, r, candidate_keep(scores[g.id], r, g)) for g in groups for r in ratios
-             if r not in result.groups[g.id]["losses"]]
+             if r not in result.groups[g.id].losses]
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
     setup = EvalSetup(masked_model(dg, [g.id for g in groups]).SerializeToString(), feeds,
                       {g.id: g.n_channels for g in groups}, labels, metric, batch, threads)
@@ -274,7 +287,7 @@ def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = Non
     bar = tqdm(total=len(tasks), desc="sensitivity", unit="candidate", disable=not progress)
     try:
         for gid, ratio, loss in _run(tasks, setup, evaluator, workers, backend):
-            result.groups[gid]["losses"][ratio] = loss
+            result.groups[gid].losses[ratio] = loss
             bar.update(1)
             if out is not None:
                 result.write(Path(out))
@@ -394,7 +407,7 @@ def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for gid in sorted(sens.groups):
         ratios, losses = sens.curve(gid)
-        line, = ax.plot(ratios, losses, marker=".", label=f"group {gid} ({sens.groups[gid]['channels']} ch)")
+        line, = ax.plot(ratios, losses, marker=".", label=f"group {gid} ({sens.groups[gid].channels} ch)")
         if chosen and gid in chosen:
             ax.plot([chosen[gid]], [np.interp(chosen[gid], ratios, losses)], marker="o", markersize=9,
                     markerfacecolor="none", color=line.get_color())
@@ -424,10 +437,10 @@ def allocate(model, sens: Sensitivity, scores: dict[int, np.ndarray], target_mac
     if max_loss is not None:
         chosen = ratios_for_max_loss(sens, max_loss)
     else:
-        which = 1 if target_macs is not None else 0
+        which = "macs" if target_macs is not None else "params"
         target = target_macs if target_macs is not None else target_params
         if target is None:
             raise InputError("options: with --sensitivity give --target-macs, --target-params or --max-loss")
-        base = model.cost({})[which]
-        chosen = ratios_for_target(sens, lambda ratios: model.cost(keep_of(ratios))[which] / max(base, 1), target)
+        base = getattr(model.cost({}), which)
+        chosen = ratios_for_target(sens, lambda ratios: getattr(model.cost(keep_of(ratios)), which) / max(base, 1), target)
     return keep_of(chosen), chosen

@@ -10,7 +10,7 @@ decide what goes:
   |w| go, so each layer reaches S within half a weight;
 - Han et al. (2015), "Learning both weights and connections": in every layer the weights with
   |w| < quality * std(w) go (population standard deviation of the layer's weights);
-- either rule with `global_threshold`: one ranking (or one std) across all selected layers.
+- either rule with `global_ranking`: one ranking (or one std) across all selected layers.
 
 Weights of equal magnitude are ranked by position (a stable sort), so counts are exact and the
 same input and options give the same masks.  A mask is True where a weight stays; masks are keyed
@@ -40,19 +40,13 @@ from .data import verification_inputs
 from .errors import InputError, OnnxPruneError
 from .graph import ModelIndex
 from .load import load_model
+from .ops import NodeContext, op_label
 from .origin import node_scope
 from .runtime import make_session
 from .save import save_model, write_atomic
 from .verify import VerifyReport, _io_signature, verify
 
-WEIGHT_SLOTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1)}
-"""Inputs of each op that hold a weight when they are constant."""
-
-ELEMENT_PRESERVING = {"Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
-"""Ops that only move or relabel elements: a zero in their input stays a zero in their output, so
-a weight behind them can be masked on its initializer."""
-
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+from .cost import FLOAT_TYPES
 
 GZIP_LEVEL = 6
 """gzip's own default: level 9 is several times slower for about 1% smaller weights."""
@@ -64,7 +58,7 @@ class SparsityOptions:
 
     sparsity: float | None = None
     quality: float | None = None
-    global_threshold: bool = False
+    global_ranking: bool = False
     ignore: list[str] = field(default_factory=list)
     include_depthwise: bool = False
     protect_ends: bool = False
@@ -119,40 +113,30 @@ def _source_initializer(index: ModelIndex, name: str) -> str | None:
         producer = index.producer.get(name)
         if producer is None:
             return None
-        node = index.model.graph.node[producer]
-        if node.op_type not in ELEMENT_PRESERVING or node.domain not in ("", "ai.onnx"):
+        ctx = NodeContext(index, producer)
+        if not ctx.rule.preserves_elements:
             return None
-        name = node.input[0]
+        name = ctx.input(0)
     return None
 
 
-def _is_depthwise(index: ModelIndex, node: onnx.NodeProto, weight: str) -> bool:
-    """Conv weight [C*m, 1, k...] or ConvTranspose weight [C, m, k...] with group = C > 1."""
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    shape = index.shape(weight) or ()
-    if group <= 1 or len(shape) < 3:
-        return False
-    return shape[1] == 1 if node.op_type == "Conv" else shape[0] == group
-
-
 def weight_uses(index: ModelIndex) -> list[WeightUse]:
-    """Every float initializer that is the weight of a Conv, ConvTranspose, Gemm or MatMul, in the
-    order of its first use (ONNX node order is topological)."""
+    """Every float initializer that is a layer's weight (`OpRule.weights`: Conv, ConvTranspose,
+    Gemm, MatMul), in the order of its first use (ONNX node order is topological)."""
     uses: dict[str, WeightUse] = {}
     for i, node in enumerate(index.model.graph.node):
-        if node.op_type not in WEIGHT_SLOTS or node.domain not in ("", "ai.onnx"):
-            continue
-        for slot in WEIGHT_SLOTS[node.op_type]:
-            if slot >= len(node.input) or not node.input[slot]:
+        ctx = NodeContext(index, i)
+        for weight in ctx.rule.weights(ctx):
+            if not ctx.input(weight.slot):
                 continue
-            source = _source_initializer(index, node.input[slot])
+            source = _source_initializer(index, ctx.input(weight.slot))
             if source is None or index.initializers[source].data_type not in FLOAT_TYPES:
                 continue
             label = node.name or node.output[0]
-            use = uses.setdefault(source, WeightUse(source, node.op_type, [], [], False, node_scope(node)))
+            use = uses.setdefault(source, WeightUse(source, op_label(node), [], [], False, node_scope(node)))
             use.nodes.append(label)
             use.node_ids.append(i)
-            use.depthwise |= node.op_type in ("Conv", "ConvTranspose") and _is_depthwise(index, node, node.input[slot])
+            use.depthwise |= weight.depthwise
     return list(uses.values())
 
 
@@ -186,14 +170,14 @@ def _keep_all_but_smallest(magnitude: np.ndarray, n_zero: int) -> np.ndarray:
 
 
 def magnitude_masks(weights: dict[str, np.ndarray], sparsity: float | None = None, quality: float | None = None,
-                    global_threshold: bool = False) -> dict[str, np.ndarray]:
+                    global_ranking: bool = False) -> dict[str, np.ndarray]:
     """Masks (True = keep) for `weights`: the round(sparsity * n) smallest |w| of each weight (or of
-    all of them together with `global_threshold`) go, or, with `quality`, every |w| < quality *
+    all of them together with `global_ranking`) go, or, with `quality`, every |w| < quality *
     std(w) (std of each weight, or of all together).  Takes any arrays, e.g. a torch module's
     parameters during gradual pruning."""
     SparsityOptions(sparsity=sparsity, quality=quality).validate()
     magnitudes = {name: _magnitude(w) for name, w in weights.items()}
-    if global_threshold and magnitudes:
+    if global_ranking and magnitudes:
         flat = np.concatenate(list(magnitudes.values()))
         if sparsity is not None:
             kept = _keep_all_but_smallest(flat, round(sparsity * flat.size))
@@ -336,7 +320,7 @@ def _count_float_params(model: onnx.ModelProto) -> int:
 
 def sparsify(model: str | Path | onnx.ModelProto | PrunableModel, data=None, **options) -> SparsifyResult:
     """Zero the smallest weights of `model` and verify the result (nothing saved).  Options are
-    those of `SparsityOptions`: sparsity or quality, global_threshold, ignore, include_depthwise,
+    those of `SparsityOptions`: sparsity or quality, global_ranking, ignore, include_depthwise,
     protect_ends.  `data` (calibration .npz/.npy or {input: array}) feeds the verification;
     default: deterministic random inputs."""
     opts = SparsityOptions(**options)
@@ -351,7 +335,7 @@ def sparsify(model: str | Path | onnx.ModelProto | PrunableModel, data=None, **o
         why = "left after --ignore, depthwise and --protect-ends" if uses else "(Conv, ConvTranspose, Gemm or MatMul with a constant float weight)"
         raise InputError(f"{model.path}: no prunable weights {why}")
     weights = {u.name: model.index.const(u.name) for u in chosen}
-    masks = magnitude_masks(weights, opts.sparsity, opts.quality, opts.global_threshold)
+    masks = magnitude_masks(weights, opts.sparsity, opts.quality, opts.global_ranking)
     sparsified = zero_masked(model.model, masks)
     feeds = verification_inputs(model.index, model.calibration(data))
     report = verify(model.model, sparsified, feeds)

@@ -9,6 +9,7 @@ different slice gets its own copy named `<name>__<node>` (the plan lists it)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -17,7 +18,7 @@ from onnx import numpy_helper
 from .depgraph import DepGraph
 from .errors import OnnxPruneError
 from .graph import ModelIndex, copy_fields, infer_shapes, with_data
-from .ops import Dim, RewriteContext, rule_for
+from .ops import Dim, NodeContext, RewriteContext
 
 
 class ModelWriter:
@@ -52,48 +53,16 @@ class ModelWriter:
         self.inits[name] = self.model.graph.initializer[-1]
         return name
 
-    def slice_constants(self, kept: dict[Dim, np.ndarray]) -> None:
-        per_use: dict[str, dict[tuple[int, int], dict[int, np.ndarray]]] = defaultdict(lambda: defaultdict(dict))
-        for dim, idx in kept.items():
-            if dim.is_const:
-                per_use[dim.tensor][(dim.use, dim.slot)][dim.axis] = idx
-        for name, uses in per_use.items():
-            value = self.index.const(name)
-            consumers = self.index.consumers.get(name, [])
-            specs = {use: _spec_key(uses.get(use, {})) for use in consumers if use[1] >= 0}
-            in_subgraph = len(specs) != len(consumers)  # a subgraph reads it: never slice in place
-            shared = self._shared_spec(value.ndim, uses, specs)
-            if shared is not None and not in_subgraph and name not in self.index.graph_outputs:
-                self._store(name, _take(value, shared))
+    def slice_constants(self, slicings: list["ConstantSlicing"]) -> None:
+        for slicing in slicings:
+            value = self.index.const(slicing.name)
+            if slicing.in_place is not None:
+                self._store(slicing.name, _take(value, slicing.in_place))
                 continue
-            for (node_i, slot), key in specs.items():
-                if not key:
-                    continue
+            for (node_i, slot), spec in slicing.copies.items():
                 node = self.model.graph.node[node_i]
-                new_name = self._add_initializer(f"{name}__{node.name or node_i}", _take(value, uses[(node_i, slot)]))
+                new_name = self._add_initializer(f"{slicing.name}__{node.name or node_i}", _take(value, spec))
                 node.input[slot] = new_name
-
-    def _shared_spec(self, rank: int, uses: dict[tuple[int, int], dict[int, np.ndarray]],
-                     specs: dict[tuple[int, int], tuple]) -> dict[int, np.ndarray] | None:
-        """The one slicing every use of a constant accepts, or None when uses need different slices.
-
-        A `Shape` node reads only the sizes of the axes in its [start, end) range, so axes outside it
-        may be sliced as the other uses need.  Without this, a conv weight that also feeds
-        `Shape(start=0, end=1)` (dynamo's zero bias, `Expand(0, Shape(W)[0:1])`) would be copied whole
-        for the Shape use, and the pruned model would hold more parameters than the original."""
-        shape_uses = {use for use in specs if self.index.model.graph.node[use[0]].op_type == "Shape"}
-        others = {specs[use] for use in specs if use not in shape_uses}
-        if len(others) != 1:
-            return next(iter(uses.values())) if len(set(specs.values())) == 1 else None
-        spec = next((uses[use] for use in specs if use not in shape_uses and use in uses), {})
-        for node_i, slot in shape_uses:
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in self.model.graph.node[node_i].attribute}
-            start, end = attrs.get("start", 0), attrs.get("end", rank)
-            read = range(rank)[slice(start, end)]
-            mine = uses.get((node_i, slot), {})
-            if any(_spec_key({a: mine[a]} if a in mine else {}) != _spec_key({a: spec[a]} if a in spec else {}) for a in read):
-                return None
-        return spec
 
     def set_input_const(self, node_i: int, slot: int, value: np.ndarray) -> None:
         node = self.model.graph.node[node_i]
@@ -132,6 +101,82 @@ class ModelWriter:
             for pos, new in edits.items():
                 flat[pos] = new
             self._store(name, value)
+
+
+Spec = dict[int, np.ndarray]
+"""Axis -> kept indices along it."""
+
+Use = tuple[int, int]
+"""(node index, input slot) of one read of a constant."""
+
+
+@dataclass(frozen=True)
+class ConstantSlicing:
+    """Surgery's decision for one constant that carries pruned dims: slice it in place (one
+    slicing every use accepts) or give each use that needs a slice its own copy; in the second
+    case the original stays for the uses that read it unsliced, if any (`keeps_original`)."""
+
+    name: str
+    shape: tuple[int, ...]
+    in_place: Spec | None
+    copies: dict[Use, Spec]
+    keeps_original: bool
+
+    def shapes_after(self) -> list[tuple[int, ...]]:
+        """The shapes of the tensors the model holds for this constant after surgery."""
+        if self.in_place is not None:
+            return [_sliced_shape(self.shape, self.in_place)]
+        return [_sliced_shape(self.shape, spec) for spec in self.copies.values()] + ([self.shape] if self.keeps_original else [])
+
+
+def _sliced_shape(shape: tuple[int, ...], spec: Spec) -> tuple[int, ...]:
+    return tuple(len(spec[a]) if a in spec else s for a, s in enumerate(shape))
+
+
+def plan_slicing(index: ModelIndex, kept: dict[Dim, np.ndarray]) -> list[ConstantSlicing]:
+    """How surgery slices every constant that carries a pruned dim (cost's dry run reads this too)."""
+    per_use: dict[str, dict[Use, Spec]] = defaultdict(lambda: defaultdict(dict))
+    for dim, idx in kept.items():
+        if dim.is_const:
+            per_use[dim.tensor][(dim.use, dim.slot)][dim.axis] = idx
+    slicings = []
+    for name, uses in per_use.items():
+        shape = tuple(index.shape(name))
+        consumers = index.consumers.get(name, [])
+        specs = {use: _spec_key(uses.get(use, {})) for use in consumers if use[1] >= 0}
+        in_subgraph = len(specs) != len(consumers)  # a subgraph reads it: never slice in place
+        shared = _shared_spec(index, len(shape), uses, specs)
+        if shared is not None and not in_subgraph and name not in index.graph_outputs:
+            slicings.append(ConstantSlicing(name, shape, shared, {}, False))
+            continue
+        copies = {use: uses[use] for use, key in specs.items() if key}
+        keeps = in_subgraph or name in index.graph_outputs or any(not key for key in specs.values())
+        slicings.append(ConstantSlicing(name, shape, None, copies, keeps))
+    return slicings
+
+
+def _shared_spec(index: ModelIndex, rank: int, uses: dict[Use, Spec], specs: dict[Use, tuple]) -> Spec | None:
+    """The one slicing every use of a constant accepts, or None when uses need different slices.
+
+    A use that reads no elements (`OpRule.reads_elements`: Shape) reads only the sizes of some
+    axes (`OpRule.sizes_read`), so other axes may be sliced as the other uses need.  Without this, a
+    conv weight that also feeds `Shape(start=0, end=1)` (dynamo's zero bias, `Expand(0,
+    Shape(W)[0:1])`) would be copied whole for the Shape use, and the pruned model would hold more
+    parameters than the original."""
+    contexts = {use: NodeContext(index, use[0]) for use in specs}
+    size_only = {use for use, ctx in contexts.items() if not ctx.rule.reads_elements(ctx, use[1])}
+    others = {specs[use] for use in specs if use not in size_only}
+    if len(others) != 1:
+        return next(iter(uses.values())) if len(set(specs.values())) == 1 else None
+    spec = next((uses[use] for use in specs if use not in size_only and use in uses), {})
+    for use in size_only:
+        ctx = contexts[use]
+        read = ctx.rule.sizes_read(ctx, use[1])
+        mine = uses.get(use, {})
+        if any(_spec_key({a: mine[a]} if a in mine else {}) != _spec_key({a: spec[a]} if a in spec else {})
+               for a in (range(rank) if read is None else read)):
+            return None
+    return spec
 
 
 def _spec_key(spec: dict[int, np.ndarray]) -> tuple:
@@ -204,12 +249,13 @@ def apply_keep(dg: DepGraph, keep: dict[int, np.ndarray]) -> onnx.ModelProto:
         model.graph.initializer.add(name=tensor.name)
     writer = ModelWriter(model, dg.index)
     if kept:
-        writer.slice_constants(kept)
+        writer.slice_constants(plan_slicing(dg.index, kept))
         touched = {dg.index.producer.get(d.tensor) for d in kept if not d.is_const}
         touched |= {i for d in kept if not d.is_const for i, _ in dg.index.consumers.get(d.tensor, [])}
         touched |= {d.use for d in kept if d.is_const}
         for i in sorted(t for t in touched if t is not None):
-            rule_for(dg.index.model.graph.node[i]).rewrite(RewriteContext(dg.index, i, kept, writer))
+            ctx = RewriteContext(dg.index, i, kept, writer)
+            ctx.rule.rewrite(ctx)
         writer.finish()
         _drop_replaced_initializers(model, dg.index)
     _fill_untouched(model, dg.index)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,30 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .ops import Role
 from .plan import Member, Plan
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+class Side(Enum):
+    """Which channels of a module a plan member cuts."""
+
+    OUT = "out"      # output channels (filters, output features, a norm's channels)
+    IN = "in"        # input channels
+    PARAM = "param"  # one axis of a bare parameter (a layer scale), not a module's channels
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a plan member lands in the module: a module's outputs or inputs, or a bare parameter
+    (`param` is its state_dict key)."""
+
+    module: str
+    side: Side
+    param: str | None = None
 
 
 @dataclass
@@ -91,25 +111,25 @@ class _Mapper:
             self._successors = _dataflow_successors(self.module, self.example_inputs)
         return self._successors.get(name, [])
 
-    def target(self, member: Member) -> tuple[str, str]:
-        """(module name, 'out' | 'in' | 'param:<name>') for a plan member."""
+    def target(self, member: Member) -> Target:
+        """Where a plan member lands in the module."""
         if member.initializer in self.state:
             owner, _, attr = member.initializer.rpartition(".")
             module = self.modules.get(owner)
             if isinstance(module, CONV + CONV_T + (nn.Linear,)) and attr in ("weight", "bias"):
-                return owner, self._weight_side(module, member, attr)
+                return Target(owner, self._weight_side(module, member, attr))
             if isinstance(module, NORM + (nn.PReLU, nn.LayerNorm)):
-                return owner, "out"
-            return owner, f"param:{attr}"
+                return Target(owner, Side.OUT)
+            return Target(owner, Side.PARAM, member.initializer)
         scope = self.resolve_scope(member.scope)
         scope_module = self.modules.get(scope) if scope is not None else None
         if scope_module is None:
             raise InputError(f"plan: cannot map '{member.initializer}' (node {member.node}, scope {member.scope}) "
                              "to a parameter of this module: is it the module that was exported?")
         if isinstance(scope_module, CONV + CONV_T + (nn.Linear,)):
-            return scope, self._weight_side(scope_module, member, "bias" if member.role == "param" else "weight")
+            return Target(scope, self._weight_side(scope_module, member, "bias" if member.role == Role.PARAM else "weight"))
         if isinstance(scope_module, NORM + (nn.PReLU,)):
-            return scope, "out"
+            return Target(scope, Side.OUT)
         raise InputError(f"plan: '{member.initializer}' (node {member.node}) maps to module '{member.scope}' "
                          f"({type(scope_module).__name__}), which onnxprune cannot slice")
 
@@ -132,10 +152,10 @@ class _Mapper:
         return full
 
     @staticmethod
-    def _weight_side(module: nn.Module, member: Member, attr: str) -> str:
-        if attr == "bias" or member.role in ("out", "param"):
-            return "out"
-        return "in"
+    def _weight_side(module: nn.Module, member: Member, attr: str) -> Side:
+        if attr == "bias" or member.role in (Role.OUT, Role.PARAM):
+            return Side.OUT
+        return Side.IN
 
     def fused_norm(self, owner: str, member: Member) -> str | None:
         """The BatchNorm folded into this conv/linear's output, if any."""
@@ -148,35 +168,42 @@ class _Mapper:
         return None
 
 
-def plan_cuts(module: nn.Module, plan: Plan, example_inputs=None) -> dict[str, ModuleCut]:
+@dataclass
+class Cuts:
+    """What a plan cuts in a module: channels of submodules by name, and axes of bare parameters
+    by state_dict key."""
+
+    modules: dict[str, ModuleCut] = field(default_factory=dict)
+    params: dict[str, ModuleCut] = field(default_factory=dict)
+
+
+def plan_cuts(module: nn.Module, plan: Plan, example_inputs=None) -> Cuts:
     """Work out, without changing anything, which channels of which module the plan keeps."""
     mapper = _Mapper(module, example_inputs)
-    cuts: dict[str, ModuleCut] = {}
-    params: dict[tuple[str, int], np.ndarray] = {}
+    cuts = Cuts()
     for group in plan.groups:
         keep = set(group.keep)
         for member in group.members:
             kept = member.kept(keep)
-            owner, side = mapper.target(member)
-            if side.startswith("param:"):
-                params[(f"{owner}.{side[6:]}" if owner else side[6:], member.axis)] = kept
+            target = mapper.target(member)
+            owner = target.module
+            if target.side is Side.PARAM:
+                if member.axis >= mapper.state[target.param].dim():
+                    raise InputError(f"plan: parameter '{target.param}' has no axis {member.axis}")
+                cuts.params[target.param] = ModuleCut(out=kept, axis=member.axis)
                 continue
-            cut = cuts.setdefault(owner, ModuleCut())
-            if side == "out":
+            cut = cuts.modules.setdefault(owner, ModuleCut())
+            if target.side is Side.OUT:
                 cut.out = _merge(cut.out, kept, f"output channels of '{owner}'")
             else:
                 cut.inp = _merge(cut.inp, kept, f"input channels of '{owner}'")
             cut.sources.append(member.initializer)
-            if side == "out" and isinstance(mapper.modules[owner], CONV + CONV_T + (nn.Linear,)):
+            if target.side is Side.OUT and isinstance(mapper.modules[owner], CONV + CONV_T + (nn.Linear,)):
                 norm = mapper.fused_norm(owner, member)
                 if norm:
-                    cuts.setdefault(norm, ModuleCut()).out = _merge(cuts.get(norm, ModuleCut()).out, kept, f"channels of '{norm}'")
-    for (name, axis), kept in params.items():
-        tensor = mapper.state[name]
-        cuts[f"param:{name}"] = ModuleCut(out=kept, axis=axis)
-        if axis >= tensor.dim():
-            raise InputError(f"plan: parameter '{name}' has no axis {axis}")
-    _check_sizes(mapper, cuts, plan)
+                    norm_cut = cuts.modules.setdefault(norm, ModuleCut())
+                    norm_cut.out = _merge(norm_cut.out, kept, f"channels of '{norm}'")
+    _check_sizes(mapper, cuts.modules, plan)
     return cuts
 
 
@@ -198,8 +225,6 @@ def _sizes(mod: nn.Module) -> tuple[int | None, int | None]:
 
 def _check_sizes(mapper: _Mapper, cuts: dict[str, ModuleCut], plan: Plan) -> None:
     for name, cut in cuts.items():
-        if name.startswith("param:"):
-            continue
         mod = mapper.modules[name]
         out, inp = _sizes(mod)
         for kept, size, side in ((cut.out, out, "output"), (cut.inp, inp, "input")):
@@ -290,15 +315,14 @@ def apply_plan(module: nn.Module, plan: Plan | str | Path, example_inputs=None) 
     return module
 
 
-def _apply_cuts(module: nn.Module, cuts: dict[str, ModuleCut]) -> None:
+def _apply_cuts(module: nn.Module, cuts: Cuts) -> None:
     modules = dict(module.named_modules())
-    for name, cut in cuts.items():
-        if name.startswith("param:"):
-            owner, _, attr = name[6:].rpartition(".")
-            target = modules[owner] if owner else module
-            _set(target, attr, _take(getattr(target, attr), cut.axis, cut.out))
-        else:
-            _cut_module(modules[name], cut)
+    for name, cut in cuts.params.items():
+        owner, _, attr = name.rpartition(".")
+        target = modules[owner] if owner else module
+        _set(target, attr, _take(getattr(target, attr), cut.axis, cut.out))
+    for name, cut in cuts.modules.items():
+        _cut_module(modules[name], cut)
 
 
 def apply_masks(module: nn.Module, masks: dict[str, np.ndarray], optimizer: torch.optim.Optimizer | None = None) -> "MaskHandle":

@@ -84,7 +84,7 @@ def main() -> None:
         for label in args.variants:
             t = time.perf_counter()
             result = model.apply(model.plan(criterion="l1", target_macs=0.5, **VARIANTS[label]))
-            macs_before, macs_after = result.before["macs"], result.after["macs"]
+            macs_before, macs_after = result.before.macs, result.after.macs
             candidates[label] = (result.model.SerializeToString(), macs_before / macs_after, result.report.max_rel_error)
             print(f"# {name} {label}: MACs kept {macs_after / macs_before:.1%}, prune+verify {time.perf_counter() - t:.1f}s",
                   file=sys.stderr, flush=True)

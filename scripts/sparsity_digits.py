@@ -98,7 +98,7 @@ def main() -> None:
         names = list(one_shot.masks)
         rows.append(measure(f"{sparsity:.0%} one-shot", ONNX, sparsity, x_test, y_test))
         rows.append(measure(f"{sparsity:.0%} one-shot, --protect-ends", ONNX, sparsity, x_test, y_test, protect_ends=True))
-        rows.append(measure(f"{sparsity:.0%} one-shot, --global", ONNX, sparsity, x_test, y_test, global_threshold=True))
+        rows.append(measure(f"{sparsity:.0%} one-shot, --global", ONNX, sparsity, x_test, y_test, global_ranking=True))
         runs = {f"{sparsity:.0%} + fine-tune, fixed masks ({args.epochs} ep)": finetune_fixed(one_shot.masks, data, args.epochs)}
         for rule in ("cubic", "paddle_log"):
             runs[f"{sparsity:.0%} gradual, {rule} ({args.epochs} ep)"] = finetune_gradual(names, sparsity, data, args.epochs, rule)

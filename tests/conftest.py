@@ -174,8 +174,23 @@ def io_signature(model: onnx.ModelProto) -> list[tuple]:
 
 
 def float_params(model: onnx.ModelProto) -> int:
-    """Number of floating-point initializer elements, counted straight from the protobuf."""
-    return sum(math.prod(t.dims) for t in model.graph.initializer if t.data_type in FLOAT_TYPES)
+    """Number of floating-point weight elements (initializers and Constant-node values), counted
+    straight from the protobuf."""
+    return sum(math.prod(t.dims) for t in model.graph.initializer if t.data_type in FLOAT_TYPES) + constant_float_params(model)
+
+
+def constant_float_params(model: onnx.ModelProto) -> int:
+    """Floating-point elements held by Constant nodes (paddle2onnx keeps every weight there)."""
+    total = 0
+    for node in (n for n in model.graph.node if n.op_type == "Constant"):
+        for a in node.attribute:
+            if a.name == "value" and a.t.data_type in FLOAT_TYPES:
+                total += math.prod(a.t.dims)
+            elif a.name == "value_float":
+                total += 1
+            elif a.name == "value_floats":
+                total += len(a.floats)
+    return total
 
 
 def load_full(path: Path) -> onnx.ModelProto:

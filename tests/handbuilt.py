@@ -625,3 +625,31 @@ def simple_chain(opset: int = 13) -> onnx.ModelProto:
     return n.build(_x(), [n.gemm(y, 12, 10, "fc")])
 
 
+
+
+RECURRENT = ("lstm_bidirectional", "gru", "rnn", "lstm_states")
+_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def recurrent(kind: str) -> onnx.ModelProto:
+    """A CRNN-style head: dense features -> [T, N, C] -> LSTM/GRU/RNN -> Y [T, dirs, N, H] ->
+    [T, N, dirs*H] -> dense.  `lstm_states` also feeds constant initial states and reads Y_h."""
+    op = kind.split("_")[0]
+    n = Net(f"recurrent_{kind}", opset=14)
+    dirs, hidden, gates = (2 if kind == "lstm_bidirectional" else 1), 6, _GATES[op]
+    x = n.matmul("x", 4, 8, "fc1")
+    x = n.op("Transpose", [x], "to_tnc", perm=[1, 0, 2])
+    ins = [x, n.param("rnn.W", (dirs, gates * hidden, 8), 0.4), n.param("rnn.R", (dirs, gates * hidden, hidden), 0.4),
+           n.param("rnn.B", (dirs, 2 * gates * hidden), 0.1)]
+    if kind == "lstm_states":
+        ins += ["", n.const("rnn.h0", np.zeros((dirs, 1, hidden), np.float32)), n.param("rnn.c0", (dirs, 1, hidden), 0.2)]
+    outputs = 2 if kind == "lstm_states" else 1
+    result = n.op(op.upper(), ins, "rnn", outputs=outputs, hidden_size=hidden,
+                  direction="bidirectional" if dirs == 2 else "forward")
+    y = result[0] if outputs > 1 else result
+    y = n.op("Transpose", [y], "to_tndh", perm=[0, 2, 1, 3])
+    y = n.op("Reshape", [y, n.ints("merge", [0, 0, -1])], "merge_dirs")
+    out = [n.matmul(y, dirs * hidden, 3, "fc2")]
+    if kind == "lstm_states":
+        out.append(n.matmul(n.op("Squeeze", [result[1], n.ints("axes0", [0])], "last"), hidden, 2, "fc3"))
+    return n.build({"x": [1, 5, 4]}, out)

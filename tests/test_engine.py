@@ -99,9 +99,9 @@ def test_criterion_and_mode(case_id, mode, criterion, loaded, calibration, tmp_p
     out = tmp_path / "pruned.onnx"
     onnxprune.save(result.model, out)
     pruned = check_runnable(pm.model, out)
-    assert result.after["params"] == float_params(pruned)
+    assert result.after.params == float_params(pruned)
     if sum(gone.values()):
-        assert result.after["params"] < result.before["params"]
+        assert result.after.params < result.before.params
 
 
 # --------------------------------------------------------------------------- targets
@@ -119,10 +119,10 @@ def test_target_met_within_one_percent(case_id, kind, target, loaded):
     pm = loaded(case_id)
     result = pm.prune("l1", **{kind: target})
     key = "macs" if kind == "target_macs" else "params"
-    achieved = result.after[key] / result.before[key]
+    achieved = getattr(result.after, key) / getattr(result.before, key)
     assert abs(achieved - target) <= 0.01 * target, f"{kind}={target}: achieved {achieved:.4f}"
     if key == "params":
-        assert result.after["params"] / float_params(pm.model) == pytest.approx(achieved)
+        assert result.after.params / float_params(pm.model) == pytest.approx(achieved)
 
 
 @pytest.mark.parametrize("kind", ["target_macs", "target_params"])
@@ -273,13 +273,13 @@ def _group_of_weight(pm: onnxprune.PrunableModel, weight: np.ndarray) -> int:
 
 
 def test_global_ranking_prunes_small_layer_more(small_layer_model):
-    """With raw scores (normalise="none") a layer whose weights are small overall loses more."""
+    """With raw scores (normalize="none") a layer whose weights are small overall loses more."""
     removed_from_c2 = {}
     for scale, (path, weight) in small_layer_model.items():
         pm = onnxprune.load(path)
         gid = _group_of_weight(pm, weight)
         removed_from_c2[scale] = (removed(pm.plan(criterion="l1", ratio=0.3))[gid],
-                                  removed(pm.plan(criterion="l1", ratio=0.3, global_ranking=True, normalise="none"))[gid])
+                                  removed(pm.plan(criterion="l1", ratio=0.3, global_ranking=True, normalize="none"))[gid])
     uniform, global_ = removed_from_c2[0.01]
     assert global_ > uniform, f"global removed {global_}, uniform {uniform}"
     # ... and because c2 is small: the same model with c2 unscaled loses fewer of c2's channels

@@ -317,6 +317,14 @@ def _check_flatten_gemm(planted, pruned):
 
 # --- the table --------------------------------------------------------------------------------
 
+def _check_recurrent(planted, pruned):
+    """hidden_size follows W's rows: gates * hidden_size, and R is square in the hidden size."""
+    w, r = input_value(pruned, "rnn", 1), input_value(pruned, "rnn", 2)
+    hidden = attr(pruned, "rnn", "hidden_size")
+    assert hidden < attr(planted, "rnn", "hidden_size")
+    assert w.shape[1] == r.shape[1] == hidden * (w.shape[1] // hidden) and r.shape[2] == hidden
+
+
 GRAPH_OUT = "graph output"
 SPECS: list[Spec] = [
     Spec("tf_flatten_const", partial(hb.tf_flatten, "const"), [("c1.w", 0), ("fc1.w", 1)], [("fc2.w", 1, GRAPH_OUT)],
@@ -390,6 +398,9 @@ SPECS += [Spec(f"simple_chain_{o}", partial(hb.simple_chain, o), [("c1.w", 0), (
                check=_check_rows([(("c1.w", 0), [("bn1.scale", 0), ("bn1.var", 0), ("c2.w", 1)]),
                                   (("c2.w", 0), [("c2.b", 0), ("fc.w", 1)])]))
           for o in (11, 13, 17, 21)]
+
+SPECS += [Spec(f"recurrent_{k}", partial(hb.recurrent, k), [("rnn.W", 1), ("fc1.w", 1)], check=_check_recurrent)
+          for k in hb.RECURRENT]
 
 BY_ID = {s.id: s for s in SPECS}
 assert len(BY_ID) == len(SPECS)

@@ -19,7 +19,7 @@ def test_readme_python_example_runs(tmp_path: Path, monkeypatch):
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the documented example itself
     result = namespace["result"]
     assert (tmp_path / "out" / "digits_api.onnx").exists() and (tmp_path / "out" / "digits_api_plan.json").exists()
-    assert result.after["macs"] < result.before["macs"]
+    assert result.after.macs < result.before.macs
     assert namespace["plan2"].groups and all(len(g.keep) < g.channels for g in namespace["plan2"].groups)
     halved = [g for g in namespace["plan3"].groups if g.removed]
     assert len(halved) == 1 and halved[0].removed == halved[0].channels // 2

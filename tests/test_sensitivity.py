@@ -68,11 +68,11 @@ def test_analysis_is_deterministic_and_parallel_safe(exported, tmp_path: Path):
                   out=tmp_path / "c.json")
     assert one.groups == again.groups
     for gid in one.groups:
-        for r, loss in one.groups[gid]["losses"].items():
-            assert two.groups[gid]["losses"][r] == pytest.approx(loss, rel=1e-6, abs=1e-9)
-    assert all(len(g["losses"]) == 2 for g in one.groups.values())
+        for r, loss in one.groups[gid].losses.items():
+            assert two.groups[gid].losses[r] == pytest.approx(loss, rel=1e-6, abs=1e-9)
+    assert all(len(g.losses) == 2 for g in one.groups.values())
     # losses grow with the ratio for this model: removing more channels hurts at least as much
-    assert sum(g["losses"][0.5] >= g["losses"][0.25] for g in one.groups.values()) >= len(one.groups) - 1
+    assert sum(g.losses[0.5] >= g.losses[0.25] for g in one.groups.values()) >= len(one.groups) - 1
 
 
 class Interrupt(Exception):
@@ -95,7 +95,7 @@ def test_interrupted_analysis_resumes_without_losing_results(exported, tmp_path:
     with pytest.raises(Interrupt):
         analyse(model, feeds, metric=fragile_mse, ratios=[0.3, 0.6], out=path)
     saved = Sensitivity.read(path)
-    assert sum(len(g["losses"]) for g in saved.groups.values()) == 4
+    assert sum(len(g.losses) for g in saved.groups.values()) == 4
 
     def steady_mse(ref, out, labels):
         calls["n"] += 1
@@ -107,8 +107,8 @@ def test_interrupted_analysis_resumes_without_losing_results(exported, tmp_path:
     assert calls["n"] == 2 * len(model.groups) - 4  # only the missing candidates ran
     fresh = analyse(onnxprune.load(exported["vgg-dynamo"]), feeds, metric="mse", ratios=[0.3, 0.6], out=tmp_path / "f.json")
     for gid in fresh.groups:
-        for r, loss in fresh.groups[gid]["losses"].items():
-            assert resumed.groups[gid]["losses"][r] == pytest.approx(loss, rel=1e-6)
+        for r, loss in fresh.groups[gid].losses.items():
+            assert resumed.groups[gid].losses[r] == pytest.approx(loss, rel=1e-6)
 
 
 def test_ray_backend_gives_the_same_results(exported, tmp_path: Path):
@@ -120,7 +120,7 @@ def test_ray_backend_gives_the_same_results(exported, tmp_path: Path):
                      out=tmp_path / "r.json")
     assert not ray.is_initialized()
     for gid in local.groups:
-        assert remote.groups[gid]["losses"][0.5] == pytest.approx(local.groups[gid]["losses"][0.5], rel=1e-6)
+        assert remote.groups[gid].losses[0.5] == pytest.approx(local.groups[gid].losses[0.5], rel=1e-6)
 
 
 def test_digits_sensitivity_allocation_beats_uniform_and_meets_the_target(tmp_path: Path):
@@ -136,9 +136,9 @@ def test_digits_sensitivity_allocation_beats_uniform_and_meets_the_target(tmp_pa
     for target in (0.5, 0.7):
         by_sens = model.apply(model.plan(target_macs=target, sensitivity=sens))
         uniform = model.apply(model.plan(target_macs=target))
-        achieved = by_sens.after["macs"] / by_sens.before["macs"]
+        achieved = by_sens.after.macs / by_sens.before.macs
         assert abs(achieved - target) <= 0.01 * target
-        assert abs(uniform.after["macs"] / uniform.before["macs"] - achieved) <= 0.02
+        assert abs(uniform.after.macs / uniform.before.macs - achieved) <= 0.02
         assert accuracy(by_sens) >= accuracy(uniform)
     within = model.plan(max_loss=0.02, sensitivity=sens)
     chosen = within.options["sensitivity_ratios"]

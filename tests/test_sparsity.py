@@ -112,8 +112,8 @@ def test_han_threshold_matches_a_hand_computation():
     assert magnitude_masks({"w": weight}, quality=0.0)["w"].all()
 
 
-def test_global_threshold_ranks_all_layers_together():
-    result = onnxprune.sparsify(MODELS / "digits_cnn.onnx", sparsity=0.8, global_threshold=True)
+def test_global_ranking_ranks_all_layers_together():
+    result = onnxprune.sparsify(MODELS / "digits_cnn.onnx", sparsity=0.8, global_ranking=True)
     assert abs(result.totals["sparsity"] - 0.8) <= 0.005
     spread = [l.sparsity for l in result.layers]
     assert max(spread) - min(spread) > 0.2  # layers of small weights lose more

@@ -18,10 +18,8 @@ from ..data import synthetic_inputs
 from ..errors import InputError, OnnxPruneError
 from ..graph import ModelIndex
 from ..load import load_model
+from ..ops.quantized import is_quantized
 from ..runtime import make_session
-
-
-QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger")
 
 
 @dataclass
@@ -93,7 +91,7 @@ def _ncnn_nets(models: dict[str, onnx.ModelProto], workdir: Path, threads: int) 
 
     nets: dict[str, dict[str, object]] = {"ncnn fp32": {}, "ncnn fp16": {}}
     for k, (name, model) in enumerate(models.items()):
-        if any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
+        if is_quantized(model):
             nets["ncnn fp32"][name] = nets["ncnn fp16"][name] = "quantized ONNX (ncnn int8: ncnn2table + ncnn2int8 on the float model)"
             continue
         folder = workdir / str(k)

@@ -20,11 +20,11 @@ import onnx
 from ..data import load_calibration
 from ..errors import InputError
 from ..graph import ModelIndex
+from ..ops import NodeContext
 from ..load import load_model
 from ..runtime import batches, make_session
 from ..save import save_model
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 FORMATS = ("qdq", "qoperator")
 CALIBRATION_BATCH = 32
 
@@ -72,7 +72,8 @@ def name_nodes(model: onnx.ModelProto) -> None:
 
 def resolve_keep_float(model: onnx.ModelProto, spec: list[str], source: Path) -> list[str]:
     """'first' / 'last' (the first / last Conv, Gemm or MatMul) and node names -> node names."""
-    weighted = [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS]
+    index = ModelIndex.build(model)
+    weighted = [n.name for i, n in enumerate(model.graph.node) if (ctx := NodeContext(index, i)).rule.weights(ctx)]
     names = {n.name for n in model.graph.node}
     resolved = []
     for item in spec:

@@ -4,21 +4,33 @@ A *dim* is one axis of one tensor.  Activations have one dim per axis; a constan
 Constant node output) has one dim per axis *per use*, so a constant shared by unrelated layers (the
 legacy PyTorch exporter deduplicates identical initializers) never couples them.
 
-An op rule looks at one node and says which of the dims it touches are coupled (must be pruned
-together, element by element, through an index mapping) and which it leaves fixed.  Every dim a
-node touches but does not mention is *pinned* by that node: a group containing it is not prunable.
-That default is what keeps onnxprune from ever writing a wrong model for an op it does not know.
+An op rule is the one place that knows an op.  For one node it says:
+- `couple`: each dim the node touches is exactly one of *coupled* (pruned together with other dims,
+  element by element, through an index mapping), *free* (the node does not care about its size:
+  a broadcast axis of size 1, a kernel axis) or *pinned* (a group containing it is not prunable),
+  with a reason.  A dim the rule does not mention is pinned with the generic reason "does not map
+  axis k": that default is what keeps onnxprune from ever writing a wrong model for an op it does
+  not know.
+- `zero`: how exactly-zero channels propagate (dead-channel detection);
+- `fold` / `shape_entries` / `refine_shape`: what the node computes when its inputs are constants
+  or shape vectors (one evaluator, onnxprune.ops.values, asks these);
+- `weights` and `macs`: its weight slots and its cost at given shapes (cost, sparsity, quantize and
+  the hand-back ask these);
+- `rewrite`: how to fix attributes and shape constants after slicing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from enum import Enum
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import onnx
 
-from ..graph import ModelIndex, Size
+if TYPE_CHECKING:
+    from ..graph import ModelIndex, Size
+    from .values import Entry
 
 
 class Dim(NamedTuple):
@@ -37,11 +49,34 @@ class Dim(NamedTuple):
         return f"{self.tensor}[axis {self.axis}]"
 
 
-# Roles of constant dims: which weights produce a channel, consume it, or scale it.
-OUT = "out"      # producing weight (Conv filter rows, Gemm output rows): used for importance
-IN = "in"        # consuming weight (Conv input slices, Gemm input columns)
-PARAM = "param"  # per-channel parameter (bias, BN statistics, PRelu slope, layer scale)
-BN_SCALE = "bn_scale"  # BatchNormalization gamma: used by the `bn` criterion
+class Role(str, Enum):
+    """What a constant dim is to the channels of its group.  A str Enum, so plans keep the plain
+    strings "out", "in", "param", "bn_scale"."""
+
+    OUT = "out"            # producing weight (Conv filter rows, Gemm output rows): used for importance
+    IN = "in"              # consuming weight (Conv input slices, Gemm input columns)
+    PARAM = "param"        # per-channel parameter (bias, BN statistics, PRelu slope, layer scale)
+    BN_SCALE = "bn_scale"  # BatchNormalization gamma: used by the `bn` criterion
+
+    @property
+    def is_weight(self) -> bool:
+        """Produces or consumes channels (a layer with weights, not a per-channel parameter)."""
+        return self in (Role.OUT, Role.IN)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+OUT, IN, PARAM, BN_SCALE = Role.OUT, Role.IN, Role.PARAM, Role.BN_SCALE
+
+
+@dataclass(frozen=True)
+class WeightSlot:
+    """A node input that holds a layer's weight (what sparsity, quantization and the hand-back
+    treat as the layer's parameters).  `depthwise`: one filter per input channel."""
+
+    slot: int
+    depthwise: bool = False
 
 
 @dataclass
@@ -63,25 +98,40 @@ class Edge:
 
 @dataclass
 class Coupling:
-    """What one node says about the dims it touches."""
+    """What one node says about the dims it touches: each is coupled (`link`, `choose`), free
+    (`free`) or pinned with a reason (`pin`); a dim it does not mention is pinned."""
 
     edges: list[Edge] = field(default_factory=list)
-    fixed: set[Dim] = field(default_factory=set)
-    roles: dict[Dim, str] = field(default_factory=dict)
+    free_dims: set[Dim] = field(default_factory=set)
+    roles: dict[Dim, Role] = field(default_factory=dict)
     choices: list[list[Edge]] = field(default_factory=list)
     """Alternatives of which at most one edge may be used (a Reshape merging several axes can follow
     only one of them); the graph builder keeps the one whose axis is prunable."""
-    reasons: dict[Dim, str] = field(default_factory=dict)
-    """Why a dim is left pinned, when the rule knows better than 'not understood'."""
+    pinned: dict[Dim, str] = field(default_factory=dict)
+    """Dims this node pins, with the reason."""
 
     def link(self, a: Dim, b: Dim, a_idx: np.ndarray | None = None, b_idx: np.ndarray | None = None) -> None:
+        """`a` and `b` hold the same channels (element a_idx[k] of a is b_idx[k] of b)."""
         self.edges.append(Edge(a, b, a_idx, b_idx))
 
-    def role(self, dim: Dim, role: str) -> None:
+    def choose(self, edges: list[Edge]) -> None:
+        """At most one of `edges` may hold (see `choices`)."""
+        self.choices.append(edges)
+
+    def free(self, *dims: Dim) -> None:
+        """This node does not care about these dims' sizes: pruning them changes nothing here."""
+        self.free_dims.update(dims)
+
+    def pin(self, dim: Dim, reason: str) -> None:
+        """This node cannot follow pruning of `dim`; `reason` is what `inspect` shows."""
+        self.pinned[dim] = reason
+
+    def role(self, dim: Dim, role: Role) -> None:
         self.roles[dim] = role
 
     def mentioned(self) -> set[Dim]:
-        dims = set(self.fixed)
+        """Dims that are coupled or free (pinned ones are not: they keep their pin)."""
+        dims = set(self.free_dims)
         for edge in self.edges:
             dims.add(edge.a)
             dims.add(edge.b)
@@ -89,20 +139,35 @@ class Coupling:
 
 
 class NodeContext:
-    """The view of one node that rules use: inputs, outputs, constants, shapes, attributes."""
+    """The view of one node that rules use: inputs, outputs, constants, shapes, attributes.
 
-    def __init__(self, index: ModelIndex, node_index: int):
+    `sizes` overrides the size of some dims (cost's dry run of surgery asks `macs` at the pruned
+    sizes through it); shapes of other dims are the index's."""
+
+    def __init__(self, index: ModelIndex, node_index: int, sizes: Mapping[Dim, int] | None = None):
         self.index = index
         self.i = node_index
         self.node: onnx.NodeProto = index.model.graph.node[node_index]
         self.attrs = {a.name: onnx.helper.get_attribute_value(a) for a in self.node.attribute}
+        self.sizes = sizes or {}
 
     @property
     def label(self) -> str:
         return self.index.node_label(self.i)
 
+    @property
+    def opset(self) -> int:
+        return self.index.opset
+
+    @property
+    def rule(self) -> "OpRule":
+        from .registry import rule_for
+
+        return rule_for(self.node, self.index.opset)
+
     def attr(self, name: str, default=None):
-        return self.attrs.get(name, default)
+        value = self.attrs.get(name, default)
+        return value.decode() if isinstance(value, bytes) else value
 
     def input(self, slot: int) -> str:
         inputs = self.node.input
@@ -116,21 +181,32 @@ class NodeContext:
     def n_inputs(self) -> int:
         return len(self.node.input)
 
+    def _sized(self, shape: tuple[Size, ...] | None, dim_of) -> tuple[Size, ...] | None:
+        if shape is None or not self.sizes:
+            return shape
+        return tuple(self.sizes.get(dim_of(a), s) for a, s in enumerate(shape))
+
     def in_shape(self, slot: int) -> tuple[Size, ...] | None:
         name = self.input(slot)
-        return self.index.shape(name) if name else None
+        return self._sized(self.index.shape(name), lambda a: self.in_dim(slot, a)) if name else None
 
     def out_shape(self, slot: int = 0) -> tuple[Size, ...] | None:
         name = self.output(slot)
-        return self.index.shape(name) if name else None
+        return self._sized(self.index.shape(name), lambda a: Dim(name, a)) if name else None
 
     def in_rank(self, slot: int) -> int | None:
         shape = self.in_shape(slot)
         return None if shape is None else len(shape)
 
     def const(self, slot: int) -> np.ndarray | None:
+        """The value of input `slot` when it is known before run time (folded if computed)."""
         name = self.input(slot)
         return self.index.const(name) if name else None
+
+    def entries(self, slot: int) -> "list[Entry] | None":
+        """Input `slot` as a symbolic shape vector (see onnxprune.ops.values)."""
+        name = self.input(slot)
+        return self.index.values.entries(name) if name else None
 
     def is_const(self, slot: int) -> bool:
         name = self.input(slot)
@@ -168,11 +244,23 @@ class ZeroView:
 
 
 class OpRule:
-    """Base rule: understands nothing, so everything the node touches is pinned."""
+    """Base rule: understands nothing, so everything the node touches is pinned, it folds nothing,
+    has no weights and costs nothing."""
 
     zero_mode = "never"
     """How the dead-channel analysis combines inputs: 'all' (Add: every input zero), 'any' (Mul),
     'first' (f(0)=0 for the first input: Relu, pooling, Div), 'cover' (Concat), 'never'."""
+
+    preserves_elements = False
+    """The output holds exactly the input's elements, moved (Transpose, Reshape, Cast...): a weight
+    reached through it is still that weight (sparsity follows weights through such ops)."""
+
+    quantized = False
+    """A quantization op: the model is quantized."""
+
+    constant_source = False
+    """The node has no inputs and its output is a constant (Constant): its value comes from `fold`,
+    and like an initializer it has one dim per axis per use."""
 
     def couple(self, ctx: NodeContext) -> Coupling:
         return Coupling()
@@ -195,8 +283,69 @@ class OpRule:
             return np.logical_and.reduce(values)
         return np.logical_or.reduce(values)  # "any"
 
+    # --- values: what the node computes from constant inputs ----------------------------------
+    def fold_inputs(self, ctx: NodeContext) -> Sequence[int] | None:
+        """The input slots whose values `fold` needs; None: the node is never folded."""
+        return None
+
+    def fold(self, ctx: NodeContext, inputs: Sequence[np.ndarray | None]) -> list[np.ndarray] | None:
+        """The node's outputs when they are known before run time (`inputs[k]` is input k's value,
+        None when not constant), or None.  Default: not foldable."""
+        return None
+
+    def shape_entries(self, ctx: NodeContext, inputs: "Sequence[list[Entry] | None]") -> "list[Entry] | None":
+        """Output 0 as a symbolic shape vector, from the inputs' (see onnxprune.ops.values), or None
+        when the node does not pass shape values through."""
+        return None
+
+    def passes_shape_value(self, ctx: NodeContext, slot: int) -> bool:
+        """A shape value at input `slot` flows on to output 0 (`shape_entries` follows it)."""
+        return False
+
+    def shape_sink(self, ctx: NodeContext, slot: int) -> bool:
+        """Input `slot` is a target shape whose entries this rule couples to its output's axes
+        (Reshape, Expand, Resize sizes): a shape value may flow into it."""
+        return False
+
+    def reads_elements(self, ctx: NodeContext, slot: int) -> bool:
+        """The node reads the values of input `slot`, not only its shape (Shape reads only sizes)."""
+        return True
+
+    def sizes_read(self, ctx: NodeContext, slot: int) -> range | None:
+        """Axes of input `slot` whose sizes the node reads when it reads no elements; None: all."""
+        return None
+
+    def refine_shape(self, ctx: NodeContext) -> tuple[Size, ...] | None:
+        """Output 0's shape where onnx's shape inference left sizes unknown that this rule can work
+        out (a Reshape whose target is a symbolic shape vector), or None."""
+        return None
+
+    # --- weights and cost ------------------------------------------------------------------------
+    def weights(self, ctx: NodeContext) -> list[WeightSlot]:
+        """The inputs that are this layer's weights (Conv filters, Gemm/MatMul matrices)."""
+        return []
+
+    def macs(self, ctx: NodeContext) -> int:
+        """Multiply-accumulates of one run of the node at the shapes `ctx` gives (unknown sizes
+        count as 1).  Default 0: elementwise work is not counted."""
+        return 0
+
+    def output_channels(self, ctx: NodeContext) -> int | None:
+        """The layer's width as summaries show it (Conv output channels, Gemm output features)."""
+        return None
+
     def rewrite(self, ctx: "RewriteContext") -> None:
         """Update attributes and shape constants after the dims' sizes changed (default: nothing)."""
+
+
+def numel(shape: Sequence[Size] | None) -> int:
+    """Elements of a tensor of `shape`; unknown and symbolic sizes count as 1."""
+    if shape is None:
+        return 0
+    n = 1
+    for d in shape:
+        n *= d if isinstance(d, int) and d > 0 else 1
+    return n
 
 
 class RewriteContext(NodeContext):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import IN, OUT, PARAM, Coupling, NodeContext, OpRule, RewriteContext, ZeroView
+from .base import IN, OUT, PARAM, Coupling, NodeContext, OpRule, RewriteContext, WeightSlot, ZeroView, numel
 from .registry import register
 
 
@@ -40,7 +40,7 @@ class _ConvLike(OpRule):
             # Say which: an unknown input shape (after an op shape inference cannot follow) is
             # not a run-time weight.
             why = "has a weight computed at run time" if weight is None else "has an input or output of unknown shape"
-            c.reasons[ctx.in_dim(0, 1)] = f"{ctx.label} {why}"
+            c.pin(ctx.in_dim(0, 1), f"{ctx.label} {why}")
             return c
         groups = int(ctx.attr("group", 1))
         c.link(ctx.in_dim(0, 0), ctx.out_dim(0, 0))
@@ -59,9 +59,9 @@ class _ConvLike(OpRule):
             full, per_group = (w_out, w_in) if self.out_axis == 0 else (w_in, w_out)
             c.link(full, ctx.out_dim(0, 1) if self.out_axis == 0 else ctx.in_dim(0, 1))
             c.role(full, OUT if self.out_axis == 0 else IN)
-            c.fixed.add(per_group)
+            c.free(per_group)
         for k in range(2, weight.ndim):
-            c.fixed.add(ctx.in_dim(1, k))
+            c.free(ctx.in_dim(1, k))
         if ctx.input(2):
             c.link(ctx.in_dim(2, 0), ctx.out_dim(0, 1))
             c.role(ctx.in_dim(2, 0), PARAM)
@@ -87,6 +87,21 @@ class _ConvLike(OpRule):
             dead &= ctx.const(2) == 0
         return dead
 
+    def weights(self, ctx: NodeContext) -> list[WeightSlot]:
+        return [WeightSlot(1, depthwise=self.is_depthwise(ctx))]
+
+    def is_depthwise(self, ctx: NodeContext) -> bool:
+        """One filter per input channel: group = C > 1 and a single input channel per group."""
+        groups = int(ctx.attr("group", 1))
+        shape = ctx.in_shape(1) or ()
+        if groups <= 1 or len(shape) < 3:
+            return False
+        return shape[1] == 1 if self.out_axis == 0 else shape[0] == groups
+
+    def output_channels(self, ctx: NodeContext) -> int | None:
+        out = ctx.out_shape(0)
+        return out[1] if out is not None and len(out) > 1 else None
+
     def rewrite(self, ctx: RewriteContext) -> None:
         groups = int(ctx.attr("group", 1))
         if groups == 1:
@@ -102,7 +117,17 @@ class _ConvLike(OpRule):
 class ConvRule(_ConvLike):
     out_axis, in_axis = 0, 1
 
+    def macs(self, ctx: NodeContext) -> int:
+        """Each output element reads one filter: [Cin/g, k...]."""
+        out, weight = ctx.out_shape(0), ctx.in_shape(1)
+        return numel(out) * numel(weight[1:]) if out is not None and weight is not None else 0
+
 
 @register("ConvTranspose")
 class ConvTransposeRule(_ConvLike):
     out_axis, in_axis = 1, 0
+
+    def macs(self, ctx: NodeContext) -> int:
+        """Each input element is scattered through [Cout/g, k...] weights."""
+        x, weight = ctx.in_shape(0), ctx.in_shape(1)
+        return numel(x) * numel(weight[1:]) if x is not None and weight is not None else 0

@@ -8,9 +8,11 @@ stays as it is.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from .base import PARAM, Coupling, NodeContext, OpRule, ZeroView
 from .registry import register
+from .values import Entry, Folds
 
 
 def couple_broadcast(ctx: NodeContext, slots: range | list[int], out_slot: int = 0) -> Coupling:
@@ -27,7 +29,7 @@ def couple_broadcast(ctx: NodeContext, slots: range | list[int], out_slot: int =
         for k, size in enumerate(shape):
             d_in, d_out = ctx.in_dim(slot, k), ctx.out_dim(out_slot, k + shift)
             if size == 1 and out[k + shift] != 1:
-                c.fixed.add(d_in)
+                c.free(d_in)
             else:
                 c.link(d_in, d_out)
                 if d_in.is_const:
@@ -40,19 +42,46 @@ class Broadcasting(OpRule):
         return couple_broadcast(ctx, range(ctx.n_inputs))
 
 
-@register("Add", "Sub", "Sum", "Max", "Min", "Mean")
 class SumLike(Broadcasting):
     zero_mode = "all"
 
 
-@register("Mul", "And")
+@register("Add", "Sub")
+class AddSub(SumLike, Folds):
+    """Also shape arithmetic (folded)."""
+
+
+@register("Sum", "Max", "Min", "Mean")
+class Reducing(SumLike):
+    pass
+
+
 class MulLike(Broadcasting):
     zero_mode = "any"
 
 
-@register("Div", "PRelu")
+@register("Mul")
+class MulRule(MulLike, Folds):
+    """Also shape arithmetic (folded)."""
+
+
+@register("And")
+class AndRule(MulLike):
+    pass
+
+
 class FirstOperand(Broadcasting):
     zero_mode = "first"
+
+
+@register("Div")
+class DivRule(FirstOperand, Folds):
+    """Also shape arithmetic (folded)."""
+
+
+@register("PRelu")
+class PReluRule(FirstOperand):
+    pass
 
 
 @register("Where", "Pow", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Or", "Xor")
@@ -75,13 +104,33 @@ class Unary(OpRule):
         return couple_unary(ctx)
 
 
-@register("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "HardSwish", "Tanh", "Softsign", "Neg",
-          "Abs", "Sqrt", "Erf", "Floor", "Ceil", "Round", "Sign", "Identity", "Cast", "Mish",
+@register("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "HardSwish", "Tanh", "Softsign",
+          "Abs", "Sqrt", "Erf", "Floor", "Ceil", "Round", "Sign", "Mish",
           "ThresholdedRelu", "Sin", "Atan", "Asin", "Sinh", "Tan")
 class ZeroPreserving(Unary):
     """f(0) = 0: a dead input channel stays dead."""
 
     zero_mode = "first"
+
+
+@register("Neg")
+class NegRule(ZeroPreserving, Folds):
+    """Also shape arithmetic (folded)."""
+
+
+@register("Identity", "Cast")
+class ValueCopy(ZeroPreserving, Folds):
+    """The input's elements (converted): weights seen through it are still those weights, and a
+    shape vector passes through."""
+
+    preserves_elements = True
+
+    def passes_shape_value(self, ctx: NodeContext, slot: int) -> bool:
+        return slot == 0
+
+    def shape_entries(self, ctx: NodeContext, inputs) -> list[Entry] | None:
+        shape = ctx.out_shape(0)
+        return inputs[0] if inputs and (shape is None or len(shape) <= 1) else None
 
 
 @register("Sigmoid", "HardSigmoid", "Softplus", "Exp", "Log", "Reciprocal", "Not", "Cos", "Acos", "Cosh")
@@ -119,5 +168,14 @@ class CastLikeRule(Unary):
 
     def couple(self, ctx: NodeContext) -> Coupling:
         c = couple_unary(ctx)
-        c.fixed.update(ctx.in_dims(1))
+        c.free(*ctx.in_dims(1))
         return c
+
+    def fold_inputs(self, ctx: NodeContext):
+        return (0,)  # only the dtype of the second input matters
+
+    def fold(self, ctx: NodeContext, inputs) -> list[np.ndarray] | None:
+        target = ctx.index.elem_types.get(ctx.input(1))
+        if inputs[0] is None or not target:
+            return None
+        return [inputs[0].astype(onnx.helper.tensor_dtype_to_np_dtype(target))]

@@ -1,5 +1,7 @@
-"""Ops that move channels around without computing: Concat, Split, Slice, Transpose,
-Squeeze/Unsqueeze, Flatten, Reshape, Expand, and Shape (which reads sizes)."""
+"""Ops that move channels around without computing: Concat, Split, Slice, Gather, Transpose,
+Squeeze/Unsqueeze, Flatten, Reshape, Expand, and the shape ops (Shape, which reads sizes;
+Constant, ConstantOfShape, Range, which make values).  They are also the ops shape vectors flow
+through, so their rules say how (`shape_entries`)."""
 
 from __future__ import annotations
 
@@ -7,19 +9,32 @@ import math
 
 import numpy as np
 
-from .base import Coupling, Dim, Edge, NodeContext, OpRule, RewriteContext
+from .base import OUT, Coupling, Dim, Edge, NodeContext, OpRule, RewriteContext
 from .registry import register
-from .shapecalc import ConstEntry, DimEntry, eval_shape_tensor, rewrite_const_entries, shape_value_escapes
-
-INT64_MAX = np.iinfo(np.int64).max
+from .values import ConstEntry, DimEntry, Entry, Folds, refine_from_target, rewrite_const_entries
 
 
 class Mover(OpRule):
+    """Moves elements: a zero input element stays a zero output element."""
+
     zero_mode = "first"
+
+
+class PassesShape(Mover, Folds):
+    """A 0-D/1-D shape vector at input 0 comes out unchanged (Cast, Identity, Squeeze, ...)."""
+
+    def passes_shape_value(self, ctx: NodeContext, slot: int) -> bool:
+        return slot == 0
+
+    def shape_entries(self, ctx: NodeContext, inputs) -> list[Entry] | None:
+        shape = ctx.out_shape(0)
+        return inputs[0] if inputs and (shape is None or len(shape) <= 1) else None
 
 
 @register("Transpose")
 class TransposeRule(Mover):
+    preserves_elements = True
+
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()
         rank = ctx.in_rank(0)
@@ -32,8 +47,14 @@ class TransposeRule(Mover):
 
 
 @register("Concat")
-class ConcatRule(OpRule):
+class ConcatRule(Folds):
     zero_mode = "cover"
+
+    def passes_shape_value(self, ctx: NodeContext, slot: int) -> bool:
+        return True
+
+    def shape_entries(self, ctx: NodeContext, inputs) -> list[Entry] | None:
+        return None if any(p is None for p in inputs) else [e for p in inputs for e in p]
 
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()
@@ -127,12 +148,22 @@ def _slice_spec(ctx: NodeContext) -> list[tuple[int, int, int, int]] | None:
 
 
 @register("Slice")
-class SliceRule(Mover):
+class SliceRule(Mover, Folds):
+    def passes_shape_value(self, ctx: NodeContext, slot: int) -> bool:
+        return slot == 0
+
+    def shape_entries(self, ctx: NodeContext, inputs) -> list[Entry] | None:
+        spec = _slice_spec(ctx) if inputs and inputs[0] is not None else None
+        if spec is None or len(spec) != 1 or spec[0][0] != 0 or spec[0][3] == 0:
+            return None
+        _, start, end, step = spec[0]
+        return inputs[0][slice(start, end, step)]
+
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()
         spec = _slice_spec(ctx)
         if spec is None:
-            c.reasons[ctx.in_dim(0, 1)] = f"{ctx.label} has bounds computed at run time"
+            c.pin(ctx.in_dim(0, 1), f"{ctx.label} has bounds computed at run time")
             return c
         sliced = {axis: (start, end, step) for axis, start, end, step in spec}
         for k in range(ctx.in_rank(0)):
@@ -142,7 +173,7 @@ class SliceRule(Mover):
             start, end, step = sliced[k]
             size = ctx.in_shape(0)[k]
             if step != 1 or not isinstance(size, int):
-                c.reasons[ctx.in_dim(0, k)] = f"{ctx.label} slices with step {step}"
+                c.pin(ctx.in_dim(0, k), f"{ctx.label} slices with step {step}")
                 continue
             n = max(end - start, 0)
             c.link(ctx.in_dim(0, k), ctx.out_dim(0, k), start + np.arange(n), np.arange(n))
@@ -192,7 +223,7 @@ def _couple_unit_axes(ctx: NodeContext, rank: int, axes: set[int], squeeze: bool
     for k in range(rank):
         wide = ctx.in_dim(0, k) if squeeze else ctx.out_dim(0, k)
         if k in axes:
-            c.fixed.add(wide)
+            c.free(wide)
             continue
         c.link(wide, ctx.out_dim(0, narrow) if squeeze else ctx.in_dim(0, narrow))
         narrow += 1
@@ -200,7 +231,9 @@ def _couple_unit_axes(ctx: NodeContext, rank: int, axes: set[int], squeeze: bool
 
 
 @register("Squeeze")
-class SqueezeRule(Mover):
+class SqueezeRule(PassesShape):
+    preserves_elements = True
+
     def couple(self, ctx: NodeContext) -> Coupling:
         shape, axes = ctx.in_shape(0), _axes_arg(ctx)
         if shape is None or axes is None:
@@ -210,7 +243,9 @@ class SqueezeRule(Mover):
 
 
 @register("Unsqueeze")
-class UnsqueezeRule(Mover):
+class UnsqueezeRule(PassesShape):
+    preserves_elements = True
+
     def couple(self, ctx: NodeContext) -> Coupling:
         out, axes = ctx.out_shape(0), _axes_arg(ctx)
         if out is None or axes is None:
@@ -272,24 +307,26 @@ def couple_blocks(ctx: NodeContext, blocks, src, dst) -> Coupling:
         if len(ia) == 1 and len(jb) == 1:
             c.link(ctx.in_dim(0, ia[0]), ctx.out_dim(0, jb[0]))
         elif not ia or not jb:
-            c.fixed.update([ctx.in_dim(0, k) for k in ia] + [ctx.out_dim(0, k) for k in jb])
+            c.free(*[ctx.in_dim(0, k) for k in ia] + [ctx.out_dim(0, k) for k in jb])
         elif len(jb) == 1 or len(ia) == 1:
             merged = len(jb) == 1
             whole = ctx.out_dim(0, jb[0]) if merged else ctx.in_dim(0, ia[0])
             parts = [(ctx.in_dim(0, k), src[k]) for k in ia] if merged else [(ctx.out_dim(0, k), dst[k]) for k in jb]
             edges = _factor_edges(whole, math.prod(s for _, s in parts), parts)
-            c.fixed.update(d for d, s in parts if s == 1)
+            c.free(*[d for d, s in parts if s == 1])
             if len(edges) == 1:
                 c.edges.extend(edges)
             elif edges:
-                c.choices.append(edges)
+                c.choose(edges)
         else:
-            c.reasons[ctx.in_dim(0, ia[0])] = f"{ctx.label} regroups several axes into several axes"
+            c.pin(ctx.in_dim(0, ia[0]), f"{ctx.label} regroups several axes into several axes")
     return c
 
 
 @register("Flatten")
 class FlattenRule(Mover):
+    preserves_elements = True
+
     def couple(self, ctx: NodeContext) -> Coupling:
         src = ctx.in_shape(0)
         if src is None:
@@ -335,16 +372,24 @@ def _target_sizes(ctx: NodeContext, src, dst, entries, allow_zero: int) -> tuple
 
 
 @register("Reshape")
-class ReshapeRule(Mover):
+class ReshapeRule(PassesShape):
+    preserves_elements = True
+
+    def shape_sink(self, ctx: NodeContext, slot: int) -> bool:
+        return slot == 1
+
+    def refine_shape(self, ctx: NodeContext):
+        return refine_from_target(ctx, 1)
+
     def couple(self, ctx: NodeContext) -> Coupling:
         src, dst = ctx.in_shape(0), ctx.out_shape(0)
-        entries = eval_shape_tensor(ctx.index, ctx.input(1))
+        entries = ctx.entries(1)
         if dst is None and entries is not None:
             dst = (None,) * len(entries)
         if src is None or dst is None or entries is None or len(entries) != len(dst):
             c = Coupling()
-            c.reasons[ctx.in_dim(0, 1) if src and len(src) > 1 else ctx.in_dim(0, 0)] = (
-                f"{ctx.label} has a target shape onnxprune cannot follow")
+            c.pin(ctx.in_dim(0, 1) if src and len(src) > 1 else ctx.in_dim(0, 0),
+                  f"{ctx.label} has a target shape onnxprune cannot follow")
             return c
         allow_zero = int(ctx.attr("allowzero", 0))
         dst = _target_sizes(ctx, src, dst, entries, allow_zero)
@@ -353,24 +398,40 @@ class ReshapeRule(Mover):
         blocks = reshape_blocks(src, dst)
         if blocks is None:
             c = Coupling()
-            c.reasons[ctx.in_dim(0, 0)] = f"{ctx.label} reshapes axes of unknown size"
+            c.pin(ctx.in_dim(0, 0), f"{ctx.label} reshapes axes of unknown size")
             return c
         c = couple_blocks(ctx, blocks, src, dst)
         _link_dim_entries(ctx, c, entries)
         return c
 
     def rewrite(self, ctx: RewriteContext) -> None:
-        entries = eval_shape_tensor(ctx.index, ctx.input(1))
+        entries = ctx.entries(1)
         if entries is not None:
             rewrite_const_entries(ctx, entries)
 
 
 @register("Expand")
-class ExpandRule(Mover):
+class ExpandRule(Mover, Folds):
+    def passes_shape_value(self, ctx: NodeContext, slot: int) -> bool:
+        return slot == 0
+
+    def shape_sink(self, ctx: NodeContext, slot: int) -> bool:
+        return slot == 1
+
+    def shape_entries(self, ctx: NodeContext, inputs) -> list[Entry] | None:
+        """Broadcasting a 1-element shape vector to [1] keeps its value."""
+        target = ctx.const(1)
+        if not inputs or inputs[0] is None or target is None or target.size > 1 or np.any(target.reshape(-1) != 1):
+            return None
+        return inputs[0]
+
+    def refine_shape(self, ctx: NodeContext):
+        return refine_from_target(ctx, 1)
+
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()
         src, dst = ctx.in_shape(0), ctx.out_shape(0)
-        entries = eval_shape_tensor(ctx.index, ctx.input(1))
+        entries = ctx.entries(1)
         if src is None or dst is None or entries is None or len(dst) != max(len(src), len(entries)):
             return c
         shift = len(dst) - len(src)
@@ -381,14 +442,14 @@ class ExpandRule(Mover):
                 c.link(ctx.in_dim(0, k), ctx.out_dim(0, p))
                 continue
             if k >= 0:
-                c.fixed.add(ctx.in_dim(0, k))
+                c.free(ctx.in_dim(0, k))
             if p - entry_shift >= 0 and isinstance(entries[p - entry_shift], ConstEntry):
-                c.fixed.add(ctx.out_dim(0, p))  # a constant size: rewritten if the axis is pruned
+                c.free(ctx.out_dim(0, p))  # a constant size: rewritten if the axis is pruned
         _link_dim_entries(ctx, c, [None] * entry_shift + list(entries))
         return c
 
     def rewrite(self, ctx: RewriteContext) -> None:
-        entries = eval_shape_tensor(ctx.index, ctx.input(1))
+        entries = ctx.entries(1)
         if entries is None:
             return
         src = ctx.in_shape(0)
@@ -403,26 +464,114 @@ class ExpandRule(Mover):
         rewrite_const_entries(ctx, padded, follows_input)
 
 
+def _shape_range(ctx: NodeContext, rank: int) -> range:
+    """The axes a Shape node reads: [start, end) with negative bounds counted from the end."""
+    return range(rank)[slice(ctx.attr("start", 0), ctx.attr("end", rank))]
+
+
 @register("Shape")
 class ShapeRule(OpRule):
-    """Reading a shape is fine when the value only feeds Reshape/Expand targets (they couple the
-    axes they read); anywhere else a pruned channel count would silently change a computation."""
+    """Reading a shape is fine when the value only feeds target shapes whose entries a rule couples
+    (Reshape, Expand); anywhere else a pruned channel count would silently change a computation."""
 
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()
         rank = ctx.in_rank(0)
         if rank is None:
             return c
-        escape = shape_value_escapes(ctx.index, ctx.output(0))
-        read = range(rank)[slice(ctx.attr("start", 0), ctx.attr("end", rank))]
+        escape = ctx.index.values.escapes(ctx.output(0))
+        read = _shape_range(ctx, rank)
         for k in range(rank):
             if escape is None or k not in read:
-                c.fixed.add(ctx.in_dim(0, k))
+                c.free(ctx.in_dim(0, k))
             else:
-                c.reasons[ctx.in_dim(0, k)] = f"{ctx.label} reads this size and it flows into {escape}"
+                c.pin(ctx.in_dim(0, k), f"{ctx.label} reads this size and it flows into {escape}")
         return c
+
+    def reads_elements(self, ctx: NodeContext, slot: int) -> bool:
+        return False
+
+    def fold_inputs(self, ctx: NodeContext):
+        return ()
+
+    def sizes_read(self, ctx: NodeContext, slot: int) -> range | None:
+        rank = ctx.in_rank(0)
+        return None if rank is None else _shape_range(ctx, rank)
+
+    def fold(self, ctx: NodeContext, inputs) -> list[np.ndarray] | None:
+        shape = ctx.in_shape(0)
+        if shape is None or not all(isinstance(s, int) for s in shape):
+            return None
+        return [np.array([shape[k] for k in _shape_range(ctx, len(shape))], dtype=np.int64)]
+
+    def shape_entries(self, ctx: NodeContext, inputs) -> list[Entry] | None:
+        rank = ctx.in_rank(0)
+        if rank is None:
+            return None
+        return [DimEntry(ctx.input(0), a, ctx.i) for a in _shape_range(ctx, rank)]
 
 
 @register("Constant")
 class ConstantRule(OpRule):
-    """No inputs; consumers see its value as a constant."""
+    """No inputs; consumers see its value as a constant (one dim per axis per use)."""
+
+    constant_source = True
+
+    def fold_inputs(self, ctx: NodeContext):
+        return ()
+
+    def fold(self, ctx: NodeContext, inputs) -> list[np.ndarray] | None:
+        from onnx import numpy_helper
+
+        attr = ctx.node.attribute[0] if len(ctx.node.attribute) == 1 else None
+        if attr is None:
+            return None
+        if attr.name == "value":
+            return [numpy_helper.to_array(attr.t)]
+        if attr.name in ("value_float", "value_floats"):
+            return [np.array(ctx.attr(attr.name), dtype=np.float32)]
+        if attr.name in ("value_int", "value_ints"):
+            return [np.array(ctx.attr(attr.name), dtype=np.int64)]
+        return None
+
+
+@register("Range", "ConstantOfShape")
+class ValueMaker(Folds):
+    """Make a tensor from scalars or a shape: folded when constant, otherwise pinned."""
+
+
+@register("Gather")
+class GatherRule(Mover, Folds):
+    """Gather(data, indices, axis): the axes of `data` other than `axis` pass through; the indices'
+    axes take its place.  The gathered axis is pinned (which elements are read depends on the
+    indices' values).  An embedding lookup (a constant table gathered by token ids) produces the
+    table's other axis as channels, so the table's columns are the producing weight."""
+
+    def passes_shape_value(self, ctx: NodeContext, slot: int) -> bool:
+        return slot == 0
+
+    def shape_entries(self, ctx: NodeContext, inputs) -> list[Entry] | None:
+        where = ctx.const(1)
+        if not inputs or inputs[0] is None or where is None:
+            return None
+        try:
+            return [inputs[0][int(i)] for i in where.reshape(-1)]
+        except IndexError:
+            return None
+
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        data, indices, out = ctx.in_shape(0), ctx.in_shape(1), ctx.out_shape(0)
+        if data is None or indices is None or out is None or len(out) != len(data) + len(indices) - 1:
+            return c
+        axis = int(ctx.attr("axis", 0)) % len(data)
+        for k in range(len(data)):
+            if k == axis:
+                c.pin(ctx.in_dim(0, k), f"{ctx.label} gathers along this axis")
+                continue
+            c.link(ctx.in_dim(0, k), ctx.out_dim(0, k if k < axis else k + len(indices) - 1))
+            if ctx.is_const(0) and not ctx.is_const(1):
+                c.role(ctx.in_dim(0, k), OUT)
+        for k in range(len(indices)):
+            c.link(ctx.in_dim(1, k), ctx.out_dim(0, axis + k))
+        return c

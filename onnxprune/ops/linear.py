@@ -8,13 +8,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import IN, OUT, PARAM, Coupling, NodeContext, OpRule, ZeroView
+from .base import IN, OUT, PARAM, Coupling, NodeContext, OpRule, WeightSlot, ZeroView, numel
 from .conv import _weight_zero
 from .registry import register
 
 
+class _Dense(OpRule):
+    """A dense layer: a constant matrix in slot 1 (or, for sparsity, slot 0)."""
+
+    def weights(self, ctx: NodeContext) -> list[WeightSlot]:
+        return [WeightSlot(0), WeightSlot(1)]
+
+    def output_channels(self, ctx: NodeContext) -> int | None:
+        out = ctx.out_shape(0)
+        return out[-1] if out and ctx.is_const(1) else None
+
+
 @register("Gemm")
-class GemmRule(OpRule):
+class GemmRule(_Dense):
+    def macs(self, ctx: NodeContext) -> int:
+        """M x N outputs, each a dot product of length K."""
+        out, weight = ctx.out_shape(0), ctx.in_shape(1)
+        if out is None or weight is None or len(weight) != 2:
+            return 0
+        k = weight[1] if int(ctx.attr("transB", 0)) else weight[0]
+        return numel(out) * numel([k])
+
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()
         if not ctx.is_const(1) or ctx.is_const(0):
@@ -31,14 +50,14 @@ class GemmRule(OpRule):
             bias_shape = ctx.in_shape(2) or ()
             if len(bias_shape) == 2:
                 if bias_shape[0] == 1:
-                    c.fixed.add(ctx.in_dim(2, 0))
+                    c.free(ctx.in_dim(2, 0))
                 else:
                     c.link(ctx.in_dim(2, 0), ctx.out_dim(0, 0))
             if bias_shape and bias_shape[-1] != 1:
                 c.link(ctx.in_dim(2, len(bias_shape) - 1), ctx.out_dim(0, 1))
                 c.role(ctx.in_dim(2, len(bias_shape) - 1), PARAM)
             elif bias_shape:
-                c.fixed.add(ctx.in_dim(2, len(bias_shape) - 1))
+                c.free(ctx.in_dim(2, len(bias_shape) - 1))
         return c
 
     def zero(self, ctx: NodeContext, views: dict[int, ZeroView], n: int) -> np.ndarray:
@@ -53,7 +72,14 @@ class GemmRule(OpRule):
 
 
 @register("MatMul")
-class MatMulRule(OpRule):
+class MatMulRule(_Dense):
+    def macs(self, ctx: NodeContext) -> int:
+        """Every output element is a dot product over the contracted axis (A's last)."""
+        out, a = ctx.out_shape(0), ctx.in_shape(0)
+        if out is None or not a:
+            return 0
+        return numel(out) * numel(a[-1:])
+
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()
         weight = ctx.const(1)

@@ -71,9 +71,9 @@ class LayerNormRule(OpRule):
             c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
         why = f"{ctx.label} normalises over this axis (removing a channel changes mean and variance)"
         for k in range(axis, rank):
-            c.reasons[ctx.in_dim(0, k)] = why
-            c.reasons[ctx.out_dim(0, k)] = why
+            c.pin(ctx.in_dim(0, k), why)
+            c.pin(ctx.out_dim(0, k), why)
         for slot in (1, 2):
             for dim in ctx.in_dims(slot) if ctx.input(slot) else []:
-                c.reasons[dim] = why
+                c.pin(dim, why)
         return c

@@ -6,7 +6,7 @@ import numpy as np
 
 from .base import Coupling, NodeContext, OpRule, RewriteContext, ZeroView
 from .registry import register
-from .shapecalc import DimEntry, eval_shape_tensor, rewrite_const_entries
+from .values import DimEntry, rewrite_const_entries
 
 
 def _link_axes(ctx: NodeContext, axes, c: Coupling | None = None) -> Coupling:
@@ -30,15 +30,17 @@ class PoolRule(OpRule):
 
 
 def _resize_targets(ctx: NodeContext) -> tuple[np.ndarray | None, list | None]:
-    """(scales, symbolic sizes) for Resize of any opset and Upsample."""
-    if ctx.node.op_type == "Upsample":
-        scales = ctx.const(1) if ctx.input(1) else np.array(ctx.attr("scales", []), dtype=np.float32)
-        return scales, None
-    if ctx.n_inputs == 2:  # Resize-10: (X, scales)
+    """(scales, symbolic sizes) for Resize of any opset (Resize-10: (X, scales))."""
+    if ctx.n_inputs == 2:
         return ctx.const(1), None
     scales = ctx.const(2) if ctx.input(2) else None
-    sizes = eval_shape_tensor(ctx.index, ctx.input(3)) if ctx.input(3) else None
+    sizes = ctx.entries(3) if ctx.input(3) else None
     return scales, sizes
+
+
+def _upsample_targets(ctx: NodeContext) -> tuple[np.ndarray | None, list | None]:
+    scales = ctx.const(1) if ctx.input(1) else np.array(ctx.attr("scales", []), dtype=np.float32)
+    return scales, None
 
 
 def _keeps_size(entry, tensor: str, axis: int, size) -> bool:
@@ -49,14 +51,18 @@ def _keeps_size(entry, tensor: str, axis: int, size) -> bool:
     return entry.value == size
 
 
-@register("Resize", "Upsample")
+@register("Resize")
 class ResizeRule(OpRule):
     zero_mode = "first"
+    targets = staticmethod(_resize_targets)
+
+    def shape_sink(self, ctx: NodeContext, slot: int) -> bool:
+        return slot == 3
 
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()
         in_shape = ctx.in_shape(0)
-        scales, sizes = _resize_targets(ctx)
+        scales, sizes = self.targets(ctx)
         if in_shape is None:
             return c
         if ctx.attr("axes") is not None:
@@ -75,7 +81,6 @@ class ResizeRule(OpRule):
         """A zero channel resizes to zero, except that tf_crop_and_resize fills points outside the
         input with `extrapolation_value`: when that is not 0 the channel is no longer zero."""
         mode = ctx.attr("coordinate_transformation_mode", "half_pixel")
-        mode = mode.decode() if isinstance(mode, bytes) else mode
         if mode == "tf_crop_and_resize" and float(ctx.attr("extrapolation_value", 0.0)) != 0.0:
             return np.zeros(n, dtype=bool)
         return super().zero(ctx, views, n)
@@ -83,9 +88,17 @@ class ResizeRule(OpRule):
     def rewrite(self, ctx: RewriteContext) -> None:
         """Rewrite a constant size of a pruned axis.  With `axes`, sizes has one entry per listed
         axis (all pinned), so there is nothing to rewrite and positions are not output axes."""
-        _, sizes = _resize_targets(ctx)
+        _, sizes = self.targets(ctx)
         if sizes is not None and ctx.attr("axes") is None:
             rewrite_const_entries(ctx, sizes)
+
+
+@register("Upsample")
+class UpsampleRule(ResizeRule):
+    targets = staticmethod(_upsample_targets)
+
+    def shape_sink(self, ctx: NodeContext, slot: int) -> bool:
+        return False
 
 
 @register("Pad")
@@ -101,8 +114,7 @@ class PadRule(OpRule):
         return _link_axes(ctx, [k for k in range(rank) if pads[k] == 0 and pads[k + rank] == 0], c)
 
     def zero(self, ctx, views, n):
-        mode = ctx.attr("mode", b"constant")
-        mode = mode.decode() if isinstance(mode, bytes) else mode
+        mode = ctx.attr("mode", "constant")
         value = ctx.const(2) if ctx.n_inputs > 2 and ctx.input(2) else np.array(ctx.attr("value", 0.0))
         if mode == "constant" and (value is None or np.any(value != 0)):
             return np.zeros(n, dtype=bool)
@@ -123,7 +135,7 @@ def _reduce_axes(ctx: NodeContext, rank: int) -> list[int] | None:
 
 
 @register("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-          "ReduceSumSquare", "ReduceLogSumExp")
+          "ReduceSumSquare")
 class ReduceRule(OpRule):
     """Axes not reduced pass through; a reduced axis is pinned (a mean over channels changes)."""
 
@@ -139,36 +151,53 @@ class ReduceRule(OpRule):
         out_axis = 0
         for k in range(rank):
             if k in axes:
-                c.reasons[ctx.in_dim(0, k)] = f"{ctx.label} reduces over this axis"
+                c.pin(ctx.in_dim(0, k), f"{ctx.label} reduces over this axis")
                 if keep:
-                    c.fixed.add(ctx.out_dim(0, out_axis))
+                    c.free(ctx.out_dim(0, out_axis))
                     out_axis += 1
                 continue
             c.link(ctx.in_dim(0, k), ctx.out_dim(0, out_axis))
             out_axis += 1
         return c
 
-    def zero(self, ctx, views, n):
-        if ctx.node.op_type == "ReduceLogSumExp":
-            return np.zeros(n, dtype=bool)
-        return super().zero(ctx, views, n)
 
 
-@register("Softmax", "LogSoftmax", "Hardmax")
+@register("ReduceLogSumExp")
+class LogSumExpRule(ReduceRule):
+    """log(sum(exp(0))) is not 0: zeros do not propagate."""
+
+    zero_mode = "never"
+
+
+@register("Softmax", "LogSoftmax", "Hardmax", min_opset=13)
 class SoftmaxRule(OpRule):
-    """Axes outside the normalised ones pass through (before opset 13 all axes from `axis` on mix)."""
+    """Axes other than the normalised one pass through."""
+
+    default_axis = -1
+
+    def mixed_axes(self, axis: int, rank: int) -> set[int]:
+        return {axis}
 
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()
         rank = ctx.in_rank(0)
         if rank is None:
             return c
-        opset = ctx.index.opset
-        axis = int(ctx.attr("axis", -1 if opset >= 13 else 1)) % rank
-        mixed = {axis} if opset >= 13 else set(range(axis, rank))
+        axis = int(ctx.attr("axis", self.default_axis)) % rank
+        mixed = self.mixed_axes(axis, rank)
         for k in range(rank):
             if k in mixed:
-                c.reasons[ctx.in_dim(0, k)] = f"{ctx.label} normalises over this axis"
+                c.pin(ctx.in_dim(0, k), f"{ctx.label} normalises over this axis")
             else:
                 c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
         return c
+
+
+@register("Softmax", "LogSoftmax", "Hardmax", max_opset=12)
+class Softmax12Rule(SoftmaxRule):
+    """Before opset 13 the input is flattened at `axis` (default 1): every axis from it on mixes."""
+
+    default_axis = 1
+
+    def mixed_axes(self, axis: int, rank: int) -> set[int]:
+        return set(range(axis, rank))
