@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import traceback
@@ -159,6 +160,7 @@ def cmd_inspect(args) -> int:
 def cmd_prune(args) -> int:
     check_output_paths(args.model, (args.output, args.plan_out, args.weights_out), args.overwrite)
     pruning = _pruned(args)
+    gc.collect()  # the original's index and its value cache refer to each other: free its weights now
     result = pruning.verify()
     plan = result.plan
     if args.simplify:
@@ -188,6 +190,7 @@ def _simplify(result: "PruneResult", data) -> None:
 def cmd_apply(args) -> int:
     check_output_paths(args.model, (args.output, args.weights_out), args.overwrite)
     pruning = _pruned(args)
+    gc.collect()  # the original's index and its value cache refer to each other: free its weights now
     result = pruning.verify()
     summary = _write_outputs(Path(args.model), result, args, pruning.timings)
     _print_timings(pruning.timings, args)

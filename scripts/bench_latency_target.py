@@ -61,7 +61,7 @@ def table_one(args) -> list[dict]:
                 achieved = measured_fraction(result.model, path, batch, args.threads, args.rounds)
                 rows.append({"model": name, "batch": batch, "target": target, "achieved": achieved,
                              "allocator": plan.options["measured_latency"], "seconds": seconds,
-                             "macs": result.after["macs"] / result.before["macs"]})
+                             "macs": result.after.macs / result.before.macs})
                 print(f"# {name} b{batch} {target}: {achieved:.3f} ({seconds:.0f} s)", file=sys.stderr, flush=True)
     return rows
 
