@@ -22,9 +22,8 @@ allocation works from a latency table measured on this machine, in onnxruntime:
 4. *Refinement.*  The result is built and timed against the original; while it misses the target
    by more than 2%, a line through all (predicted, measured) pairs so far (proportional for the
    first) says what to aim the prediction at, and the allocation runs again (at most
-   `refinements` times).  Single measurements are noisy, so the candidate kept is the one whose
-   *fitted* latency is closest to the target; its measured fraction is recorded in the plan
-   (`options.measured_latency`).
+   `refinements` times).  The candidate whose measurement came closest to the target is kept; its
+   measured fraction is recorded in the plan (`options.measured_latency`).
 
 The table and the calibration are cached (JSON) under `$ONNXPRUNE_CACHE` or
 `~/.cache/onnxprune/latency`, keyed by the model's sha256, the CPU, the onnxruntime version, the
@@ -524,7 +523,6 @@ class LatencyAllocator:
             if abs(measured - target) <= TOLERANCE * target:
                 break
             aim = _next_aim(self.history, target, aim)
-        fit = _fit(self.history)  # each measurement is noisy: judge candidates by the line through all
-        keep, predicted, measured = min(candidates, key=lambda c: abs(fit(c[1]) - target))
+        keep, _, measured = min(candidates, key=lambda c: abs(c[2] - target))
         self.measured = measured
         return keep
