@@ -73,54 +73,29 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, prepack
     return session
 
 
-def weightless_session(model: onnx.ModelProto, lent: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
+def weightless_session(model: onnx.ModelProto) -> ort.InferenceSession:
     """A one-off session (see make_session's `prepack`) on an in-memory model without serialising
     its weights: the graph goes over as a weightless copy, and each large initializer's bytes as
     an array onnxruntime reads in place.  Serialising would cost a copy of every weight in memory
-    and the time to make it, and above 2 GB it would need a temporary file.  (The arrays are
-    copies: protobuf cannot lend its bytes.  For a large model pass what `weights_lent(model)`
-    moved out of the model instead.)"""
+    and the time to make it.  The arrays are copies (protobuf cannot lend its bytes), so this
+    suits models up to FILE_ROUTE_ABOVE; `one_off_session` routes larger ones through a file.
+
+    (Moving the bytes out of the ModelProto instead of copying them does not help: protobuf's
+    arena keeps the memory of a cleared field until the whole message goes, so the weights were
+    then held three times.)"""
     view = weightless_copy(model)
     stubbed = {t.name for t in view.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
     arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in stubbed and t.HasField("raw_data")}
-    arrays.update(lent or {})
     return make_session(view.SerializeToString(), prepack=False, arrays=arrays)
 
 
 @contextmanager
-def weights_lent(model: onnx.ModelProto) -> Iterator[dict[str, np.ndarray]]:
-    """For a model over FILE_ROUTE_ABOVE: while inside, the bytes of its large initializers live
-    in the arrays yielded (for `weightless_session`) instead of in the ModelProto, and go back
-    afterwards, one tensor at a time.  Memory then holds one copy of the weights, not two, for the
-    cost of copying them twice.  Smaller models are left alone (nothing is yielded)."""
+def one_off_session(model: onnx.ModelProto) -> Iterator[ort.InferenceSession]:
+    """A session for one verification run: `weightless_session` up to FILE_ROUTE_ABOVE; above,
+    on a temporary copy with external data (see `model_source`, removed afterwards), which
+    onnxruntime maps from the file instead of holding a second copy of the weights in memory."""
     if weights_size(model) <= FILE_ROUTE_ABOVE:
-        yield {}
+        yield weightless_session(model)
         return
-    lent: dict[str, np.ndarray] = {}
-    tensors = {t.name: t for t in model.graph.initializer}
-    try:
-        for tensor in tensors.values():
-            if math.prod(tensor.dims) > STRIP_ABOVE_ELEMENTS and tensor.HasField("raw_data"):
-                lent[tensor.name] = numpy_helper.to_array(tensor)
-                tensor.ClearField("raw_data")
-        yield lent
-    finally:
-        for name in list(lent):
-            tensors[name].raw_data = lent.pop(name).tobytes()
-
-
-def with_outputs(index: ModelIndex, names: list[str]) -> onnx.ModelProto:
-    """A copy of the model that also returns the intermediate tensors `names`."""
-    model = onnx.ModelProto()
-    model.CopyFrom(index.model)
-    present = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in present:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, index.elem_types.get(name, onnx.TensorProto.FLOAT), None))
-    return model
-
-
-def batches(feeds: dict[str, np.ndarray], batch: int) -> Iterator[dict[str, np.ndarray]]:
-    n = len(next(iter(feeds.values())))
-    for start in range(0, n, batch):
-        yield {k: v[start:start + batch] for k, v in feeds.items()}
+    with model_source(model) as source:
+        yield make_session(source, prepack=False)

@@ -12,7 +12,7 @@ import onnx
 
 from .errors import OnnxPruneError
 from .load import checker_view
-from .runtime import make_session, weightless_session, weights_lent
+from .runtime import make_session, one_off_session
 
 EXACT_TOLERANCE = 1e-5
 
@@ -57,8 +57,8 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, 
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise OnnxPruneError(f"internal error: the pruned model fails onnx.checker ({str(exc).splitlines()[0]}); nothing written") from None
     try:  # one session, reading the pruned weights in place (no serialised copy of them)
-        with weights_lent(pruned) as lent:
-            after = weightless_session(pruned, lent).run(None, feeds)
+        with one_off_session(pruned) as session:
+            after = session.run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - any runtime failure of our output is reported as ours
         raise OnnxPruneError(f"internal error: onnxruntime cannot run the pruned model ({str(exc).splitlines()[0]}); nothing written") from None
     report = VerifyReport()
