@@ -99,3 +99,20 @@ def one_off_session(model: onnx.ModelProto) -> Iterator[ort.InferenceSession]:
         return
     with model_source(model) as source:
         yield make_session(source, prepack=False)
+
+
+def with_outputs(index: ModelIndex, names: list[str]) -> onnx.ModelProto:
+    """A copy of the model that also returns the intermediate tensors `names`."""
+    model = onnx.ModelProto()
+    model.CopyFrom(index.model)
+    present = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in present:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, index.elem_types.get(name, onnx.TensorProto.FLOAT), None))
+    return model
+
+
+def batches(feeds: dict[str, np.ndarray], batch: int) -> Iterator[dict[str, np.ndarray]]:
+    n = len(next(iter(feeds.values())))
+    for start in range(0, n, batch):
+        yield {k: v[start:start + batch] for k, v in feeds.items()}
