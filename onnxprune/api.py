@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from .groups import KeepMasks, Scores
 from . import cost
 from .cost import CostModel, ModelCost
 from .allocation import AllocationOptions, allocate
@@ -28,6 +29,7 @@ from .data import load_calibration, verification_inputs
 from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex, weightless_copy
+from .inputs import ChosenInputs, check_input_shapes, choose_inputs
 from .importance import CRITERIA, NORMALIZATIONS, Criterion, activation_criterion, importance
 from .load import LoadedModel, check_supported, load_model
 from .ops import OUT, PARAM
@@ -93,7 +95,8 @@ class PruneResult:
 def load(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None, mapped: bool = False) -> "PrunableModel":
     """Load an ONNX file (external data only from inside its folder) for analysis and pruning.
     `input_shapes` (input name -> shape) are the sizes the model really runs at: costs (MACs,
-    `target_macs`) are counted there instead of counting dynamic sizes as 1.
+    `target_macs`) are counted there instead of counting dynamic sizes as 1, and verification's
+    random inputs have them (without it those sizes are chosen so that the original runs).
 
     `mapped` memory-maps external data instead of reading it (load.map_external): faster, and the
     original's weights stay file pages.  `model.model` then holds stubs for those initializers,
@@ -103,6 +106,8 @@ def load(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = Non
     with timings.stage(Stage.LOAD):
         model = PrunableModel(load_model(path, mapped=mapped), input_shapes=input_shapes)
     model.timings = timings
+    if input_shapes:
+        check_input_shapes(model.index, input_shapes, model.path)
     return model
 
 
@@ -125,6 +130,7 @@ class PrunableModel:
         self.loaded = loaded
         self.show_progress = show_progress
         self.input_shapes = dict(input_shapes) if input_shapes else None
+        self._checked: tuple[object, ChosenInputs] | None = None
         self.timings = Timings()
         """Time spent per stage so far (`onnxprune prune --timings`)."""
 
@@ -178,10 +184,34 @@ class PrunableModel:
                            "blocked": None if g.prunable else (g.blocked[0] if g.blocked else "a single channel"),
                            "layers": sorted({self.model.graph.node[d.use].name or self.model.graph.node[d.use].output[0] for d in g.const_dims}),
                            "producers": [d.tensor for d in outs]})
+        control_flow = [n.name or n.output[0] for n in self.model.graph.node
+                        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)]
         return {"model": str(self.path), "opset": self.index.opset, "params": params, "macs": macs,
+                "control_flow": control_flow,
                 "prunable_params": sum(l["params"] for l in layers if l["prunable"]) / max(params, 1),
                 "prunable_macs": sum(l["macs"] for l in layers if l["prunable"]) / max(macs, 1),
                 "groups": groups, "layers": layers}
+
+    def check_runs(self, data: str | Path | dict | None = None) -> ChosenInputs:
+        """The inputs verification uses (the first samples of `data`, or inputs chosen so that the
+        original runs, see inputs.choose_inputs) and the original's outputs on them, computed once.
+        Run first, so that a model onnxruntime cannot run on them is refused (bad input, naming
+        what to pass) before any work, and never blamed on the pruning."""
+        from . import verify as verification
+
+        key = data if data is None or isinstance(data, (str, Path)) else id(data)
+        if self._checked is not None and self._checked[0] == key:
+            return self._checked[1]
+        self.index  # noqa: B018 - built outside the verification stage (it belongs to the dependency graph's)
+        runnable = str(self.path) if self.path.is_file() else self.model  # from the file: no serialised copy
+        with self.timings.stage(Stage.VERIFICATION):
+            if data is None:
+                chosen = choose_inputs(self.index, self.input_shapes or {}, self.path, runnable)
+            else:
+                feeds = verification_inputs(self.index, data)
+                chosen = ChosenInputs(feeds, verification.reference_outputs(runnable, feeds, str(self.path)))
+        self._checked = (key, chosen)
+        return chosen
 
     def calibration(self, data: str | Path | dict | None) -> dict[str, np.ndarray] | None:
         if data is None or isinstance(data, dict):
@@ -189,7 +219,7 @@ class PrunableModel:
         return load_calibration(data, self.index)
 
     def importance(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum",
-                   normalize: str = "mean") -> dict[int, np.ndarray]:
+                   normalize: str = "mean") -> Scores:
         """Score per channel for every prunable group (0 exactly for dead channels)."""
         if criterion in ("activation", "apoz"):
             feeds = self.calibration(data)
@@ -217,7 +247,7 @@ class PrunableModel:
     def cost_model(self) -> CostModel:
         return CostModel(self.depgraph, self.cost_index)
 
-    def cost(self, keep: dict[int, np.ndarray]) -> ModelCost:
+    def cost(self, keep: KeepMasks) -> ModelCost:
         """Params and MACs after keeping these channels: a dry run of surgery, nothing written."""
         return self.cost_model.estimate(keep)
 
@@ -290,19 +320,15 @@ class PrunableModel:
         or the file to compute them from), so this object may be dropped before verifying: the
         CLI does, and the original's weights, the pruned model and an onnxruntime session are
         then never in memory together."""
-        from . import verify as verification
-
         keep = resolve(plan, self.depgraph, source)
         with self.timings.stage(Stage.VERIFICATION):
             exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
-            feeds = verification_inputs(self.index, data)
-            # onnxruntime reads the original from its file where there is one (no serialised copy)
-            reference = None if self.path.is_file() else verification.reference_outputs(self.model, feeds)
+            checked = self.check_runs(data)  # the original's outputs, computed before surgery
         before_layers = {c.node: c for c in cost.layer_costs(self.cost_index)}
         with self.timings.stage(Stage.SURGERY):
             pruned = apply_keep(self.depgraph, keep)
-        return Pruning(pruned, plan, weightless_copy(self.model), feeds, exact,
-                       self.cost_model.base, before_layers, self.path, reference, self.loaded.had_external_data,
+        return Pruning(pruned, plan, weightless_copy(self.model), checked.feeds, exact,
+                       self.cost_model.base, before_layers, self.path, checked.outputs, self.loaded.had_external_data,
                        self.input_shapes, self.timings)
 
     def apply(self, plan: Plan, data=None, source: str = "plan") -> PruneResult:

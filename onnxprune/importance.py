@@ -88,7 +88,9 @@ def consumption_points(dg: DepGraph, group: Group) -> list[Dim]:
 
 
 def _feeds_weight(dg: DepGraph, dim: Dim) -> bool:
-    return any(other.is_const and dg.roles.get(other) == IN for other in dg.graph.neighbors(dim))
+    """A neighbour consumes the channels as a weight's input axis (a constant weight, or one a
+    DequantizeLinear computes from integer weights)."""
+    return any(dg.roles.get(other) == IN for other in dg.graph.neighbors(dim))
 
 
 def _producer_rows(dg: DepGraph, group: Group, dtype=np.float64):
@@ -164,7 +166,7 @@ def activation_criterion(dg: DepGraph, feeds: dict[str, np.ndarray], statistic: 
     """A data-driven criterion: the mean |activation| of each channel (or 1 - APoZ, the fraction
     of non-zero activations, Hu et al. 2016) where the channel is consumed, measured with
     onnxruntime on the calibration inputs in one pass for all groups."""
-    from .runtime import batches, make_session, with_outputs
+    from .runtime import batches, make_session, run_chunked, with_outputs
 
     points = {g.id: consumption_points(dg, g) for g in dg.prunable_groups}
     names = sorted({d.tensor for dims in points.values() for d in dims})
@@ -173,7 +175,7 @@ def activation_criterion(dg: DepGraph, feeds: dict[str, np.ndarray], statistic: 
     counts: dict[str, int] = {}
     axes_of = {d.tensor: d.axis for dims in points.values() for d in dims}
     for chunk in batches(feeds, batch):
-        for name, value in zip(names, session.run(names, chunk)):
+        for name, value in zip(names, run_chunked(session, chunk, names)):
             axis = axes_of[name]
             moved = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)
             stat = np.abs(moved).sum(axis=1) if statistic == "mean" else (moved != 0).sum(axis=1)

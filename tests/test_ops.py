@@ -402,6 +402,11 @@ SPECS += [Spec(f"simple_chain_{o}", partial(hb.simple_chain, o), [("c1.w", 0), (
 SPECS += [Spec(f"recurrent_{k}", partial(hb.recurrent, k), [("rnn.W", 1), ("fc1.w", 1)], check=_check_recurrent)
           for k in hb.RECURRENT]
 
+SPECS += [Spec("crnn_reshape", hb.crnn_reshape, [("c1.w", 0)], check=_check_rows([(("c1.w", 0), [("c1.b", 0)])])),
+          Spec("shape_gather_slice", hb.shape_gather_slice, [("c1.w", 0)], check=_check_rows([(("c1.w", 0), [("c2.w", 1)])])),
+          Spec("constant_of_shape", hb.constant_of_shape, [("c1.w", 0)], check=_check_rows([(("c1.w", 0), [("c2.w", 1)])])),
+          Spec("unit_split", hb.unit_split, [], [("c1.w", 0, "no channel can be removed")])]
+
 BY_ID = {s.id: s for s in SPECS}
 assert len(BY_ID) == len(SPECS)
 

@@ -115,26 +115,32 @@ class Values:
         self._entries[name] = result
         return result
 
-    def escapes(self, name: str, depth: int = 0) -> str | None:
+    def escapes(self, name: str, depth: int = 0) -> list["Escape"]:
         """Where the shape value `name` is used for something other than a target shape whose
-        entries a rule couples (through ops that pass shape values on); None if nowhere."""
+        entries a rule couples (following ops that pass shape values on): each such use, with the
+        tensor that reaches it."""
         index = self.index
         if depth > MAX_DEPTH:
-            return "a long chain of shape computations"
-        if name in index.graph_outputs:
-            return "a graph output"
+            return [Escape("a long chain of shape computations", None)]
+        found = [Escape("a graph output", name)] if name in index.graph_outputs else []
         for node_i, slot in index.consumers.get(name, []):
             node = index.model.graph.node[node_i]
             rule, ctx = rule_for(node, index.opset), NodeContext(index, node_i)
             if slot >= 0 and rule.shape_sink(ctx, slot):
                 continue
             if slot >= 0 and rule.passes_shape_value(ctx, slot):
-                escape = self.escapes(node.output[0], depth + 1)
-                if escape:
-                    return escape
+                found += self.escapes(node.output[0], depth + 1)
                 continue
-            return index.node_label(node_i)
-        return None
+            found.append(Escape(index.node_label(node_i), name))
+        return found
+
+
+class Escape(NamedTuple):
+    """A use of a shape value that is not a coupled target shape: `where` names it, `tensor` is the
+    value that reaches it (None when it could not be followed)."""
+
+    where: str
+    tensor: str | None
 
 
 class Folds(OpRule):
