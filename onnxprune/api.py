@@ -202,7 +202,6 @@ class PrunableModel:
         key = data if data is None or isinstance(data, (str, Path)) else id(data)
         if self._checked is not None and self._checked[0] == key:
             return self._checked[1]
-        self.index  # noqa: B018 - built outside the verification stage (it belongs to the dependency graph's)
         runnable = str(self.path) if self.path.is_file() else self.model  # from the file: no serialised copy
         with self.timings.stage(Stage.VERIFICATION):
             if data is None:
