@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from .groups import KeepMasks, Scores
 from . import cost
@@ -37,12 +38,17 @@ from .origin import alias_consumers, group_origins, layer_name
 from .plan import Plan, make_plan, resolve
 from . import quality
 from .quality import Quality
-from .recovery import ReconstructOptions, Recovery
 from .runtime import batches
 from .save import save_model
 from .surgery import apply_keep
-from . import verify as verification  # looked up at call time, so tests can make verification fail
-from .verify import VerifyReport
+from .timings import Stage, Timings
+
+if TYPE_CHECKING:
+    from .recovery import ReconstructOptions, Recovery
+    from .verify import VerifyReport
+
+# onnxprune.verify (and with it onnxruntime) is imported where verification runs, and looked up at
+# call time, so tests can make verification fail.
 
 
 @dataclass
@@ -62,7 +68,7 @@ class LayerChange:
 class PruneResult:
     model: onnx.ModelProto
     plan: Plan
-    report: VerifyReport
+    report: "VerifyReport"
     before: ModelCost
     after: ModelCost
     layers: list[LayerChange] = field(default_factory=list)
@@ -98,12 +104,20 @@ class PruneResult:
         write_atomic(Path(path), buffer.getvalue())
 
 
-def load(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> "PrunableModel":
+def load(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None, mapped: bool = False) -> "PrunableModel":
     """Load an ONNX file (external data only from inside its folder) for analysis and pruning.
     `input_shapes` (input name -> shape) are the sizes the model really runs at: costs (MACs,
     `target_macs`) are counted there instead of counting dynamic sizes as 1, and verification's
-    random inputs have them (without it those sizes are chosen so that the original runs)."""
-    model = PrunableModel(load_model(path), input_shapes=input_shapes)
+    random inputs have them (without it those sizes are chosen so that the original runs).
+
+    `mapped` memory-maps external data instead of reading it (load.map_external): faster, and the
+    original's weights stay file pages.  `model.model` then holds stubs for those initializers,
+    so it suits the pipeline (plan, surgery, apply: the pruned model holds all its data) rather
+    than code that reads the original's weights from the ModelProto itself."""
+    timings = Timings()
+    with timings.stage(Stage.LOAD):
+        model = PrunableModel(load_model(path, mapped=mapped), input_shapes=input_shapes)
+    model.timings = timings
     if input_shapes:
         check_input_shapes(model.index, input_shapes, model.path)
     return model
@@ -129,6 +143,8 @@ class PrunableModel:
         self.show_progress = show_progress
         self.input_shapes = dict(input_shapes) if input_shapes else None
         self._checked: tuple[object, ChosenInputs] | None = None
+        self.timings = Timings()
+        """Time spent per stage so far (`onnxprune prune --timings`)."""
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -140,11 +156,13 @@ class PrunableModel:
 
     @cached_property
     def index(self) -> ModelIndex:
-        return ModelIndex.build(self.model)
+        with self.timings.stage(Stage.DEPGRAPH):  # shape inference: part of building the graph
+            return ModelIndex.build(self.model, external=self.loaded.arrays)
 
     @cached_property
     def depgraph(self) -> DepGraph:
-        return build_depgraph(self.index)
+        with self.timings.stage(Stage.DEPGRAPH):
+            return build_depgraph(self.index)
 
     @property
     def groups(self):
@@ -204,15 +222,18 @@ class PrunableModel:
         original runs, see inputs.choose_inputs) and the original's outputs on them, computed once.
         Run first, so that a model onnxruntime cannot run on them is refused (bad input, naming
         what to pass) before any work, and never blamed on the pruning."""
+        from . import verify as verification
+
         key = data if data is None or isinstance(data, (str, Path)) else id(data)
         if self._checked is not None and self._checked[0] == key:
             return self._checked[1]
         runnable = str(self.path) if self.path.is_file() else self.model  # from the file: no serialised copy
-        if data is None:
-            chosen = choose_inputs(self.index, self.input_shapes or {}, self.path, runnable)
-        else:
-            feeds = verification_inputs(self.index, data)
-            chosen = ChosenInputs(feeds, verification.reference_outputs(runnable, feeds, str(self.path)))
+        with self.timings.stage(Stage.VERIFICATION):
+            if data is None:
+                chosen = choose_inputs(self.index, self.input_shapes or {}, self.path, runnable)
+            else:
+                feeds = verification_inputs(self.index, data)
+                chosen = ChosenInputs(feeds, verification.reference_outputs(runnable, feeds, str(self.path)))
         self._checked = (key, chosen)
         return chosen
 
@@ -231,10 +252,15 @@ class PrunableModel:
             criterion = activation_criterion(self.depgraph, feeds, "mean" if criterion == "activation" else "nonzero")
         elif isinstance(criterion, str) and criterion not in CRITERIA:
             raise InputError(f"options: unknown criterion '{criterion}' (choose from {', '.join(list(CRITERIA) + ['activation', 'apoz'])})")
-        groups = tqdm(self.groups, desc="importance", unit="group", disable=not self.show_progress, leave=False)
         if normalize not in NORMALIZATIONS:
             raise InputError(f"options: unknown --normalize '{normalize}' (choose from {', '.join(NORMALIZATIONS)})")
-        return {g.id: importance(self.depgraph, g, criterion, aggregate, normalize) for g in groups}
+        groups = self.groups
+        if self.show_progress:
+            from tqdm import tqdm
+
+            groups = tqdm(groups, desc="importance", unit="group", leave=False)
+        with self.timings.stage(Stage.IMPORTANCE):
+            return {g.id: importance(self.depgraph, g, criterion, aggregate, normalize) for g in groups}
 
     def score_stats(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum",
                     normalize: str = "mean") -> list[ScoreStats]:
@@ -260,7 +286,7 @@ class PrunableModel:
     def cost_index(self) -> ModelIndex:
         """The index costs are counted on: at `cost_shapes`."""
         shapes = self.cost_shapes
-        return ModelIndex.build(self.model, shapes) if shapes else self.index
+        return ModelIndex.build(self.model, shapes, self.loaded.arrays) if shapes else self.index
 
     @cached_property
     def cost_model(self) -> CostModel:
@@ -284,19 +310,24 @@ class PrunableModel:
         max_loss = options.pop("max_loss", None)
         normalize = options.pop("normalize", "mean")
         allocator = options.pop("allocator", allocate)
+        latency = self._latency_allocator(options)
+        allocator = latency or allocator
         opts = AllocationOptions(**options)
         opts.validate()
         if criterion is None:
             criterion = "activation" if data is not None else "scaled"
         scores = self.importance(criterion, data, aggregate, normalize)
         chosen = None
-        if sensitivity is not None or max_loss is not None:
-            keep, chosen = self._allocate_from_sensitivity(sensitivity, scores, opts, max_loss)
-        else:
-            keep = allocator(self.depgraph, scores, opts, self.cost)
+        with self.timings.stage(Stage.ALLOCATION):
+            if sensitivity is not None or max_loss is not None:
+                keep, chosen = self._allocate_from_sensitivity(sensitivity, scores, opts, max_loss)
+            else:
+                keep = allocator(self.depgraph, scores, opts, self.cost)
         plan = make_plan(self.depgraph, keep, {"file": self.path.name, "sha256": self.sha256},
                          {"criterion": criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom"),
                           "aggregate": aggregate, "normalize": normalize, **{k: v for k, v in vars(opts).items() if v not in (None, [], False)}})
+        if latency is not None:
+            plan.options.update(latency.options.plan_options(), measured_latency=latency.measured)
         if chosen is not None:
             plan.options["sensitivity_ratios"] = {str(g): r for g, r in sorted(chosen.items())}
             if max_loss is not None:
@@ -308,6 +339,24 @@ class PrunableModel:
         base = self.cost_model.base
         plan.summary = {"params": [base.params, estimate.params], "macs": [base.macs, estimate.macs]}
         return plan
+
+    def _latency_allocator(self, options: dict):
+        """The latency-budget strategy (onnxprune.latency) when `target_latency` is among the options
+        (with `latency_batch`, `latency_threads`, `latency_cache`), else None."""
+        if options.get("target_latency") is None:
+            for name in ("target_latency", "latency_batch", "latency_threads", "latency_cache"):
+                options.pop(name, None)
+            return None
+        from .latency import LatencyAllocator, LatencyOptions
+
+        batch, threads, cache = (options.pop(k, None) for k in ("latency_batch", "latency_threads", "latency_cache"))
+        lat = LatencyOptions(options.pop("target_latency"), 1 if batch is None else batch, threads or 0,
+                             cache_dir=Path(cache) if cache else None)
+        lat.validate()
+        if any(options.get(k) is not None for k in ("ratio", "threshold", "target_macs", "target_params")):
+            raise InputError("options: --target-latency cannot be combined with --ratio, --threshold, --target-macs or --target-params")
+        progress = (lambda text: print(text, file=sys.stderr)) if self.show_progress else None
+        return LatencyAllocator(lat, progress, self.sha256)
 
     def _allocate_from_sensitivity(self, sensitivity, scores, opts: AllocationOptions, max_loss):
         from . import sensitivity as sens_mod
@@ -330,23 +379,25 @@ class PrunableModel:
         channels on that data (onnxprune.recovery, which needs the original's weights here) and
         reports agreement before and after it (`recovery`)."""
         keep = resolve(plan, self.depgraph, source)
-        exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
         if reconstruct and data is None:
             raise InputError("options: --reconstruct needs calibration data (--data FILE.npz)")
-        checked = self.check_runs(data)  # the original's outputs, computed before surgery
+        with self.timings.stage(Stage.VERIFICATION):
+            exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
+            checked = self.check_runs(data)  # the original's outputs, computed before surgery
+            chunks, quality_labels = self._quality_inputs(data)
+            quality_reference = None if chunks is None or self.path.is_file() else quality.first_output(self.model, chunks)
         before_layers = {c.node: c for c in cost.layer_costs(self.cost_index)}
-        chunks, quality_labels = self._quality_inputs(data)
-        quality_reference = None if chunks is None or self.path.is_file() else quality.first_output(self.model, chunks)
-        pruned, recovery = apply_keep(self.depgraph, keep), None
+        with self.timings.stage(Stage.SURGERY):
+            pruned, recovery = apply_keep(self.depgraph, keep), None
         if reconstruct and not exact:
-            from .recovery import recover
+            from .recovery import ReconstructOptions, recover
 
             options = reconstruct if isinstance(reconstruct, ReconstructOptions) else ReconstructOptions()
             pruned, recovery = recover(self.model, pruned, self.depgraph, keep, self.calibration(data), options,
                                        labels if labels is not None else quality_labels, self.show_progress)
         return Pruning(pruned, plan, weightless_copy(self.model), checked.feeds, exact,
                        self.cost_model.base, before_layers, self.path, checked.outputs, self.loaded.had_external_data,
-                       self.cost_shapes, recovery, self.origins(), chunks, quality_labels, quality_reference)
+                       self.cost_shapes, recovery, self.origins(), chunks, quality_labels, quality_reference, self.timings)
 
     def _quality_inputs(self, data) -> tuple[list[dict[str, np.ndarray]] | None, np.ndarray | None]:
         """Every sample of the user's data in batches, and its labels, for PruneResult.quality
@@ -401,15 +452,20 @@ class Pruning:
     labels: np.ndarray | None = None
     quality_reference: np.ndarray | None = None
     """The original's first output on `quality_batches`; None: computed from the file at `path`."""
+    timings: Timings = field(default_factory=Timings)
+    """The stages so far (PrunableModel.timings); verification adds itself."""
 
     def verify(self) -> PruneResult:
         """Check the pruned model against the original (verify.verify) and summarise the change."""
-        reference = self.reference if self.reference is not None else verification.reference_outputs(str(self.path), self.feeds)
-        report = verification.verify(self.original, self.model, self.feeds, exact=self.exact, reference=reference)
-        measured = None
-        if self.quality_batches is not None:
-            before = self.quality_reference if self.quality_reference is not None else quality.first_output(str(self.path), self.quality_batches)
-            measured = quality.compare(before, quality.first_output(self.model, self.quality_batches), self.labels)
+        from . import verify as verification
+
+        with self.timings.stage(Stage.VERIFICATION):
+            reference = self.reference if self.reference is not None else verification.reference_outputs(str(self.path), self.feeds)
+            report = verification.verify(self.original, self.model, self.feeds, exact=self.exact, reference=reference)
+            measured = None
+            if self.quality_batches is not None:
+                before = self.quality_reference if self.quality_reference is not None else quality.first_output(str(self.path), self.quality_batches)
+                measured = quality.compare(before, quality.first_output(self.model, self.quality_batches), self.labels)
         after_index = ModelIndex.build(self.model, self.input_shapes)
         after = cost.model_cost(after_index)
         self.plan.summary = {"params": [self.before.params, after.params], "macs": [self.before.macs, after.macs]}

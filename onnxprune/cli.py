@@ -3,24 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
 import traceback
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .api import PruneResult, Pruning, load
 from .errors import InputError, OnnxPruneError
-from .importance import CRITERIA
-from .inputs import parse_input_shapes
-from .origin import display_name
-from .plan import Plan
-from .quality import Quality
-from .recovery import compare
-from .runtime import sample_count
-from .save import check_output_paths, save_model
+from .names import CRITERION_NAMES, DATA_CRITERION_NAMES
+from .timings import Stage, Timings
+
+if TYPE_CHECKING:
+    from .api import PrunableModel, PruneResult, Pruning
+
+CRITERIA = CRITERION_NAMES + DATA_CRITERION_NAMES
+
+# The API (onnx, networkx, numpy; onnxruntime once a command verifies) is imported by the commands
+# that need it, not by `onnxprune --help` or argument errors: these three stand in for it.
+
+
+def load(path, input_shapes=None, mapped: bool = False) -> "PrunableModel":
+    from .api import load as api_load
+
+    return api_load(path, input_shapes, mapped=mapped)
+
+
+def parse_input_shapes(values):
+    from .inputs import parse_input_shapes as parse
+
+    return parse(values)
+
+
+def check_output_paths(source, outputs, overwrite: bool) -> None:
+    from .save import check_output_paths as check
+
+    check(source, outputs, overwrite)
 
 
 def _fmt(n: float) -> str:
@@ -56,10 +77,12 @@ def _print_inspect(info: dict) -> None:
 
 def _layer(layer: dict, width: int = 40) -> str:
     """A table's layer column: the origin-framework name, else the ONNX node name (cut to width)."""
+    from .origin import display_name
+
     return display_name(layer["node"], layer.get("origin"))[:width]
 
 
-def _result_json(result: PruneResult, output: Path, input_path: Path) -> dict:
+def _result_json(result: "PruneResult", output: Path, input_path: Path) -> dict:
     return {"input": str(input_path), "output": str(output), "exact": result.exact,
             "params": [result.before.params, result.after.params],
             "macs": [result.before.macs, result.after.macs],
@@ -69,7 +92,8 @@ def _result_json(result: PruneResult, output: Path, input_path: Path) -> dict:
             "channels_removed": sum(g.removed for g in result.plan.groups),
             "layers": [{"node": c.node, "origin": c.origin, "op": c.op, "channels": list(c.channels), "params": list(c.params),
                         "macs": list(c.macs)} for c in result.layers],
-            "recovery": result.recovery.to_json() if result.recovery else None}
+            "recovery": result.recovery.to_json() if result.recovery else None,
+            "measured_latency": result.plan.options.get("measured_latency")}
 
 
 def _size(path: Path) -> int:
@@ -90,6 +114,8 @@ def _print_result(summary: dict) -> None:
     print(f"parameters: {_fmt(p[0])} -> {_fmt(p[1])} ({p[1] / max(p[0], 1):.1%})")
     print(f"MACs:       {_fmt(m[0])} -> {_fmt(m[1])} ({m[1] / max(m[0], 1):.1%})")
     print(f"file size:  {_fmt(f[0])}B -> {_fmt(f[1])}B")
+    if summary.get("measured_latency") is not None:
+        print(f"latency:    {summary['measured_latency']:.1%} of the original's (onnxruntime on this machine)")
     if summary["channels_removed"] == 0:
         kind = "nothing removed: the plan keeps every channel, so the output is a verified copy"
     else:
@@ -97,6 +123,8 @@ def _print_result(summary: dict) -> None:
     print(f"verified: onnx.checker ok, onnxruntime runs, output shapes unchanged; max relative output change "
           f"{summary['max_rel_error']:.2e} ({kind})")
     if summary["quality"]:
+        from .quality import Quality
+
         print(f"quality against the original {Quality(**summary['quality']).describe('original', 'pruned')}")
     if summary.get("recovery"):
         print(_format_recovery(summary["recovery"]))
@@ -128,12 +156,14 @@ def _allocation_args(args) -> dict:
     return {"ratio": args.ratio, "threshold": args.threshold, "target_macs": args.target_macs,
             "target_params": args.target_params, "global_ranking": args.global_ranking, "max_ratio": args.max_ratio,
             "round_to": args.round_to, "ignore": args.ignore or [], "protect_ends": args.protect_ends,
-            "normalize": args.normalize}
+            "normalize": args.normalize, "target_latency": args.target_latency, "latency_batch": args.latency_batch,
+            "latency_threads": args.latency_threads}
 
 
-def _write_outputs(input_path: Path, result: PruneResult, args) -> dict:
+def _write_outputs(input_path: Path, result: "PruneResult", args, timings: Timings | None = None) -> dict:
     output = Path(args.output)
-    result.save(output)
+    with (timings or Timings()).stage(Stage.SAVE):
+        result.save(output)
     if getattr(args, "plan_out", None):
         result.plan.write(args.plan_out)
     if getattr(args, "weights_out", None):
@@ -141,12 +171,20 @@ def _write_outputs(input_path: Path, result: PruneResult, args) -> dict:
     return _result_json(result, output, input_path)
 
 
-def _pruned(args) -> Pruning:
+def _print_timings(timings: Timings, args) -> None:
+    """`--timings`: seconds per stage on stderr (stdout stays the summary, or JSON)."""
+    if args.timings:
+        print(timings.format(), file=sys.stderr)
+
+
+def _pruned(args) -> "Pruning":
     """Load, plan (or read the plan) and cut.  The loaded original goes out of scope when this
     returns, so verifying the Pruning afterwards never holds the original's weights, the pruned
     model and an onnxruntime session at once (PrunableModel.surgery)."""
-    model = load(args.model, parse_input_shapes(args.input_shape))
+    model = load(args.model, parse_input_shapes(args.input_shape), mapped=True)
     if getattr(args, "plan", None):
+        from .plan import Plan
+
         plan = Plan.read(args.plan)
         model.check_runs(args.data)  # the original must run on the verification inputs before any work
         return model.surgery(plan, args.data, source=str(args.plan), reconstruct=args.reconstruct)
@@ -156,8 +194,8 @@ def _pruned(args) -> Pruning:
         options.update(sensitivity=args.sensitivity, max_loss=args.max_loss)
     elif args.plot:
         raise InputError("options: --plot needs --sensitivity")
-    elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params")):
-        raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs or --target-params")
+    elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params", "target_latency")):
+        raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs, --target-params or --target-latency")
     if args.plot:
         from .sensitivity import plotting
 
@@ -211,11 +249,13 @@ def _print_scores(info: dict) -> None:
 def cmd_prune(args) -> int:
     check_output_paths(args.model, (args.output, args.plan_out, args.weights_out), args.overwrite)
     pruning = _pruned(args)
+    gc.collect()  # the original's index and its value cache refer to each other: free its weights now
     result = pruning.verify()
     plan = result.plan
     if args.simplify:
         _simplify(result, pruning.feeds)
-    summary = _write_outputs(Path(args.model), result, args)
+    summary = _write_outputs(Path(args.model), result, args, pruning.timings)
+    _print_timings(pruning.timings, args)
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
@@ -226,7 +266,7 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def _simplify(result: PruneResult, feeds) -> None:
+def _simplify(result: "PruneResult", feeds) -> None:
     """Replace the pruned model by its onnxslim-simplified form, checked on the verification inputs."""
     from .deploy.simplify import simplify_checked
 
@@ -235,8 +275,11 @@ def _simplify(result: PruneResult, feeds) -> None:
 
 def cmd_apply(args) -> int:
     check_output_paths(args.model, (args.output, args.weights_out), args.overwrite)
-    result = _pruned(args).verify()
-    summary = _write_outputs(Path(args.model), result, args)
+    pruning = _pruned(args)
+    gc.collect()  # the original's index and its value cache refer to each other: free its weights now
+    result = pruning.verify()
+    summary = _write_outputs(Path(args.model), result, args, pruning.timings)
+    _print_timings(pruning.timings, args)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -246,6 +289,8 @@ def cmd_apply(args) -> int:
 
 def cmd_finetune(args) -> int:
     from .finetune import FinetuneOptions, finetune
+    from .recovery import compare
+    from .save import save_model
 
     check_output_paths(args.model, (args.output,), args.overwrite)
     student, teacher = load(args.model), load(args.teacher)
@@ -281,6 +326,8 @@ def cmd_sensitivity(args) -> int:
         plotting()
     model = load(args.model)
     feeds = model.calibration(args.data)
+    from .runtime import sample_count
+
     n_samples = sample_count(feeds)
     labels = load_labels(args.labels, args.data, n_samples) if args.labels or args.metric == "accuracy" else None
     try:
@@ -423,6 +470,8 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
                    help="with --data: re-fit each layer that reads pruned channels by least squares so that its "
                         "output matches the original's on the data (sequentially; removed channels' mean goes into "
                         "the bias); no labels, no training code")
+    p.add_argument("--timings", action="store_true", help="print the seconds each stage took (load, depgraph, importance, "
+                                                           "allocation, surgery, verification, save) to stderr")
     _add_input_shape(p)
 
 
@@ -478,8 +527,14 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--threshold", type=float, help="remove every channel whose importance is at most T (0: dead channels only)")
     how.add_argument("--target-macs", type=float, help="keep this fraction of MACs, e.g. 0.5 (met within 1%%)")
     how.add_argument("--target-params", type=float, help="keep this fraction of parameters (met within 1%%)")
+    how.add_argument("--target-latency", type=float, metavar="F",
+                     help="keep this fraction of the original's latency, measured in onnxruntime on this machine "
+                          "(per-layer latency table, cached; then the result is timed and refined; see README)")
+    how.add_argument("--latency-batch", type=int, default=1, help="with --target-latency: batch size to time (default 1)")
+    how.add_argument("--latency-threads", type=int, default=0,
+                     help="with --target-latency: onnxruntime threads to time with (default 0: all cores)")
     which = p.add_argument_group("which channels")
-    which.add_argument("--criterion", choices=list(CRITERIA) + ["activation", "apoz"],
+    which.add_argument("--criterion", choices=CRITERIA,
                        help="importance criterion; default: activation with --data, else scaled (filter norm times the "
                             "per-channel scale after it, with its bias, times the consumers' weight norm); activation "
                             "and apoz need --data")
@@ -531,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="top1-agreement", choices=["accuracy", "top1-agreement", "cosine", "mse", "kl"],
                    help="loss to measure (default top1-agreement: fraction of changed top-1 predictions)")
     p.add_argument("--ratios", help="comma-separated fractions to try (default 0.1,0.2,...,0.9)")
-    p.add_argument("--criterion", default="l1", choices=list(CRITERIA) + ["activation", "apoz"], help="which channels go first (default l1)")
+    p.add_argument("--criterion", default="l1", choices=CRITERIA, help="which channels go first (default l1)")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("--backend", default="local", choices=["local", "ray"], help="run workers locally or on a Ray cluster")
     p.add_argument("--batch", type=int, default=32, help="samples per onnxruntime run (default 32)")

@@ -69,6 +69,15 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
+def with_data(stub: onnx.TensorProto, value: np.ndarray) -> onnx.TensorProto:
+    """`stub` (an initializer whose data lives elsewhere) as an ordinary tensor holding `value`."""
+    tensor = onnx.TensorProto()
+    copy_fields(stub, tensor, skip="external_data")
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    tensor.raw_data = np.ascontiguousarray(value).tobytes()
+    return tensor
+
+
 def infer_shapes(model: onnx.ModelProto, hints: list[onnx.ValueInfoProto] = ()) -> onnx.ModelProto:
     """Shape-infer a copy of `model` (data propagation on, so Reshape targets resolve), seeded with
     the shapes in `hints` (a hint for a graph input replaces its declared shape).  Only the returned
@@ -125,21 +134,26 @@ class ModelIndex:
     initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
     constant_nodes: dict[str, int] = field(default_factory=dict)
     elem_types: dict[str, int] = field(default_factory=dict)
+    external: dict[str, np.ndarray] = field(default_factory=dict)
+    """The data of initializers that are stubs in `model` (memory-mapped external data, see
+    load.map_external); `const` reads them without a copy."""
 
     @classmethod
-    def build(cls, model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> "ModelIndex":
+    def build(cls, model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
+              external: dict[str, np.ndarray] | None = None) -> "ModelIndex":
         """Index `model`.  Sizes that onnx's inference leaves unknown but op rules can work out
         (`OpRule.refine_shape`: a Reshape whose target is a run-time shape vector) seed a second
         inference, so tensors downstream get shapes too.
 
         `input_shapes` fixes the graph inputs' sizes (the shapes the model really runs at), so
         every size downstream is known: what cost counts at.  Pruning itself works on the index
-        without them, which keeps dynamic dimensions dynamic."""
+        without them, which keeps dynamic dimensions dynamic.  `external` holds the data of
+        initializers that are stubs in `model` (see the field)."""
         seeds = [onnx.helper.make_tensor_value_info(name, _input_type(model, name), list(shape))
                  for name, shape in (input_shapes or {}).items()]
-        index = cls._build(model, {}, seeds)
+        index = cls._build(model, {}, seeds, external or {})
         hints = index._refined_shapes()
-        return cls._build(model, hints, seeds + index._hint_infos(hints)) if hints else index
+        return cls._build(model, hints, seeds + index._hint_infos(hints), external or {}) if hints else index
 
     def _refined_shapes(self) -> dict[str, tuple[Size, ...]]:
         from .ops import NodeContext, rule_for
@@ -153,10 +167,10 @@ class ModelIndex:
 
     @classmethod
     def _build(cls, model: onnx.ModelProto, hints: dict[str, tuple[Size, ...]],
-               hint_infos: list[onnx.ValueInfoProto]) -> "ModelIndex":
+               hint_infos: list[onnx.ValueInfoProto], external: dict[str, np.ndarray]) -> "ModelIndex":
         from .ops import rule_for
 
-        index = cls(model=model)
+        index = cls(model=model, external=external)
         graph = model.graph
         index.initializers = {t.name: t for t in graph.initializer}
         for i, node in enumerate(graph.node):

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mmap
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
@@ -32,6 +35,9 @@ class LoadedModel:
     had_external_data: bool
     sha256: str = ""
     """sha256 of the file's bytes followed by its external data files' (see `file_digest`)."""
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    """With `load_model(mapped=True)`: read-only memory maps of the external initializers, whose
+    TensorProtos in `model` then stay stubs (name, type, dims, location) without data."""
 
 
 def _external_locations(model: onnx.ModelProto) -> list[str]:
@@ -73,8 +79,51 @@ def _read(path: Path) -> bytes:
         raise InputError(f"{path}: cannot read the file ({exc.strerror})") from None
 
 
-def load_model(path: str | os.PathLike) -> LoadedModel:
-    """Read `path` into memory with its external data, refusing anything unsafe or malformed."""
+def map_external(model: onnx.ModelProto, path: Path) -> dict[str, np.ndarray] | None:
+    """Read-only memory maps of the external data of every initializer, checked against their
+    dims, or None where mapping does not apply (external data outside the initializers, types
+    without a fixed item size, a big-endian machine): the caller then reads the data eagerly.
+
+    Mapping instead of reading keeps the original's weights out of the process's own memory:
+    they are file pages the kernel can drop and read again, every slice surgery takes reads
+    straight from them, and loading costs a header parse instead of a copy of every weight."""
+    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if sys.byteorder != "little" or len(external) != len(_external_locations(model)):
+        return None
+    if any(t.data_type in SUB_BYTE_TYPES or t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED)
+           for t in external):
+        return None
+    maps: dict[str, mmap.mmap | None] = {}
+    arrays = {}
+    for tensor in external:
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        if location not in maps:
+            target = _check_location(path, location)
+            with open(target, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                maps[location] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        buffer = maps[location]
+        size = len(buffer) if buffer is not None else 0
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else size - offset
+        except ValueError:
+            raise InputError(f"{path}: tensor '{tensor.name}' has a malformed external data offset or length") from None
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        declared = math.prod(tensor.dims)
+        held = max(0, min(length, size - offset)) // dtype.itemsize if offset >= 0 else 0
+        if held != declared or length != declared * dtype.itemsize:
+            raise InputError(f"{path}: tensor '{tensor.name}' declares {declared} elements but holds {held}")
+        array = np.frombuffer(buffer, dtype=dtype, count=declared, offset=offset) if declared else np.zeros(0, dtype)
+        arrays[tensor.name] = array.reshape(tuple(tensor.dims))
+    return arrays
+
+
+def load_model(path: str | os.PathLike, mapped: bool = False) -> LoadedModel:
+    """Read `path` into memory with its external data, refusing anything unsafe or malformed.
+    `mapped` memory-maps external data instead of reading it (see `map_external`): the model's
+    initializers then stay stubs and `LoadedModel.arrays` holds their data."""
     path = Path(path)
     raw = _read(path)
     if not raw:
@@ -89,14 +138,15 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     locations = _external_locations(model)
     for location in sorted(set(locations)):
         _check_location(path, location)
-    if locations:
+    arrays = map_external(model, path) if locations and mapped else None
+    if locations and arrays is None:
         try:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
         except (OSError, ValueError) as exc:
             raise InputError(f"{path}: cannot read external data ({exc})") from None
     check_supported(model, path, path if locations else None)
     return LoadedModel(model=model, path=path, had_external_data=bool(locations),
-                       sha256=file_digest(raw, [path.parent / loc for loc in sorted(set(locations))]))
+                       sha256=file_digest(raw, [path.parent / loc for loc in sorted(set(locations))]), arrays=arrays or {})
 
 
 def file_digest(raw: bytes, data_files: list[Path]) -> str:

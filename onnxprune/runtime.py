@@ -12,8 +12,9 @@ from typing import Iterator
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
-from .graph import ModelIndex
+from .graph import ModelIndex, weightless_copy
 
 
 FILE_ROUTE_ABOVE = 1 << 28
@@ -26,8 +27,9 @@ def weights_size(model: onnx.ModelProto) -> int:
     """Bytes of the initializers, from their dims: ModelProto.ByteSize() would serialise the whole
     model to find out (a transient copy of every weight), and raw_data hands out a copy."""
     total = 0
-    for tensor in model.graph.initializer:
-        if tensor.data_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+    for tensor in model.graph.initializer:  # stubs of external data (load.map_external) hold nothing
+        if tensor.data_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED) and \
+                tensor.data_location != onnx.TensorProto.EXTERNAL:
             total += math.prod(tensor.dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     return total
 
@@ -46,22 +48,58 @@ def model_source(model: onnx.ModelProto) -> Iterator[bytes | str]:
 
 
 def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, prepack: bool = True,
-                 quiet: bool = False) -> ort.InferenceSession:
+                 quiet: bool = False, arrays: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
     """An onnxruntime CPU session on a model, its bytes or its path (see `model_source`).
     `prepack=False` suits one-off runs (verification): onnxruntime then keeps no repacked copy of
-    every Conv/Gemm weight and can map external data from the file instead of reading it.
-    `quiet` silences onnxruntime's own log of failed runs (probing expects some to fail)."""
+    every Conv/Gemm weight, can map external data from the file instead of reading it, and only
+    the basic graph optimisations run (the others cost more to plan than they save in one run).
+    `quiet` silences onnxruntime's own log of failed runs (probing expects some to fail).
+    `arrays` supplies the data of initializers that are stubs in `model` (see `weightless_session`)."""
     if isinstance(model, onnx.ModelProto):
         with model_source(model) as source:
-            return make_session(source, threads, prepack, quiet)
+            return make_session(source, threads, prepack, quiet, arrays)
     options = ort.SessionOptions()
     options.log_severity_level = 4 if quiet else 3
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in (arrays or {}).values()]
+    if values:  # onnxruntime reads these buffers in place: they must outlive the session
+        options.add_external_initializers(list(arrays), values)
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    session.onnxprune_buffers = (arrays, values)
+    return session
+
+
+def weightless_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """A one-off session (see make_session's `prepack`) on an in-memory model without serialising
+    its weights: the graph goes over as a weightless copy, and each large initializer's bytes as
+    an array onnxruntime reads in place.  Serialising would cost a copy of every weight in memory
+    and the time to make it.  The arrays are copies (protobuf cannot lend its bytes), so this
+    suits models up to FILE_ROUTE_ABOVE; `one_off_session` routes larger ones through a file.
+
+    (Moving the bytes out of the ModelProto instead of copying them does not help: protobuf's
+    arena keeps the memory of a cleared field until the whole message goes, so the weights were
+    then held three times.)"""
+    view = weightless_copy(model)
+    stubbed = {t.name for t in view.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in stubbed and t.HasField("raw_data")}
+    return make_session(view.SerializeToString(), prepack=False, arrays=arrays)
+
+
+@contextmanager
+def one_off_session(model: onnx.ModelProto) -> Iterator[ort.InferenceSession]:
+    """A session for one verification run: `weightless_session` up to FILE_ROUTE_ABOVE; above,
+    on a temporary copy with external data (see `model_source`, removed afterwards), which
+    onnxruntime maps from the file instead of holding a second copy of the weights in memory."""
+    if weights_size(model) <= FILE_ROUTE_ABOVE:
+        yield weightless_session(model)
+        return
+    with model_source(model) as source:
+        yield make_session(source, prepack=False)
 
 
 def with_outputs(index: ModelIndex, names: list[str]) -> onnx.ModelProto:

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from .groups import KeepMasks
 from .depgraph import DepGraph
 from .errors import OnnxPruneError
-from .graph import ModelIndex, copy_fields, infer_shapes
+from .graph import ModelIndex, copy_fields, infer_shapes, with_data
 from .ops import Dim, NodeContext, RewriteContext
 
 
@@ -219,7 +219,8 @@ def _fill_untouched(model: onnx.ModelProto, index: ModelIndex) -> None:
     held three times (original, copy, slice): for a multi-GB model that is the peak memory."""
     for tensor in model.graph.initializer:
         if tensor.data_type == onnx.TensorProto.UNDEFINED:
-            tensor.CopyFrom(index.initializers[tensor.name])
+            source = index.initializers[tensor.name]
+            tensor.CopyFrom(with_data(source, index.external[source.name]) if source.name in index.external else source)
 
 
 def _drop_replaced_initializers(model: onnx.ModelProto, index: ModelIndex) -> None:

@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 
 from .errors import InputError, OnnxPruneError
-from .runtime import make_session, model_source, run_chunked
+from .load import checker_view
+from .runtime import one_off_session, run_chunked
 
 EXACT_TOLERANCE = 1e-5
 
@@ -60,15 +61,15 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, 
     if _io_signature(original) != _io_signature(pruned):
         raise OnnxPruneError("internal error: pruning changed the model's inputs or outputs; nothing written")
     before = reference if reference is not None else reference_outputs(original, feeds)
-    with model_source(pruned) as source:  # serialised (or written, above 2 GB) once for both checks
-        try:
-            onnx.checker.check_model(source, full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            raise OnnxPruneError(f"internal error: the pruned model fails onnx.checker ({str(exc).splitlines()[0]}); nothing written") from None
-        try:
-            after = run_chunked(make_session(source, prepack=False), feeds)
-        except Exception as exc:  # noqa: BLE001 - any runtime failure of our output is reported as ours
-            raise OnnxPruneError(f"internal error: onnxruntime cannot run the pruned model ({str(exc).splitlines()[0]}); nothing written") from None
+    try:  # on a view whose large weights are typed inputs: their bytes only cost the checker time
+        onnx.checker.check_model(checker_view(pruned), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise OnnxPruneError(f"internal error: the pruned model fails onnx.checker ({str(exc).splitlines()[0]}); nothing written") from None
+    try:  # one session, reading the pruned weights in place (no serialised copy of them)
+        with one_off_session(pruned) as session:
+            after = run_chunked(session, feeds)
+    except Exception as exc:  # noqa: BLE001 - any runtime failure of our output is reported as ours
+        raise OnnxPruneError(f"internal error: onnxruntime cannot run the pruned model ({str(exc).splitlines()[0]}); nothing written") from None
     report = VerifyReport()
     for vi, a, b in zip(original.graph.output, before, after):
         a, b = np.asarray(a), np.asarray(b)

@@ -65,6 +65,8 @@ class Values:
             return self._consts[name]
         index = self.index
         value = None
+        if name in index.external:
+            return index.external[name]  # a view of the mapped file (load.map_external): nothing to cache
         if name in index.initializers:
             value = numpy_helper.to_array(index.initializers[name])
         elif name in index.producer and depth <= MAX_DEPTH:
