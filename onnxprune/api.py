@@ -36,14 +36,12 @@ from .load import LoadedModel, check_supported, load_model
 from .ops import OUT, PARAM, is_alias
 from .origin import alias_consumers, group_origins, layer_name
 from .plan import Plan, make_plan, resolve
-from . import quality
-from .quality import Quality
-from .runtime import batches
 from .save import save_model
 from .surgery import apply_keep
 from .timings import Stage, Timings
 
 if TYPE_CHECKING:
+    from .quality import Quality
     from .recovery import ReconstructOptions, Recovery
     from .verify import VerifyReport
 
@@ -385,7 +383,11 @@ class PrunableModel:
             exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
             checked = self.check_runs(data)  # the original's outputs, computed before surgery
             chunks, quality_labels = self._quality_inputs(data)
-            quality_reference = None if chunks is None or self.path.is_file() else quality.first_output(self.model, chunks)
+            quality_reference = None
+            if chunks is not None and not self.path.is_file():
+                from .quality import first_output
+
+                quality_reference = first_output(self.model, chunks)
         before_layers = {c.node: c for c in cost.layer_costs(self.cost_index)}
         with self.timings.stage(Stage.SURGERY):
             pruned, recovery = apply_keep(self.depgraph, keep), None
@@ -406,7 +408,10 @@ class PrunableModel:
         if not feeds:
             return None, None
         n = len(next(iter(feeds.values())))
-        return list(batches(feeds, quality.QUALITY_BATCH)), quality.labels_for(data, n)
+        from .quality import QUALITY_BATCH, labels_for
+        from .runtime import batches
+
+        return list(batches(feeds, QUALITY_BATCH)), labels_for(data, n)
 
     def apply(self, plan: Plan, data=None, source: str = "plan", reconstruct: bool | ReconstructOptions = False,
               labels: np.ndarray | None = None) -> PruneResult:
@@ -464,8 +469,10 @@ class Pruning:
             report = verification.verify(self.original, self.model, self.feeds, exact=self.exact, reference=reference)
             measured = None
             if self.quality_batches is not None:
-                before = self.quality_reference if self.quality_reference is not None else quality.first_output(str(self.path), self.quality_batches)
-                measured = quality.compare(before, quality.first_output(self.model, self.quality_batches), self.labels)
+                from .quality import compare, first_output
+
+                before = self.quality_reference if self.quality_reference is not None else first_output(str(self.path), self.quality_batches)
+                measured = compare(before, first_output(self.model, self.quality_batches), self.labels)
         after_index = ModelIndex.build(self.model, self.input_shapes)
         after = cost.model_cost(after_index)
         self.plan.summary = {"params": [self.before.params, after.params], "macs": [self.before.macs, after.macs]}

@@ -181,7 +181,9 @@ def _pruned(args) -> "Pruning":
     """Load, plan (or read the plan) and cut.  The loaded original goes out of scope when this
     returns, so verifying the Pruning afterwards never holds the original's weights, the pruned
     model and an onnxruntime session at once (PrunableModel.surgery)."""
-    model = load(args.model, parse_input_shapes(args.input_shape), mapped=True)
+    # External data is mapped, not read, unless --data brings work that runs the original in
+    # memory (the activation criteria, the default with data, and reconstruction)
+    model = load(args.model, parse_input_shapes(args.input_shape), mapped=not args.data)
     if getattr(args, "plan", None):
         from .plan import Plan
 
