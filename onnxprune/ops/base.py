@@ -109,6 +109,9 @@ class Coupling:
     only one of them); the graph builder keeps the one whose axis is prunable."""
     pinned: dict[Dim, str] = field(default_factory=dict)
     """Dims this node pins, with the reason."""
+    preferred: set[Dim] = field(default_factory=set)
+    """Dims a choice should follow when it can (the batch axes of an activation MatMul: attention
+    heads), see depgraph._resolve_choices."""
 
     def link(self, a: Dim, b: Dim, a_idx: np.ndarray | None = None, b_idx: np.ndarray | None = None) -> None:
         """`a` and `b` hold the same channels (element a_idx[k] of a is b_idx[k] of b)."""
@@ -117,6 +120,10 @@ class Coupling:
     def choose(self, edges: list[Edge]) -> None:
         """At most one of `edges` may hold (see `choices`)."""
         self.choices.append(edges)
+
+    def prefer(self, *dims: Dim) -> None:
+        """A choice reaching these dims should follow them (see `preferred`)."""
+        self.preferred.update(dims)
 
     def free(self, *dims: Dim) -> None:
         """This node does not care about these dims' sizes: pruning them changes nothing here."""

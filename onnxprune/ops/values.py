@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .base import NodeContext, OpRule
+from .base import Dim, NodeContext, OpRule
 from .registry import rule_for
 
 if TYPE_CHECKING:
@@ -113,12 +113,21 @@ class Values:
         self._entries[name] = result
         return result
 
-    def escapes(self, name: str, depth: int = 0) -> str | None:
+    def escapes(self, name: str, depth: int = 0, read: tuple[str, int] | None = None) -> str | None:
         """Where the shape value `name` is used for something other than a target shape whose
-        entries a rule couples (through ops that pass shape values on); None if nowhere."""
+        entries a rule couples (through ops that pass shape values on); None if nowhere.
+
+        `read` = (tensor, axis): only uses of the element holding that axis's size count, so a
+        Shape whose last element alone feeds a computation (the legacy exporter's attention scale
+        `Shape -> Slice[-1:] -> Sqrt`) pins only that axis."""
         index = self.index
         if depth > MAX_DEPTH:
             return "a long chain of shape computations"
+        if read is not None and depth > 0:
+            entries = self.entries(name)
+            if entries is not None and DimEntry(read[0], read[1], -1) not in [
+                    DimEntry(e.tensor, e.axis, -1) for e in entries if isinstance(e, DimEntry)]:
+                return None
         if name in index.graph_outputs:
             return "a graph output"
         for node_i, slot in index.consumers.get(name, []):
@@ -127,7 +136,7 @@ class Values:
             if slot >= 0 and rule.shape_sink(ctx, slot):
                 continue
             if slot >= 0 and rule.passes_shape_value(ctx, slot):
-                escape = self.escapes(node.output[0], depth + 1)
+                escape = self.escapes(node.output[0], depth + 1, read)
                 if escape:
                     return escape
                 continue
@@ -168,7 +177,7 @@ def reference_fold(ctx: NodeContext, inputs: Sequence[np.ndarray | None]) -> lis
     return [np.asarray(next(outputs)) if o else None for o in node.output]
 
 
-def refine_from_target(ctx: NodeContext, target_slot: int) -> tuple["Size", ...] | None:
+def refine_from_target(ctx: NodeContext, target_slot: int, infer_minus_one: bool = False) -> tuple["Size", ...] | None:
     """Output sizes that shape inference left unknown but that the symbolic target shape at input
     `target_slot` gives (for example a conv bias built as Expand(0, Shape(weight)[0:1]))."""
     shape = ctx.out_shape(0)
@@ -184,11 +193,33 @@ def refine_from_target(ctx: NodeContext, target_slot: int) -> tuple["Size", ...]
                 size = entry.value
             elif isinstance(entry, DimEntry):
                 source = ctx.index.shape(entry.tensor)
-                if source is not None and isinstance(source[entry.axis], int):
+                if source is not None and source[entry.axis] is not None:
                     size = source[entry.axis]
         refined.append(size)
+    if infer_minus_one:
+        _infer_minus_one(ctx.in_shape(0), entries, refined)
     refined = tuple(refined)
     return refined if refined != ctx.index.shape(ctx.output(0)) else None
+
+
+def _infer_minus_one(src, entries, refined: list) -> None:
+    """A Reshape target's -1 worked out when the dynamic sizes of input and target are the same
+    ones (`view(x.size(0), n, -1, head_dim)` with a dynamic batch: -1 is the head count, which
+    onnx's inference leaves unknown)."""
+    minus = [p for p, e in enumerate(entries) if isinstance(e, ConstEntry) and e.value == -1]
+    if src is None or len(minus) != 1 or isinstance(refined[minus[0]], int):
+        return
+    others = [r for p, r in enumerate(refined) if p != minus[0]]
+    if any(r is None for r in others) or any(s is None for s in src):
+        return
+    dynamic_src = sorted(str(s) for s in src if not isinstance(s, int))
+    dynamic_dst = sorted(str(r) for r in others if not isinstance(r, int))
+    if dynamic_src != dynamic_dst:
+        return
+    known_src = int(np.prod([s for s in src if isinstance(s, int)], dtype=np.int64))
+    known_dst = int(np.prod([r for r in others if isinstance(r, int)], dtype=np.int64))
+    if known_dst > 0 and known_src % known_dst == 0:
+        refined[minus[0]] = known_src // known_dst
 
 
 def rewrite_const_entries(ctx, entries, skip=lambda pos, value: False) -> None:
@@ -199,12 +230,16 @@ def rewrite_const_entries(ctx, entries, skip=lambda pos, value: False) -> None:
     node: editing it in place would change the other reader's shape too."""
     out_shape = ctx.out_shape(0)
     edits: dict[str, dict[int, int]] = {}
+    by_pos: dict[int, int] = {}
     for pos, entry in enumerate(entries):
         if not isinstance(entry, ConstEntry) or entry.value <= 0 or skip(pos, entry.value):
             continue
         new = ctx.new_size(ctx.out_dim(0, pos), out_shape[pos] if isinstance(out_shape[pos], int) else entry.value)
         if new != entry.value:
             edits.setdefault(entry.source, {})[entry.pos] = new
+            by_pos[pos] = new
+    if by_pos and _rewrite_concat_parts(ctx, len(entries), by_pos):
+        return
     for source, changes in edits.items():
         slot = next((s for s, name in enumerate(ctx.node.input) if name == source), None)
         if slot is not None and ctx.index.consumers.get(source) != [(ctx.i, slot)]:
@@ -216,3 +251,49 @@ def rewrite_const_entries(ctx, entries, skip=lambda pos, value: False) -> None:
             continue
         for pos, new in changes.items():
             ctx.writer.set_const_element(source, pos, new)
+
+
+def concat_parts(index, target: str, n_entries: int) -> tuple[int, list[tuple[int, int]]] | None:
+    """When the shape vector `target` (of `n_entries` entries) is a Concat's output: the Concat's
+    node index and, per entry position, (Concat input slot, offset in that input)."""
+    producer = index.producer.get(target) if target else None
+    if producer is None or index.model.graph.node[producer].op_type != "Concat":
+        return None
+    parts: list[tuple[int, int]] = []
+    for slot, name in enumerate(index.model.graph.node[producer].input):
+        part = index.values.entries(name)
+        if part is None:
+            return None
+        parts += [(slot, k) for k in range(len(part))]
+    return (producer, parts) if len(parts) == n_entries else None
+
+
+def _rewrite_concat_parts(ctx, n_entries: int, by_pos: dict[int, int]) -> bool:
+    """A target shape built by a Concat of small constants read by nodes that all need the same
+    edit (k and v of one layer): give each edited part of that Concat its own constant (`by_pos`:
+    entry position -> new size), so that another node reading the same constant (the dynamo exporter
+    reuses one `[2]` as Unsqueeze axes and as shape sizes) never sees the edit.  False otherwise
+    (the caller then edits the constants)."""
+    index = ctx.index
+    target = ctx.input(1)
+    found = concat_parts(index, target, n_entries)
+    if found is None:
+        return False
+    for node_i, slot in index.consumers.get(target, []):
+        other = index.model.graph.node[node_i].output[0]
+        if slot != 1 or any(ctx.new_size(Dim(other, pos), -1) != new for pos, new in by_pos.items()):
+            return False
+    producer, parts = found
+    concat = index.model.graph.node[producer]
+    new_parts: dict[int, np.ndarray] = {}
+    for pos, new in by_pos.items():
+        slot, offset = parts[pos]
+        if slot not in new_parts:
+            value = index.const(concat.input[slot])
+            if value is None:
+                return False
+            new_parts[slot] = value.copy()
+        new_parts[slot].reshape(-1)[offset] = new
+    for slot, value in new_parts.items():
+        ctx.writer.set_input_const(producer, slot, value)
+    return True

@@ -1,0 +1,186 @@
+"""Transformers exported by both torch exporters (tests/transformer_zoo.py): which groups are
+prunable (attention heads, MLP width), dead heads and MLP channels removed exactly under threshold
+0, and random prunes valid.  Needs the `test` extra's transformers; exports are cached like the zoo's
+(ONNXPRUNE_TEST_CACHE)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+pytest.importorskip("transformers")
+
+import onnxprune  # noqa: E402
+import transformer_zoo as tz  # noqa: E402
+from onnxprune.ops import IN  # noqa: E402
+
+RTOL = 1e-5
+CASES = [(m, e) for m in tz.MODELS for e in tz.EXPORTERS]
+# (model, exporter) -> (heads, head groups) measured on these configs: every layer's heads form one
+# group; Llama's 2 kv groups each take their 2 query heads along.
+HEADS = {"vit": 3, "bert": 4, "gpt2": 4, "llama": 2}
+HEAD_CASES = [(m, "dynamo") for m in tz.MODELS] + [("vit", "legacy")]
+LEGACY_BLOCKED = ["bert", "gpt2", "llama"]
+"""The legacy exporter's text attention still blocks heads (`view(b, n, -1, D)` and shape
+arithmetic on the head count), see test_legacy_heads_blocked_with_reason."""
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory):
+    explicit = os.environ.get("ONNXPRUNE_TEST_CACHE")
+    if explicit:
+        import torch
+        import transformers
+
+        source = (TESTS / "transformer_zoo.py").read_bytes() + f"{torch.__version__} {transformers.__version__}".encode()
+        root = Path(explicit) / ("transformers-" + hashlib.sha256(source).hexdigest()[:16])
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        root = tmp_path_factory.mktemp("transformers")
+    paths: dict[tuple[str, str], Path] = {}
+
+    def get(model: str, exporter: str) -> Path:
+        if (model, exporter) not in paths:
+            target = root / f"{model}_{exporter}.onnx"
+            if not target.exists():
+                partial = root / f".partial_{model}_{exporter}" / target.name
+                module, inputs = tz.MODELS[model]()
+                tz.export(module, inputs, partial, exporter)
+                data = partial.with_name(partial.name + ".data")
+                if data.exists():
+                    os.replace(data, target.with_name(target.name + ".data"))
+                os.replace(partial, target)
+            paths[(model, exporter)] = target
+        return paths[(model, exporter)]
+
+    return get
+
+
+def feeds(model: onnx.ModelProto, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Token ids below the vocabulary size, or normal images."""
+    rng = np.random.default_rng(seed)
+    vi = model.graph.input[0]
+    if vi.type.tensor_type.elem_type == onnx.TensorProto.INT64:
+        return {vi.name: rng.integers(0, tz.VOCAB, (batch, tz.SEQ)).astype(np.int64)}
+    return {vi.name: rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)}
+
+
+def run(model: onnx.ModelProto, batch: int, seed: int = 0) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds(model, batch, seed))
+
+
+def head_group(m: onnxprune.PrunableModel, layer: int = 0):
+    """The prunable group whose channel count is the model's head (or kv-group) count and that
+    the `layer`-th attention's output projection consumes."""
+    groups = [g for g in m.groups if g.n_channels in set(HEADS.values()) and any(m.depgraph.roles.get(d) == IN for d in g.dims)]
+    return groups[layer] if len(groups) > layer else None
+
+
+def plant(model: onnx.ModelProto, m: onnxprune.PrunableModel, chans: dict[int, set[int]]) -> onnx.ModelProto:
+    """Zero the given channels in every constant of their groups except consuming weights."""
+    values = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
+    for g in m.groups:
+        if g.id not in chans:
+            continue
+        for d in g.const_dims:
+            if g.roles.get(d) == IN or d.tensor not in values:
+                continue
+            v = np.moveaxis(values[d.tensor], d.axis, 0)
+            v[np.isin(g.classes[d], sorted(chans[g.id]))] = 0
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(values[t.name], t.name))
+    return out
+
+
+@pytest.mark.parametrize("case", HEAD_CASES, ids="-".join)
+def test_heads_and_mlp_prunable(exports, case):
+    """Every layer's heads form one prunable group (GQA: one channel per kv group) and so does its MLP."""
+    model, exporter = case
+    m = onnxprune.load(exports(model, exporter))
+    heads = [g for g in m.groups if g.n_channels == HEADS[model]]
+    assert len(heads) == 2, [(g.id, g.n_channels) for g in m.groups]
+    assert len(m.groups) >= 4
+
+
+@pytest.mark.parametrize("case", HEAD_CASES, ids="-".join)
+def test_dead_heads_exact(exports, case):
+    """A head whose q, k, v projections are zero is exactly what threshold 0 removes from the
+    heads group, and removing it leaves the outputs unchanged on real inputs."""
+    model, exporter = case
+    original = onnx.load(str(exports(model, exporter)))
+    m = onnxprune.PrunableModel(original)
+    group = head_group(m)
+    assert group is not None
+    planted = plant(original, m, {group.id: {1}})
+    pm = onnxprune.PrunableModel(planted)
+    plan = pm.plan(threshold=0)
+    removed = {gp.id: set(range(gp.channels)) - set(gp.keep) for gp in plan.groups}
+    assert removed.get(group.id) == {1}
+    assert all(not r for gid, r in removed.items() if gid != group.id)
+    result = pm.apply(plan)
+    assert result.exact
+    assert result.after.macs < result.before.macs
+    for batch in (2, 3):
+        for a, b in zip(run(planted, batch, seed=batch), run(result.model, batch, seed=batch)):
+            assert a.shape == b.shape
+            assert float(np.max(np.abs(a - b))) <= RTOL * max(float(np.max(np.abs(a))), 1e-30)
+
+
+@pytest.mark.parametrize("case", CASES, ids="-".join)
+def test_dead_mlp_channels_exact(exports, case):
+    """Zeroed MLP hidden channels (up projection rows, biases) are removed exactly."""
+    model, exporter = case
+    original = onnx.load(str(exports(model, exporter)))
+    m = onnxprune.PrunableModel(original)
+    mlp = [g for g in m.groups if g.n_channels > max(HEADS.values())]
+    assert mlp, "no prunable MLP group"
+    planted = plant(original, m, {mlp[0].id: {1, mlp[0].n_channels - 1}})
+    pm = onnxprune.PrunableModel(planted)
+    plan = pm.plan(threshold=0)
+    removed = {gp.id: set(range(gp.channels)) - set(gp.keep) for gp in plan.groups}
+    assert removed[mlp[0].id] == {1, mlp[0].n_channels - 1}
+    result = pm.apply(plan)
+    assert result.exact
+    for a, b in zip(run(planted, 2), run(result.model, 2)):
+        assert float(np.max(np.abs(a - b))) <= RTOL * max(float(np.max(np.abs(a))), 1e-30)
+
+
+@pytest.mark.parametrize("case", CASES, ids="-".join)
+def test_random_prune_valid(exports, case):
+    """A random 50% prune (heads included where prunable) passes the full checker, keeps the I/O
+    signature and runs at batch 2 and 3 with the original's output shapes."""
+    model, exporter = case
+    original = onnx.load(str(exports(model, exporter)))
+    m = onnxprune.PrunableModel(original)
+    plan = m.plan(ratio=0.5, criterion="random")
+    result = m.apply(plan)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert [i.name for i in result.model.graph.input] == [i.name for i in original.graph.input]
+    assert result.after.macs < result.before.macs
+    for batch in (2, 3):
+        a, b = run(original, batch), run(result.model, batch)
+        assert [x.shape for x in a] == [x.shape for x in b]
+        assert all(np.all(np.isfinite(x)) for x in b)
+
+
+@pytest.mark.parametrize("model", LEGACY_BLOCKED)
+def test_legacy_heads_blocked_with_reason(exports, model):
+    """Under the legacy exporter the heads are not prunable yet; the group says why."""
+    m = onnxprune.load(exports(model, "legacy"))
+    assert not [g for g in m.groups if g.n_channels == HEADS[model]]
+    reasons = [r for g in m.depgraph.groups if g.has_weights and not g.prunable for r in g.blocked]
+    assert reasons
