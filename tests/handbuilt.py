@@ -653,3 +653,43 @@ def recurrent(kind: str) -> onnx.ModelProto:
     if kind == "lstm_states":
         out.append(n.matmul(n.op("Squeeze", [result[1], n.ints("axes0", [0])], "last"), hidden, 2, "fc3"))
     return n.build({"x": [1, 5, 4]}, out)
+
+
+ATTENTION = ("mha", "gqa", "fused_qkv")
+
+
+def attention(kind: str) -> onnx.ModelProto:
+    """Self-attention on x [N, T, C] as the torch exporters write it: q, k, v projections, head
+    split `[N, T, C] -> [N, T, H, D]` and transpose, Q.K^T (two activations), scale, Softmax, the
+    SDPA decomposition's `Where(IsNaN(p), 0, p)`, attn.V, merge back and an output projection.
+    `gqa`: 4 query heads share 2 kv heads through `Unsqueeze -> Expand -> Reshape`; `fused_qkv`: one
+    projection to 3C split ViT-style (`[N, T, 3, H, D]`, permute, equal Split, Squeeze)."""
+    n = Net(f"attention_{kind}", opset=17)
+    t, c, d = 6, 8, 4
+    heads = 4 if kind == "gqa" else 2
+    kv = 2
+    split = n.ints("split_heads", [0, t, -1, d])
+    to_heads = [0, 2, 1, 3]
+    if kind == "fused_qkv":
+        qkv = n.matmul("x", c, 3 * c, "qkv")
+        qkv = n.op("Reshape", [qkv, n.ints("split_qkv", [0, t, 3, heads, d])], "split_qkv_heads")
+        qkv = n.op("Transpose", [qkv], "qkv_first", perm=[2, 0, 3, 1, 4])
+        parts = n.op("Split", [qkv], "unbind", outputs=3, axis=0)
+        q, k, v = (n.op("Squeeze", [p, n.ints(f"axis0_{i}", [0])], f"{name}_heads") for i, (p, name) in enumerate(zip(parts, "qkv")))
+    else:
+        q = n.op("Transpose", [n.op("Reshape", [n.matmul("x", c, heads * d, "q"), split], "q_split")], "q_heads", perm=to_heads)
+        k, v = (n.op("Transpose", [n.op("Reshape", [n.matmul("x", c, kv * d, name), split], f"{name}_split")],
+                     f"{name}_heads", perm=to_heads) for name in "kv")
+        if kind == "gqa":
+            rep = heads // kv
+            target = n.ints("gqa_expand", [1, kv, rep, t, d])
+            k, v = (n.op("Reshape", [n.op("Expand", [n.op("Unsqueeze", [x, n.ints(f"{name}_ax", [2])], f"{name}_unsq"), target],
+                                          f"{name}_expand"), n.ints(f"{name}_merge", [0, heads, t, d])], f"{name}_rep")
+                    for x, name in ((k, "k"), (v, "v")))
+    scores = n.op("MatMul", [q, n.op("Transpose", [k], "k_t", perm=[0, 1, 3, 2])], "scores")
+    scores = n.op("Mul", [scores, n.const("scale", np.array(d ** -0.5, np.float32))], "scaled")
+    probs = n.op("Softmax", [scores], "softmax", axis=-1)
+    probs = n.op("Where", [n.op("IsNaN", [probs], "isnan"), n.const("zero", np.array(0, np.float32)), probs], "guard")
+    out = n.op("MatMul", [probs, v], "attn_v")
+    out = n.op("Reshape", [n.op("Transpose", [out], "back", perm=to_heads), n.ints("merge_heads", [0, t, heads * d])], "merge")
+    return n.build({"x": ["N", t, c]}, [n.matmul(out, heads * d, 5, "o")])

@@ -402,6 +402,23 @@ SPECS += [Spec(f"simple_chain_{o}", partial(hb.simple_chain, o), [("c1.w", 0), (
 SPECS += [Spec(f"recurrent_{k}", partial(hb.recurrent, k), [("rnn.W", 1), ("fc1.w", 1)], check=_check_recurrent)
           for k in hb.RECURRENT]
 
+
+def _check_heads(kind: str, planted, pruned):
+    """Whole heads go (head_dim 4 stays): one head (GQA: one kv head and its two query heads)."""
+    assert value(pruned, "o.w").shape[0] == value(planted, "o.w").shape[0] - (8 if kind == "gqa" else 4)
+    if kind == "gqa":
+        assert value(pruned, "k.w").shape[1] == value(pruned, "v.w").shape[1] == 4
+        assert input_value(pruned, "k_expand", 1).tolist() == [1, 1, 2, 6, 4]
+    elif kind == "fused_qkv":
+        assert value(pruned, "qkv.w").shape[1] == 12
+        assert input_value(pruned, "split_qkv_heads", 1).tolist() == [0, 6, 3, 1, 4]
+
+
+SPECS += [Spec(f"attention_{k}", partial(hb.attention, k),
+               [("qkv.w" if k == "fused_qkv" else "q.w", 1), ("o.w", 0)] + ([("k.w", 1), ("v.w", 1)] if k != "fused_qkv" else []),
+               [("o.w", 1, GRAPH_OUT)], check=partial(_check_heads, k))
+          for k in hb.ATTENTION]
+
 BY_ID = {s.id: s for s in SPECS}
 assert len(BY_ID) == len(SPECS)
 
