@@ -185,3 +185,42 @@ def test_legacy_heads_blocked_with_reason(exports, model):
     assert not [g for g in m.groups if g.n_channels == HEADS[model]]
     reasons = [r for g in m.depgraph.groups if g.has_weights and not g.prunable for r in g.blocked]
     assert reasons
+
+
+@pytest.mark.parametrize("exporter", tz.EXPORTERS)
+def test_dead_residual_channels_exact_rmsnorm(exports, exporter):
+    """Llama's residual stream (embedding columns, o/down projection outputs, RMSNorm weights) is
+    one prunable group; zeroed channels are removed exactly because every RMSNorm's mean is
+    rescaled to the original width (eps and the output scale rewritten)."""
+    original = onnx.load(str(exports("llama", exporter)))
+    m = onnxprune.PrunableModel(original)
+    residual = [g for g in m.groups if g.n_channels == 64]
+    assert len(residual) == 1
+    chans = {3, 40}
+    planted = plant(original, m, {residual[0].id: chans})
+    pm = onnxprune.PrunableModel(planted)
+    plan = pm.plan(threshold=0)
+    removed = {gp.id: set(range(gp.channels)) - set(gp.keep) for gp in plan.groups}
+    assert removed[residual[0].id] == chans
+    result = pm.apply(plan)
+    assert result.exact
+    for batch in (2, 3):
+        for a, b in zip(run(planted, batch, seed=batch), run(result.model, batch, seed=batch)):
+            assert float(np.max(np.abs(a - b))) <= RTOL * max(float(np.max(np.abs(a))), 1e-30)
+
+
+@pytest.mark.parametrize("exporter", tz.EXPORTERS)
+def test_residual_prune_valid_rmsnorm(exports, exporter):
+    """Pruning live residual channels (30%) gives a valid model whose output stays close."""
+    original = onnx.load(str(exports("llama", exporter)))
+    m = onnxprune.PrunableModel(original)
+    residual = [g for g in m.groups if g.n_channels == 64][0]
+    plan = m.plan(ratio=0.3)
+    for gp in plan.groups:  # only the residual stream
+        if gp.id != residual.id:
+            gp.keep = list(range(gp.channels))
+    assert len(next(gp for gp in plan.groups if gp.id == residual.id).keep) < 64
+    result = m.apply(plan)
+    onnx.checker.check_model(result.model, full_check=True)
+    a, b = run(original, 2), run(result.model, 2)
+    assert a[0].shape == b[0].shape and np.all(np.isfinite(b[0]))
