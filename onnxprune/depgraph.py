@@ -34,6 +34,11 @@ class DepGraph:
         return [g for g in self.groups if g.prunable]
 
     @cached_property
+    def consumed(self) -> set[Dim]:
+        """Activation dims read like weights by activation-only computations (Coupling.consumed)."""
+        return {d for c in self.couplings for d in c.consumed}
+
+    @cached_property
     def roles(self) -> dict[Dim, Role]:
         return {d: r for g in self.groups for d, r in g.roles.items()}
 

@@ -142,22 +142,26 @@ def test_dead_heads_exact(exports, case):
 
 
 @pytest.mark.parametrize("case", CASES, ids="-".join)
-def test_dead_mlp_channels_exact(exports, case):
-    """Zeroed MLP hidden channels (up projection rows, biases) are removed exactly."""
+def test_dead_channels_exact_every_group(exports, case):
+    """For every prunable group (heads, head_dim of q/k, MLP width, the residual stream), zeroed
+    channels are exactly what threshold 0 removes, and removing them leaves the outputs unchanged."""
     model, exporter = case
     original = onnx.load(str(exports(model, exporter)))
     m = onnxprune.PrunableModel(original)
-    mlp = [g for g in m.groups if g.n_channels > max(HEADS.values())]
-    assert mlp, "no prunable MLP group"
-    planted = plant(original, m, {mlp[0].id: {1, mlp[0].n_channels - 1}})
-    pm = onnxprune.PrunableModel(planted)
-    plan = pm.plan(threshold=0)
-    removed = {gp.id: set(range(gp.channels)) - set(gp.keep) for gp in plan.groups}
-    assert removed[mlp[0].id] == {1, mlp[0].n_channels - 1}
-    result = pm.apply(plan)
-    assert result.exact
-    for a, b in zip(run(planted, 2), run(result.model, 2)):
-        assert float(np.max(np.abs(a - b))) <= RTOL * max(float(np.max(np.abs(a))), 1e-30)
+    assert m.groups, "nothing prunable"
+    assert any(g.n_channels > max(HEADS.values()) for g in m.groups), "no MLP group"
+    for group in m.groups:
+        chans = {1, group.n_channels - 1} if group.n_channels >= 4 else {1}
+        planted = plant(original, m, {group.id: chans})
+        pm = onnxprune.PrunableModel(planted)
+        plan = pm.plan(threshold=0)
+        removed = {gp.id: set(range(gp.channels)) - set(gp.keep) for gp in plan.groups}
+        assert removed[group.id] == chans, f"group {group.id}"
+        assert all(not r for gid, r in removed.items() if gid != group.id)
+        result = pm.apply(plan)
+        assert result.exact
+        for a, b in zip(run(planted, 3, seed=group.id), run(result.model, 3, seed=group.id)):
+            assert float(np.max(np.abs(a - b))) <= RTOL * max(float(np.max(np.abs(a))), 1e-30), f"group {group.id}"
 
 
 @pytest.mark.parametrize("case", CASES, ids="-".join)
@@ -224,3 +228,22 @@ def test_residual_prune_valid_rmsnorm(exports, exporter):
     onnx.checker.check_model(result.model, full_check=True)
     a, b = run(original, 2), run(result.model, 2)
     assert a[0].shape == b[0].shape and np.all(np.isfinite(b[0]))
+
+
+def test_rmsnorm_weight_zero_is_not_dead(exports):
+    """A residual channel whose RMSNorm weights are zero still enters every mean of squares: it is
+    not dead, and threshold 0 keeps it."""
+    original = onnx.load(str(exports("llama", "dynamo")))
+    values = {t.name: numpy_helper.to_array(t).copy() for t in original.graph.initializer}
+    norms = [name for name in values if "norm" in name]
+    assert norms
+    for name in norms:
+        values[name][5] = 0
+    planted = onnx.ModelProto()
+    planted.CopyFrom(original)
+    for t in planted.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(values[t.name], t.name))
+    pm = onnxprune.PrunableModel(planted)
+    residual = [g for g in pm.groups if g.n_channels == 64][0]
+    plan = pm.plan(threshold=0)
+    assert 5 in next(gp for gp in plan.groups if gp.id == residual.id).keep

@@ -40,6 +40,7 @@ def couple_activation_matmul(ctx: NodeContext) -> Coupling:
     c.link(ctx.in_dim(0, len(a) - 2), ctx.out_dim(0, batch))      # m
     c.link(ctx.in_dim(1, len(b) - 1), ctx.out_dim(0, batch + 1))  # n
     c.link(ctx.in_dim(0, len(a) - 1), ctx.in_dim(1, len(b) - 2))  # k, contracted
+    c.consume(ctx.in_dim(0, len(a) - 1), ctx.in_dim(1, len(b) - 2))
     return c
 
 

@@ -150,6 +150,7 @@ class ReduceRule(OpRule):
             return c
         norm = match_rms_norm(ctx) if ctx.node.op_type == "ReduceMean" else None
         if norm is not None:  # RMSNorm: the mean is rescaled after pruning (see ops/rmsnorm.py)
+            c.consume(ctx.in_dim(0, norm.axis))  # x^2 of every channel enters the mean
             for k in range(rank):
                 if k == norm.axis:
                     c.free(ctx.in_dim(0, k), ctx.out_dim(0, k))
