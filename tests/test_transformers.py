@@ -247,3 +247,15 @@ def test_rmsnorm_weight_zero_is_not_dead(exports):
     residual = [g for g in pm.groups if g.n_channels == 64][0]
     plan = pm.plan(threshold=0)
     assert 5 in next(gp for gp in plan.groups if gp.id == residual.id).keep
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] != "vit"], ids="-".join)
+def test_embedding_rows_of_token_ids(exports, case):
+    """The token-id input indexes embedding tables of at least VOCAB rows (positions: 2 * SEQ)."""
+    from onnxprune.graph import ModelIndex
+    from onnxprune.ops.layout import embedding_rows
+
+    model = onnx.load(str(exports(*case)))
+    rows = embedding_rows(ModelIndex.build(model), "input_ids")
+    assert rows == tz.VOCAB
+    assert embedding_rows(ModelIndex.build(model), "y") is None

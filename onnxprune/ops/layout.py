@@ -626,3 +626,29 @@ class GatherRule(Mover, Folds):
         for k in range(len(indices)):
             c.link(ctx.in_dim(1, k), ctx.out_dim(0, axis + k))
         return c
+
+
+def embedding_rows(index, name: str) -> int | None:
+    """How many rows the embedding tables that the integer tensor `name` indexes have (the
+    smallest, when it feeds several: token, position, type embeddings), or None when it feeds no
+    Gather from a constant table.  Follows the ids through ops that only move elements (Reshape,
+    Cast, Unsqueeze, ...), so input synthesis can draw valid token ids below this size."""
+    from .registry import rule_for
+
+    sizes, todo, seen = [], [name], set()
+    while todo:
+        tensor = todo.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        for node_i, slot in index.consumers.get(tensor, []):
+            node = index.model.graph.node[node_i]
+            rule = rule_for(node, index.opset)
+            if isinstance(rule, GatherRule) and slot == 1 and index.is_const(node.input[0]):
+                table = index.shape(node.input[0])
+                axis = int(NodeContext(index, node_i).attr("axis", 0))
+                if table and isinstance(table[axis], int):
+                    sizes.append(table[axis])
+            elif rule.preserves_elements and slot == 0:
+                todo.extend(o for o in node.output if o)
+    return min(sizes) if sizes else None
