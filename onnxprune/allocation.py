@@ -17,7 +17,7 @@ import numpy as np
 
 from .depgraph import DepGraph
 from .errors import InputError
-from .groups import Group
+from .groups import Group, KeepMasks, Scores
 from .ops import OUT, PARAM
 
 
@@ -108,7 +108,7 @@ def _keep_top(group: Group, scores: np.ndarray, n_keep: int, round_to: int = 1) 
     return mask
 
 
-def by_threshold(groups: list[Group], scores: dict[int, np.ndarray], threshold: float, round_to: int) -> dict[int, np.ndarray]:
+def by_threshold(groups: list[Group], scores: Scores, threshold: float, round_to: int) -> KeepMasks:
     keep = {}
     for group in groups:
         s = scores[group.id]
@@ -117,7 +117,7 @@ def by_threshold(groups: list[Group], scores: dict[int, np.ndarray], threshold: 
     return keep
 
 
-def by_ratio(groups: list[Group], scores: dict[int, np.ndarray], ratio: float, options: AllocationOptions) -> dict[int, np.ndarray]:
+def by_ratio(groups: list[Group], scores: Scores, ratio: float, options: AllocationOptions) -> KeepMasks:
     if not options.global_ranking:
         return {g.id: _keep_top(g, scores[g.id], _rounded_keep(g.n_channels, g.n_channels - int(ratio * g.n_channels), options.round_to), options.round_to)
                 for g in groups}
@@ -137,7 +137,7 @@ def by_ratio(groups: list[Group], scores: dict[int, np.ndarray], ratio: float, o
     return keep
 
 
-def allocate(dg: DepGraph, scores: dict[int, np.ndarray], options: AllocationOptions, cost_of) -> dict[int, np.ndarray]:
+def allocate(dg: DepGraph, scores: Scores, options: AllocationOptions, cost_of) -> KeepMasks:
     """Keep masks per group.  `cost_of(keep) -> ModelCost` prices a candidate for targets."""
     options.validate()
     groups = eligible_groups(dg, options)
@@ -172,8 +172,8 @@ def allocate(dg: DepGraph, scores: dict[int, np.ndarray], options: AllocationOpt
     return _refill(groups, scores, keep, lambda k: getattr(cost_of(k), which) / max(base, 1), target, options.round_to)
 
 
-def _refill(groups: list[Group], scores: dict[int, np.ndarray], keep: dict[int, np.ndarray], fraction, target: float,
-            round_to: int = 1) -> dict[int, np.ndarray]:
+def _refill(groups: list[Group], scores: Scores, keep: KeepMasks, fraction, target: float,
+            round_to: int = 1) -> KeepMasks:
     """The ratio steps are coarse on small models: give back the best removed channels, `round_to`
     at a time per group (so kept counts stay multiples of it), while the cost stays under the
     target, until it is within 1% of it."""

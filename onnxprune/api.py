@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
+from .groups import KeepMasks, Scores
 from . import cost
 from .cost import CostModel, ModelCost
 from .allocation import AllocationOptions, allocate
@@ -170,7 +171,7 @@ class PrunableModel:
         return load_calibration(data, self.index)
 
     def importance(self, criterion: str | Criterion = "l1", data=None, aggregate: str = "sum",
-                   normalize: str = "mean") -> dict[int, np.ndarray]:
+                   normalize: str = "mean") -> Scores:
         """Score per channel for every prunable group (0 exactly for dead channels)."""
         if criterion in ("activation", "apoz"):
             feeds = self.calibration(data)
@@ -193,7 +194,7 @@ class PrunableModel:
     def cost_model(self) -> CostModel:
         return CostModel(self.depgraph, self.cost_index)
 
-    def cost(self, keep: dict[int, np.ndarray]) -> ModelCost:
+    def cost(self, keep: KeepMasks) -> ModelCost:
         """Params and MACs after keeping these channels: a dry run of surgery, nothing written."""
         return self.cost_model.estimate(keep)
 

@@ -2,7 +2,8 @@
 
 MACs are each op rule's own count (`OpRule.macs`) at the shapes the index holds: sizes that are
 dynamic count as 1, so with a dynamic batch MACs are per sample.  Parameters are the floating-point
-constants: initializers and Constant-node tensors (paddle2onnx keeps every weight in Constant nodes).
+and 8/4-bit integer constants (PARAM_TYPES): initializers and Constant-node tensors (paddle2onnx
+keeps every weight in Constant nodes).
 
 `CostModel.estimate` prices a candidate pruning without doing it: a dry run of surgery's own
 decisions, the slicing of every constant (`surgery.plan_slicing`: shared constants, per-use copies
@@ -14,14 +15,17 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-import numpy as np
 import onnx
 
+from .groups import KeepMasks
 from .graph import ModelIndex
 from .ops import NodeContext
 from .ops.registry import op_label
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+PARAM_TYPES = FLOAT_TYPES + (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+"""Weights: floating-point constants, and the 8- and 4-bit integer weights of quantized models
+(int32 and int64 constants are biases of quantized layers or, far more often, shapes and indices)."""
 
 
 @dataclass(frozen=True)
@@ -42,15 +46,15 @@ class LayerCost:
     """Output channels (Conv/Gemm/MatMul), shown in summaries before and after."""
 
 
-def _is_float_param(index: ModelIndex, name: str) -> bool:
-    """A floating-point constant: an initializer, or a Constant node's tensor."""
+def _is_param(index: ModelIndex, name: str) -> bool:
+    """A weight (PARAM_TYPES): an initializer, or a Constant node's tensor."""
     if name in index.initializers:
-        return index.initializers[name].data_type in FLOAT_TYPES
-    return name in index.constant_nodes and index.elem_types.get(name) in FLOAT_TYPES
+        return index.initializers[name].data_type in PARAM_TYPES
+    return name in index.constant_nodes and index.elem_types.get(name) in PARAM_TYPES
 
 
 def _param_count(index: ModelIndex, names) -> int:
-    return sum(math.prod(index.shape(n) or ()) for n in names if _is_float_param(index, n))
+    return sum(math.prod(index.shape(n) or ()) for n in names if _is_param(index, n))
 
 
 def layer_costs(index: ModelIndex) -> list[LayerCost]:
@@ -96,7 +100,7 @@ class CostModel:
         index = self.index
         return [i for i in range(len(index.model.graph.node)) if (ctx := NodeContext(index, i)).rule.macs(ctx)]
 
-    def estimate(self, keep: dict[int, np.ndarray]) -> ModelCost:
+    def estimate(self, keep: KeepMasks) -> ModelCost:
         """The cost after keeping `keep[group_id]` channels, without doing the surgery."""
         from .surgery import kept_elements, plan_slicing
 
@@ -115,6 +119,6 @@ class CostModel:
             macs += after.rule.macs(after) - before.rule.macs(before)
         params = self.base.params
         for slicing in plan_slicing(self.dg.index, kept):
-            if _is_float_param(index, slicing.name):
+            if _is_param(index, slicing.name):
                 params += sum(math.prod(s) for s in slicing.shapes_after()) - math.prod(slicing.shape)
         return ModelCost(int(params), int(macs))

@@ -9,6 +9,7 @@ too, as are dims of unknown size.  Connected components become `Group`s (see gro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 from functools import cached_property
 
 import networkx as nx
@@ -21,12 +22,28 @@ from .ops import Coupling, Dim, Edge, NodeContext, Role, op_label
 from .ops.registry import UNKNOWN
 
 
+class PinKind(IntEnum):
+    """Why a dim is pinned, in the order `inspect` names them: the root cause of a block first
+    (an unknown size, a symptom of an op upstream that shape inference cannot follow, comes after
+    all of these, with that op named: depgraph.unknown_size_cause)."""
+
+    NO_RULE = 0        # an op onnxprune has no rule for
+    RULE = 1           # a rule that cannot follow this dim (a reduction over it, a run-time bound, ...)
+    GRAPH_IO = 2       # a graph input or output (its shape is the model's contract)
+
+
+@dataclass(frozen=True)
+class Pin:
+    reason: str
+    kind: PinKind
+
+
 @dataclass
 class DepGraph:
     index: ModelIndex
     graph: nx.Graph
     couplings: list[Coupling]
-    pins: dict[Dim, str]
+    pins: dict[Dim, Pin]
     groups: list[Group] = field(default_factory=list)
 
     @property
@@ -66,12 +83,30 @@ def _touched(ctx: NodeContext) -> list[Dim]:
     return dims
 
 
-def _pin_reason(ctx: NodeContext, dim: Dim, coupling: Coupling) -> str:
+def _pin(ctx: NodeContext, dim: Dim, coupling: Coupling) -> Pin:
     if dim in coupling.pinned:
-        return coupling.pinned[dim]
+        return Pin(coupling.pinned[dim], PinKind.RULE)
     if ctx.rule is UNKNOWN:
-        return f"blocked by {op_label(ctx.node)} at node '{ctx.node.name or ctx.node.output[0]}' (no pruning rule for this op)"
-    return f"{ctx.label} does not map axis {dim.axis} of '{dim.tensor}'"
+        return Pin(f"blocked by {op_label(ctx.node)} at node '{ctx.node.name or ctx.node.output[0]}' (no pruning rule for this op)",
+                   PinKind.NO_RULE)
+    return Pin(f"{ctx.label} does not map axis {dim.axis} of '{dim.tensor}'", PinKind.RULE)
+
+
+def unknown_size_cause(index: ModelIndex, dim: Dim) -> str:
+    """Where a size got lost: the first node upstream whose inputs have known shapes but whose
+    output does not (onnx shape inference cannot follow it), or the dynamic graph input."""
+    name, seen = dim.tensor, set()
+    while name in index.producer and name not in seen:
+        seen.add(name)
+        node = index.model.graph.node[index.producer[name]]
+        unknown = [i for i in node.input if i and (index.shape(i) is None or None in index.shape(i))]
+        if not unknown:
+            return (f"size of {dim} is not known: shape inference cannot follow {op_label(node)} at node "
+                    f"'{node.name or node.output[0]}'")
+        name = unknown[0]
+    if name in index.graph_inputs:
+        return f"size of {dim} is not known (dynamic dimension of graph input '{name}')"
+    return f"size of {dim} is not known (dynamic dimension)"
 
 
 def _dim_size(index: ModelIndex, dim: Dim) -> int | None:
@@ -86,7 +121,7 @@ def build_depgraph(index: ModelIndex) -> DepGraph:
     """Run every node's op rule and assemble the dependency graph and its groups."""
     graph = nx.Graph()
     couplings: list[Coupling] = []
-    pins: dict[Dim, str] = {}
+    pins: dict[Dim, Pin] = {}
     for i in range(len(index.model.graph.node)):
         ctx = NodeContext(index, i)
         coupling = ctx.rule.couple(ctx)
@@ -97,17 +132,17 @@ def build_depgraph(index: ModelIndex) -> DepGraph:
         mentioned = coupling.mentioned() | in_choices
         for dim in _touched(ctx):
             if dim not in mentioned:
-                pins.setdefault(dim, _pin_reason(ctx, dim, coupling))
+                pins.setdefault(dim, _pin(ctx, dim, coupling))
     for name in sorted(index.graph_inputs):
         for axis in range(len(index.shape(name) or ())):
-            pins.setdefault(Dim(name, axis), f"graph input '{name}'")
+            pins.setdefault(Dim(name, axis), Pin(f"graph input '{name}'", PinKind.GRAPH_IO))
     for name in sorted(index.graph_outputs):
         for axis in range(len(index.shape(name) or ())):
-            pins.setdefault(Dim(name, axis), f"graph output '{name}'")
+            pins.setdefault(Dim(name, axis), Pin(f"graph output '{name}'", PinKind.GRAPH_IO))
     _resolve_choices(index, graph, couplings, pins)
     depgraph = DepGraph(index=index, graph=graph, couplings=couplings, pins=pins)
     sizes = {dim: _dim_size(index, dim) for dim in graph.nodes}
-    depgraph.groups = make_groups(graph, pins, sizes, couplings)
+    depgraph.groups = make_groups(graph, pins, sizes, couplings, lambda d: unknown_size_cause(index, d))
     return depgraph
 
 
@@ -121,7 +156,7 @@ def _add_edge(graph: nx.Graph, edge: Edge) -> None:
         graph.add_edge(edge.a, edge.b, edges=[edge])
 
 
-def _resolve_choices(index: ModelIndex, graph: nx.Graph, couplings: list[Coupling], pins: dict[Dim, str]) -> None:
+def _resolve_choices(index: ModelIndex, graph: nx.Graph, couplings: list[Coupling], pins: dict[Dim, Pin]) -> None:
     """A Reshape that merges (or splits) several axes can carry channels of only one of them.
     Keep the factor whose dims are still prunable (the largest, if several), pin the others."""
     if not any(c.choices for c in couplings):
@@ -143,10 +178,10 @@ def _resolve_choices(index: ModelIndex, graph: nx.Graph, couplings: list[Couplin
                     _add_edge(graph, edge)
                     union.union(edge.a, edge.b)
                     continue
-                pins.setdefault(edge.a, f"{label} merges several axes and follows only one of them")
+                pins.setdefault(edge.a, Pin(f"{label} merges several axes and follows only one of them", PinKind.RULE))
                 blocked.add(union[edge.a])
             if chosen is None:
-                pins.setdefault(whole, f"{label} merges axes none of which can be pruned")
+                pins.setdefault(whole, Pin(f"{label} merges axes none of which can be pruned", PinKind.RULE))
                 blocked.add(union[whole])
             elif union[chosen.a] in blocked:
                 blocked.add(union[whole])

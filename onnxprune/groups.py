@@ -13,6 +13,14 @@ import numpy as np
 from .ops import IN, OUT, Coupling, Dim, Edge
 
 
+KeepMasks = dict[int, np.ndarray]
+"""Which channels each group keeps, what crosses from allocation to plan, cost and surgery:
+group id -> a bool per channel (True stays); a group that is not listed keeps all its channels."""
+
+Scores = dict[int, np.ndarray]
+"""Importance per group: group id -> one score per channel (exactly 0 for a dead channel)."""
+
+
 @dataclass
 class Group:
     id: int
@@ -42,6 +50,16 @@ class Group:
     def kept_elements(self, dim: Dim, keep: np.ndarray) -> np.ndarray:
         """Indices of `dim`'s elements whose channel is kept (`keep` is a bool mask over channels)."""
         return np.nonzero(keep[self.classes[dim]])[0]
+
+    def removable(self) -> np.ndarray:
+        """Bool per channel: removing that channel alone leaves at least one element in every dim
+        (a dim whose elements all belong to one channel can lose none of it)."""
+        ok = np.ones(self.n_channels, dtype=bool)
+        for dim in self.dims:
+            classes = self.classes[dim]
+            if len(classes) and classes.min() == classes.max():
+                ok[classes[0]] = False
+        return ok
 
     def min_keep_ok(self, keep: np.ndarray) -> bool:
         """Every dim keeps at least one element (a Concat input cannot become empty)."""
@@ -100,8 +118,10 @@ def _edge_problem(edge: Edge, sizes: dict[Dim, int]) -> str | None:
     return None
 
 
-def make_groups(graph: nx.Graph, pins: dict[Dim, str], sizes: dict[Dim, int | None],
-                couplings: list[Coupling]) -> list[Group]:
+def make_groups(graph: nx.Graph, pins: dict, sizes: dict[Dim, int | None],
+                couplings: list[Coupling], unknown_size=lambda dim: f"size of {dim} is not known (dynamic dimension)") -> list[Group]:
+    """`pins` maps a dim to its depgraph.Pin; a group's `blocked` reasons list the root causes
+    first (Pin.kind order); `unknown_size(dim)` says where an unknown size came from."""
     roles: dict[Dim, str] = {}
     for coupling in couplings:
         roles.update(coupling.roles)
@@ -109,9 +129,10 @@ def make_groups(graph: nx.Graph, pins: dict[Dim, str], sizes: dict[Dim, int | No
                         key=lambda dims: graph.nodes[dims[0]]["order"])
     groups = []
     for dims in components:
-        blocked = sorted({pins[d] for d in dims if d in pins})
+        found = sorted({pins[d] for d in dims if d in pins}, key=lambda p: (p.kind, p.reason))
+        blocked = list(dict.fromkeys(p.reason for p in found))
         unknown = [d for d in dims if sizes.get(d) is None]
-        blocked += [f"size of {d} is not known (dynamic dimension)" for d in unknown[:1]]
+        blocked += [unknown_size(d) for d in unknown[:1]]
         group_roles = {d: roles[d] for d in dims if d in roles}
         if not any(r in (OUT, IN) for r in group_roles.values()) and not blocked:
             blocked.append("no weights produce or consume these channels")
@@ -123,5 +144,12 @@ def make_groups(graph: nx.Graph, pins: dict[Dim, str], sizes: dict[Dim, int | No
                 group.blocked.append(problems[0])
             else:
                 group.classes, group.n_channels = _element_classes(dims, group.sizes, edges)
+                if group.n_channels > 1 and not group.blocked and not group.removable().any():
+                    group.blocked.append(_why_nothing_removable(group))
         groups.append(group)
     return groups
+
+
+def _why_nothing_removable(group: Group) -> str:
+    tight = next((d for d in group.dims if group.classes[d].min() == group.classes[d].max()), group.dims[0])
+    return f"no channel can be removed: every one is all of {tight} (size {group.sizes[tight]}), which must keep one"

@@ -89,7 +89,9 @@ def consumption_points(dg: DepGraph, group: Group) -> list[Dim]:
 
 
 def _feeds_weight(dg: DepGraph, dim: Dim) -> bool:
-    return any(other.is_const and dg.roles.get(other) == IN for other in dg.graph.neighbors(dim))
+    """A neighbour consumes the channels as a weight's input axis (a constant weight, or one a
+    DequantizeLinear computes from integer weights)."""
+    return any(dg.roles.get(other) == IN for other in dg.graph.neighbors(dim))
 
 
 def _producer_rows(dg: DepGraph, group: Group, dtype=np.float64):

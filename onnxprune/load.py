@@ -18,7 +18,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
-from .errors import InputError, UnsupportedModelError
+from .errors import InputError
 from .graph import copy_fields
 from .ops import model_opset, rule_for
 
@@ -73,9 +73,8 @@ def _read(path: Path) -> bytes:
         raise InputError(f"{path}: cannot read the file ({exc.strerror})") from None
 
 
-def load_model(path: str | os.PathLike, allow_quantized: bool = False) -> LoadedModel:
-    """Read `path` into memory with its external data, refusing anything unsafe or malformed.
-    `allow_quantized` admits quantized models for the commands that only run them (bench)."""
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """Read `path` into memory with its external data, refusing anything unsafe or malformed."""
     path = Path(path)
     raw = _read(path)
     if not raw:
@@ -95,7 +94,7 @@ def load_model(path: str | os.PathLike, allow_quantized: bool = False) -> Loaded
             external_data_helper.load_external_data_for_model(model, str(path.parent))
         except (OSError, ValueError) as exc:
             raise InputError(f"{path}: cannot read external data ({exc})") from None
-    check_supported(model, path, path if locations else None, allow_quantized)
+    check_supported(model, path, path if locations else None)
     return LoadedModel(model=model, path=path, had_external_data=bool(locations),
                        sha256=file_digest(raw, [path.parent / loc for loc in sorted(set(locations))]))
 
@@ -116,9 +115,8 @@ def file_digest(raw: bytes, data_files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def check_supported(model: onnx.ModelProto, path: Path, external_source: Path | None = None,
-                    allow_quantized: bool = False) -> None:
-    """Refuse what the checker rejects, and what it accepts but onnxprune cannot prune exactly.
+def check_supported(model: onnx.ModelProto, path: Path, external_source: Path | None = None) -> None:
+    """Refuse what the checker rejects.
 
     `external_source`, the file a model with external data was loaded from, lets the checker
     resolve the data files itself (it checks offsets and lengths without loading them)."""
@@ -132,11 +130,6 @@ def check_supported(model: onnx.ModelProto, path: Path, external_source: Path | 
     except ValueError as exc:  # > 2 GB in memory is fine for us, the checker only refuses to serialise
         if "2GB" not in str(exc) and "2 GB" not in str(exc):
             raise InputError(f"{path}: invalid ONNX model: {exc}") from None
-    opset = model_opset(model)
-    quantized = [n.name or n.op_type for n in model.graph.node if not allow_quantized and rule_for(n, opset).quantized]
-    if quantized:
-        raise UnsupportedModelError(
-            f"{path}: quantized model (node {quantized[0]}); channel pruning of quantized models is not supported, prune the float model and quantize afterwards")
 
 
 def checker_view(model: onnx.ModelProto) -> onnx.ModelProto:

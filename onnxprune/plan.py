@@ -24,7 +24,7 @@ import numpy as np
 
 from .depgraph import DepGraph
 from .errors import InputError
-from .groups import Group
+from .groups import Group, KeepMasks
 from .ops import PARAM, Role
 from .origin import node_scope
 
@@ -126,7 +126,7 @@ def members_of(dg: DepGraph, group: Group) -> list[Member]:
     return members
 
 
-def make_plan(dg: DepGraph, keep: dict[int, np.ndarray], model_info: dict | None = None,
+def make_plan(dg: DepGraph, keep: KeepMasks, model_info: dict | None = None,
               options: dict | None = None) -> Plan:
     groups = [GroupPlan(id=g.id, channels=g.n_channels, keep=np.nonzero(keep.get(g.id, np.ones(g.n_channels, bool)))[0].tolist(),
                         members=members_of(dg, g)) for g in dg.prunable_groups]
@@ -137,13 +137,13 @@ def _member_key(m: Member) -> tuple:
     return (m.initializer, m.node, m.axis)
 
 
-def resolve(plan: Plan, dg: DepGraph, source: str = "plan") -> dict[int, np.ndarray]:
+def resolve(plan: Plan, dg: DepGraph, source: str = "plan") -> KeepMasks:
     """Match the plan's groups to the model's and return keep masks; name the first mismatch."""
     by_member = {}
     for group in dg.prunable_groups:
         for member in members_of(dg, group):
             by_member[_member_key(member)] = (group, member)
-    keep: dict[int, np.ndarray] = {}
+    keep: KeepMasks = {}
     for gp in plan.groups:
         if not gp.members:
             raise InputError(f"{source}: group {gp.id} has no members")

@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 from tqdm import tqdm
 
+from .groups import KeepMasks, Scores
 from .depgraph import DepGraph
 from .errors import InputError
 from .importance import consumption_points
@@ -125,7 +126,10 @@ def masked_model(dg: DepGraph, group_ids: list[int]) -> onnx.ModelProto:
 
 
 def _weight_dims(dg: DepGraph, node_i: int):
-    return [d for d in dg.roles if d.is_const and d.use == node_i and dg.roles[d] == IN]
+    """The consuming-weight dims of node `node_i`: its constant weights' (per use), or those of a
+    weight computed from constants (DequantizeLinear output) that it reads."""
+    inputs = set(dg.index.model.graph.node[node_i].input)
+    return [d for d, role in dg.roles.items() if role == IN and (d.use == node_i if d.is_const else d.tensor in inputs)]
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -154,13 +158,13 @@ class Evaluator:
         self.metric = METRICS[setup.metric] if isinstance(setup.metric, str) else setup.metric
         self.reference = reference if reference is not None else self.run({})
 
-    def run(self, masks: dict[int, np.ndarray]) -> list[np.ndarray]:
+    def run(self, masks: KeepMasks) -> list[np.ndarray]:
         full = {mask_input_name(g): masks.get(g, np.ones(n, dtype=np.float32)).astype(np.float32)
                 for g, n in self.setup.channels.items()}
         outputs = [self.session.run(None, {**chunk, **full}) for chunk in self.chunks]
         return [np.concatenate([o[k] for o in outputs]) for k in range(len(outputs[0]))]
 
-    def loss(self, masks: dict[int, np.ndarray]) -> float:
+    def loss(self, masks: KeepMasks) -> float:
         return self.metric(self.reference, self.run(masks), self.setup.labels)
 
 
@@ -423,15 +427,15 @@ def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) 
     write_atomic(Path(path), buffer.getvalue())
 
 
-def allocate(model, sens: Sensitivity, scores: dict[int, np.ndarray], target_macs: float | None = None,
-             target_params: float | None = None, max_loss: float | None = None) -> tuple[dict[int, np.ndarray], dict[int, float]]:
+def allocate(model, sens: Sensitivity, scores: Scores, target_macs: float | None = None,
+             target_params: float | None = None, max_loss: float | None = None) -> tuple[KeepMasks, dict[int, float]]:
     """Keep masks (and the chosen ratio per group) from a sensitivity analysis: the least predicted
     loss that meets a cost target, or the smallest model within `max_loss`."""
     if sens.model_sha256 != structure_digest(model.depgraph):
         raise InputError("sensitivity file: it was made for another model (its groups differ from this model's)")
     groups = {g.id: g for g in model.groups}
 
-    def keep_of(ratios: dict[int, float]) -> dict[int, np.ndarray]:
+    def keep_of(ratios: dict[int, float]) -> KeepMasks:
         return {gid: candidate_keep(scores[gid], r, groups[gid]) for gid, r in ratios.items() if r > 0 and gid in groups}
 
     if max_loss is not None:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .groups import KeepMasks
 from .depgraph import DepGraph
 from .errors import OnnxPruneError
 from .graph import ModelIndex, copy_fields, infer_shapes
@@ -179,17 +180,17 @@ def _shared_spec(index: ModelIndex, rank: int, uses: dict[Use, Spec], specs: dic
     return spec
 
 
-def _spec_key(spec: dict[int, np.ndarray]) -> tuple:
+def _spec_key(spec: Spec) -> tuple:
     return tuple(sorted((axis, idx.tobytes()) for axis, idx in spec.items()))
 
 
-def _take(value: np.ndarray, spec: dict[int, np.ndarray]) -> np.ndarray:
+def _take(value: np.ndarray, spec: Spec) -> np.ndarray:
     for axis, idx in sorted(spec.items()):
         value = np.take(value, idx, axis=axis)
     return value
 
 
-def kept_elements(dg: DepGraph, keep: dict[int, np.ndarray]) -> dict[Dim, np.ndarray]:
+def kept_elements(dg: DepGraph, keep: KeepMasks) -> dict[Dim, np.ndarray]:
     """For each dim of each group that loses channels, the indices of its elements that stay."""
     kept: dict[Dim, np.ndarray] = {}
     for group in dg.groups:
@@ -238,7 +239,7 @@ def _drop_replaced_initializers(model: onnx.ModelProto, index: ModelIndex) -> No
     model.graph.input.extend(inputs)
 
 
-def apply_keep(dg: DepGraph, keep: dict[int, np.ndarray]) -> onnx.ModelProto:
+def apply_keep(dg: DepGraph, keep: KeepMasks) -> onnx.ModelProto:
     """A new model in which group `g` keeps the channels where `keep[g]` is True."""
     kept = kept_elements(dg, keep)
     model = onnx.ModelProto()

@@ -693,3 +693,44 @@ def attention(kind: str) -> onnx.ModelProto:
     out = n.op("MatMul", [probs, v], "attn_v")
     out = n.op("Reshape", [n.op("Transpose", [out], "back", perm=to_heads), n.ints("merge_heads", [0, t, heads * d])], "merge")
     return n.build({"x": ["N", t, c]}, [n.matmul(out, heads * d, 5, "o")])
+
+
+def crnn_reshape() -> onnx.ModelProto:
+    """CRNN head: [N, C, H, W] -> Reshape to [N, C*H, W] with a run-time target [N, -1, W]
+    (Shape -> Gather -> Concat) -> [N, W, C*H] -> dense."""
+    n = Net("crnn_reshape")
+    x = n.op("MaxPool", [n.op("Relu", [n.conv("x", 3, 8, "c1")], "r1")], "p1", kernel_shape=[4, 1], strides=[4, 1])
+    shape = n.op("Shape", [x], "shape")
+    batch = n.op("Unsqueeze", [n.op("Gather", [shape, n.ints("i0", 0)], "g0"), n.ints("ax0", [0])], "u0")
+    width = n.op("Unsqueeze", [n.op("Gather", [shape, n.ints("i3", 3)], "g3"), n.ints("ax0b", [0])], "u3")
+    target = n.op("Concat", [batch, n.ints("rest", [-1]), width], "target", axis=0)
+    y = n.op("Transpose", [n.op("Reshape", [x, target], "merge")], "tr", perm=[0, 2, 1])
+    return n.build({"x": ["N", 3, 8, 6]}, [n.matmul(y, 16, 5, "fc")])
+
+
+def shape_gather_slice() -> onnx.ModelProto:
+    """A size read at run time (Shape -> Gather(2) -> Div) bounds a Slice along H: only H is read,
+    so the channels stay prunable."""
+    n = Net("shape_gather_slice")
+    x = n.op("Relu", [n.conv("x", 3, 8, "c1")], "r1")
+    height = n.op("Unsqueeze", [n.op("Gather", [n.op("Shape", [x], "shape"), n.ints("i2", 2)], "g2"), n.ints("ax0", [0])], "u2")
+    half = n.op("Div", [height, n.ints("two", [2])], "half")
+    y = n.op("Slice", [x, n.ints("start", [0]), half, n.ints("axes", [2])], "top")
+    return n.build({"x": ["N", 3, 8, 8]}, [n.conv(y, 8, 4, "c2")])
+
+
+def constant_of_shape() -> onnx.ModelProto:
+    """A zero tensor shaped like an activation (ConstantOfShape(Shape(x))), added to it."""
+    n = Net("constant_of_shape")
+    x = n.op("Relu", [n.conv("x", 3, 8, "c1")], "r1")
+    zeros = n.op("ConstantOfShape", [n.op("Shape", [x], "shape")], "zeros",
+                 value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    return n.build({"x": ["N", 3, 8, 8]}, [n.conv(n.op("Add", [x, zeros], "plus"), 8, 4, "c2")])
+
+
+def unit_split() -> onnx.ModelProto:
+    """Three channels split into three single-channel branches: none of them can go."""
+    n = Net("unit_split")
+    a, b, c = n.op("Split", [n.conv("x", 3, 3, "c1"), n.ints("sizes", [1, 1, 1])], "split", outputs=3, axis=1)
+    y = n.op("Add", [n.op("Add", [n.conv(a, 1, 4, "ca"), n.conv(b, 1, 4, "cb")], "ab"), n.conv(c, 1, 4, "cc")], "abc")
+    return n.build({"x": ["N", 3, 8, 8]}, [y])

@@ -108,20 +108,6 @@ def _no_domain_import(model: onnx.ModelProto) -> None:
     del model.opset_import[1]
 
 
-def _qdq_int8(folder: Path) -> Path:
-    """Conv on QuantizeLinear/DequantizeLinear pairs with int8 weights (a QDQ model)."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.integers(-127, 127, (4, 3, 3, 3)).astype(np.int8), "w_q"),
-             numpy_helper.from_array(np.float32(0.02), "scale"), numpy_helper.from_array(np.int8(0), "zp")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zp"], ["x_q"], name="q_x"),
-             helper.make_node("DequantizeLinear", ["x_q", "scale", "zp"], ["x_dq"], name="dq_x"),
-             helper.make_node("DequantizeLinear", ["w_q", "scale", "zp"], ["w_dq"], name="dq_w"),
-             helper.make_node("Conv", ["x_dq", "w_dq"], ["y"], name="conv", pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], inits)
-    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), folder)
-
-
 def _directory(folder: Path) -> Path:
     (folder / "m.onnx").mkdir()
     return folder / "m.onnx"
@@ -168,8 +154,6 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "tensor_size_mismatch": (_short_tensor, re.escape("tensor 'w' declares 64 elements but holds 10")),
     "huge_declared_tensor": (_huge_tensor, re.escape("tensor 'w' declares 1099511627776 elements but holds 0")),
     "huge_input_dim": (_huge_input, re.escape("graph input 'x' declares 4611686018427387904 elements, more than 2**32; too large to run")),
-    "quantized_int8_qdq": (_qdq_int8, re.escape(
-        "quantized model (node q_x); channel pruning of quantized models is not supported, prune the float model and quantize afterwards")),
     "directory": (_directory, re.escape("is a directory, not an ONNX file")),
     "missing": (lambda folder: folder / "m.onnx", re.escape("no such file")),
 }

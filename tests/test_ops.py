@@ -418,6 +418,10 @@ SPECS += [Spec(f"attention_{k}", partial(hb.attention, k),
                [("qkv.w" if k == "fused_qkv" else "q.w", 1), ("o.w", 0)] + ([("k.w", 1), ("v.w", 1)] if k != "fused_qkv" else []),
                [("o.w", 1, GRAPH_OUT)], check=partial(_check_heads, k))
           for k in hb.ATTENTION]
+SPECS += [Spec("crnn_reshape", hb.crnn_reshape, [("c1.w", 0)], check=_check_rows([(("c1.w", 0), [("c1.b", 0)])])),
+          Spec("shape_gather_slice", hb.shape_gather_slice, [("c1.w", 0)], check=_check_rows([(("c1.w", 0), [("c2.w", 1)])])),
+          Spec("constant_of_shape", hb.constant_of_shape, [("c1.w", 0)], check=_check_rows([(("c1.w", 0), [("c2.w", 1)])])),
+          Spec("unit_split", hb.unit_split, [], [("c1.w", 0, "no channel can be removed")])]
 
 BY_ID = {s.id: s for s in SPECS}
 assert len(BY_ID) == len(SPECS)

@@ -114,7 +114,7 @@ def bench(paths: list[str | Path], batches: tuple[int, ...] = (1,), threads: int
     models = {}
     for path in paths:
         name = Path(path).name if Path(path).name not in models else str(path)
-        models[name] = load_model(path, allow_quantized=True).model
+        models[name] = load_model(path).model
     if use_ncnn:
         from . import require
 

@@ -9,8 +9,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import IN, OUT, PARAM, Coupling, NodeContext, OpRule, RewriteContext, WeightSlot, ZeroView, numel
+from .base import IN, OUT, PARAM, Coupling, Dim, NodeContext, OpRule, RewriteContext, WeightSlot, ZeroView, numel
 from .registry import register
+
+
+def link_per_channel(ctx: NodeContext, c: Coupling, slot: int, channel: "Dim") -> None:
+    """An optional input holding one value per channel of `channel` (a bias, a per-channel scale
+    or zero point) is sliced with it; one value for all channels (a scalar or size 1) is free."""
+    if slot >= ctx.n_inputs or not ctx.input(slot):
+        return
+    shape = ctx.in_shape(slot)
+    if shape is None or len(shape) > 1:
+        return  # not understood: left pinned
+    if len(shape) == 0 or shape[0] == 1:
+        c.free(*ctx.in_dims(slot))
+        return
+    c.link(ctx.in_dim(slot, 0), channel)
+    if ctx.is_const(slot):
+        c.role(ctx.in_dim(slot, 0), PARAM)
 
 
 def _group_pairs(c_in: int, c_out: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,10 +47,15 @@ def _weight_zero(weight: np.ndarray, axis: int) -> np.ndarray:
 class _ConvLike(OpRule):
     out_axis = 0  # axis of the weight that indexes output channels (per group)
     in_axis = 1
+    weight_slot = 1
+    bias_slot: int | None = 2
+    out_params: tuple[int, ...] = ()
+    """Inputs that hold one value per output channel, or one for all (quantized convs: the weight's
+    scale and zero point)."""
 
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()
-        weight = ctx.const(1)
+        weight = ctx.const(self.weight_slot)
         x_shape, y_shape = ctx.in_shape(0), ctx.out_shape(0)
         if weight is None or x_shape is None or y_shape is None or len(ctx.node.output) != 1:
             # Say which: an unknown input shape (after an op shape inference cannot follow) is
@@ -46,7 +67,7 @@ class _ConvLike(OpRule):
         c.link(ctx.in_dim(0, 0), ctx.out_dim(0, 0))
         c_in = weight.shape[self.in_axis] * (groups if self.in_axis == 1 else 1)
         c_out = weight.shape[self.out_axis] * (groups if self.out_axis == 1 else 1)
-        w_in, w_out = ctx.in_dim(1, self.in_axis), ctx.in_dim(1, self.out_axis)
+        w_in, w_out = ctx.in_dim(self.weight_slot, self.in_axis), ctx.in_dim(self.weight_slot, self.out_axis)
         if groups == 1:
             c.link(ctx.in_dim(0, 1), w_in)
             c.role(w_in, IN)
@@ -61,10 +82,9 @@ class _ConvLike(OpRule):
             c.role(full, OUT if self.out_axis == 0 else IN)
             c.free(per_group)
         for k in range(2, weight.ndim):
-            c.free(ctx.in_dim(1, k))
-        if ctx.input(2):
-            c.link(ctx.in_dim(2, 0), ctx.out_dim(0, 1))
-            c.role(ctx.in_dim(2, 0), PARAM)
+            c.free(ctx.in_dim(self.weight_slot, k))
+        for slot in ([self.bias_slot] if self.bias_slot is not None else []) + list(self.out_params):
+            link_per_channel(ctx, c, slot, ctx.out_dim(0, 1))
         return c
 
     def zero(self, ctx: NodeContext, views: dict[int, ZeroView], n: int) -> np.ndarray:
@@ -88,12 +108,12 @@ class _ConvLike(OpRule):
         return dead
 
     def weights(self, ctx: NodeContext) -> list[WeightSlot]:
-        return [WeightSlot(1, depthwise=self.is_depthwise(ctx))]
+        return [WeightSlot(self.weight_slot, depthwise=self.is_depthwise(ctx))]
 
     def is_depthwise(self, ctx: NodeContext) -> bool:
         """One filter per input channel: group = C > 1 and a single input channel per group."""
         groups = int(ctx.attr("group", 1))
-        shape = ctx.in_shape(1) or ()
+        shape = ctx.in_shape(self.weight_slot) or ()
         if groups <= 1 or len(shape) < 3:
             return False
         return shape[1] == 1 if self.out_axis == 0 else shape[0] == groups
@@ -119,7 +139,7 @@ class ConvRule(_ConvLike):
 
     def macs(self, ctx: NodeContext) -> int:
         """Each output element reads one filter: [Cin/g, k...]."""
-        out, weight = ctx.out_shape(0), ctx.in_shape(1)
+        out, weight = ctx.out_shape(0), ctx.in_shape(self.weight_slot)
         return numel(out) * numel(weight[1:]) if out is not None and weight is not None else 0
 
 

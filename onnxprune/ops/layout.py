@@ -163,8 +163,7 @@ class SliceRule(Mover, Folds):
         c = Coupling()
         spec = _slice_spec(ctx)
         if spec is None:
-            c.pin(ctx.in_dim(0, 1), f"{ctx.label} has bounds computed at run time")
-            return c
+            return self._couple_runtime_bounds(ctx)
         sliced = {axis: (start, end, step) for axis, start, end, step in spec}
         for k in range(ctx.in_rank(0)):
             if k not in sliced:
@@ -177,6 +176,38 @@ class SliceRule(Mover, Folds):
                 continue
             n = max(end - start, 0)
             c.link(ctx.in_dim(0, k), ctx.out_dim(0, k), start + np.arange(n), np.arange(n))
+        return c
+
+    def refine_shape(self, ctx: NodeContext):
+        """Axes a Slice does not slice keep their size (inference gives up when bounds are
+        computed at run time)."""
+        src, out = ctx.in_shape(0), ctx.out_shape(0)
+        sliced = self._sliced_axes(ctx)
+        if src is None or sliced is None:
+            return None
+        out = out if out is not None and len(out) == len(src) else (None,) * len(src)
+        refined = tuple(s if k not in sliced and not isinstance(o, int) else o for k, (s, o) in enumerate(zip(src, out)))
+        return refined if refined != ctx.out_shape(0) else None
+
+    def _sliced_axes(self, ctx: NodeContext) -> set[int] | None:
+        rank = ctx.in_rank(0)
+        axes = ctx.const(3) if ctx.index.opset >= 10 and ctx.input(3) else None
+        return None if rank is None or axes is None else {int(a) % rank for a in axes.reshape(-1)}
+
+    def _couple_runtime_bounds(self, ctx: NodeContext) -> Coupling:
+        """Bounds known only at run time: the sliced axes are pinned; when the `axes` input is
+        constant, every other axis passes through whole."""
+        c = Coupling()
+        rank, sliced = ctx.in_rank(0), self._sliced_axes(ctx)
+        why = f"{ctx.label} has bounds computed at run time"
+        if sliced is None:
+            c.pin(ctx.in_dim(0, 1) if rank and rank > 1 else ctx.in_dim(0, 0), why)
+            return c
+        for k in range(rank):
+            if k in sliced:
+                c.pin(ctx.in_dim(0, k), why)
+            else:
+                c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
         return c
 
     def rewrite(self, ctx: RewriteContext) -> None:
@@ -365,6 +396,17 @@ def _target_sizes(ctx: NodeContext, src, dst, entries, allow_zero: int) -> tuple
             dst[p] = entry.value
         elif entry.value == 0 and not allow_zero and p < len(src):
             dst[p] = src[p]
+    minus = [p for p, e in enumerate(entries) if isinstance(e, ConstEntry) and e.value == -1]
+    if len(minus) == 1 and not isinstance(dst[minus[0]], int):
+        # -1 is what is left: symbolic sizes on both sides (a dynamic batch) cancel out
+        src_rest, dst_rest = list(src), [d for p, d in enumerate(dst) if p != minus[0]]
+        for d in [d for d in dst_rest if not isinstance(d, int)]:
+            if d is not None and d in src_rest:
+                src_rest.remove(d)
+                dst_rest.remove(d)
+        if all(isinstance(d, int) for d in src_rest + dst_rest) and math.prod(dst_rest) and \
+                math.prod(src_rest) % math.prod(dst_rest) == 0:
+            dst[minus[0]] = math.prod(src_rest) // math.prod(dst_rest)
     open_src = [s for s in src if not isinstance(s, int)]
     open_dst = [p for p, d in enumerate(dst) if not isinstance(d, int)]
     known = [s for s in src if isinstance(s, int)], [d for d in dst if isinstance(d, int)]
@@ -381,7 +423,14 @@ class ReshapeRule(PassesShape):
         return slot == 1
 
     def refine_shape(self, ctx: NodeContext):
-        return refine_from_target(ctx, 1, infer_minus_one=not int(ctx.attr("allowzero", 0)))
+        """Sizes the target shape gives, `-1` worked out from the input's size included."""
+        src, entries = ctx.in_shape(0), ctx.entries(1)
+        refined = refine_from_target(ctx, 1) or ctx.out_shape(0)
+        if src is None or entries is None or refined is None or len(refined) != len(entries):
+            return refined if refined != ctx.out_shape(0) else None
+        sized = _target_sizes(ctx, src, refined, entries, int(ctx.attr("allowzero", 0)))
+        better = tuple(n if isinstance(n, int) and not isinstance(o, int) else o for o, n in zip(refined, sized))
+        return better if better != ctx.out_shape(0) else None
 
     def couple(self, ctx: NodeContext) -> Coupling:
         src, dst = ctx.in_shape(0), ctx.out_shape(0)
@@ -526,17 +575,24 @@ class ShapeRule(OpRule):
     (Reshape, Expand); anywhere else a pruned channel count would silently change a computation."""
 
     def couple(self, ctx: NodeContext) -> Coupling:
+        """Only the sizes that reach an escape are pinned: `Shape -> Gather(2)` feeding a pad
+        computation reads axis 2, not the channel axis."""
         c = Coupling()
         rank = ctx.in_rank(0)
         if rank is None:
             return c
         read = _shape_range(ctx, rank)
+        flows: dict[int, str] = {}
+        for escape in ctx.index.values.escapes(ctx.output(0)):
+            entries = ctx.index.values.entries(escape.tensor) if escape.tensor else None
+            axes = read if entries is None else {e.axis for e in entries if isinstance(e, DimEntry) and e.shape_node == ctx.i}
+            for k in axes:
+                flows.setdefault(k, escape.where)
         for k in range(rank):
-            escape = ctx.index.values.escapes(ctx.output(0), read=(ctx.input(0), k)) if k in read else None
-            if escape is None:
-                c.free(ctx.in_dim(0, k))
+            if k in flows:
+                c.pin(ctx.in_dim(0, k), f"{ctx.label} reads this size and it flows into {flows[k]}")
             else:
-                c.pin(ctx.in_dim(0, k), f"{ctx.label} reads this size and it flows into {escape}")
+                c.free(ctx.in_dim(0, k))
         return c
 
     def reads_elements(self, ctx: NodeContext, slot: int) -> bool:
@@ -586,9 +642,46 @@ class ConstantRule(OpRule):
         return None
 
 
-@register("Range", "ConstantOfShape")
-class ValueMaker(Folds):
-    """Make a tensor from scalars or a shape: folded when constant, otherwise pinned."""
+@register("Range")
+class RangeRule(Folds):
+    """Make a tensor from scalars: folded when constant, otherwise pinned."""
+
+
+@register("ConstantOfShape")
+class ConstantOfShapeRule(Folds):
+    """A filled tensor of a given shape (exporters build zero states and broadcast targets so):
+    an output axis whose size is read from another tensor's axis follows it; a constant size is
+    rewritten when its axis is pruned."""
+
+    def shape_sink(self, ctx: NodeContext, slot: int) -> bool:
+        return slot == 0
+
+    def refine_shape(self, ctx: NodeContext):
+        return refine_from_target(ctx, 0)
+
+    def couple(self, ctx: NodeContext) -> Coupling:
+        c = Coupling()
+        entries, out = ctx.entries(0), ctx.out_shape(0)
+        if entries is None or out is None or len(entries) != len(out):
+            return c
+        c.free(*ctx.in_dims(0))
+        for pos, entry in enumerate(entries):
+            if isinstance(entry, ConstEntry):
+                c.free(ctx.out_dim(0, pos))
+        _link_dim_entries(ctx, c, entries)
+        return c
+
+    def zero(self, ctx: NodeContext, views, n: int) -> np.ndarray:
+        value = ctx.attr("value")
+        from onnx import numpy_helper
+
+        filled = 0 if value is None else numpy_helper.to_array(value).reshape(-1)[0]
+        return np.full(n, filled == 0)
+
+    def rewrite(self, ctx: RewriteContext) -> None:
+        entries = ctx.entries(0)
+        if entries is not None:
+            rewrite_const_entries(ctx, entries)
 
 
 @register("Gather")

@@ -113,35 +113,32 @@ class Values:
         self._entries[name] = result
         return result
 
-    def escapes(self, name: str, depth: int = 0, read: tuple[str, int] | None = None) -> str | None:
+    def escapes(self, name: str, depth: int = 0) -> list["Escape"]:
         """Where the shape value `name` is used for something other than a target shape whose
-        entries a rule couples (through ops that pass shape values on); None if nowhere.
-
-        `read` = (tensor, axis): only uses of the element holding that axis's size count, so a
-        Shape whose last element alone feeds a computation (the legacy exporter's attention scale
-        `Shape -> Slice[-1:] -> Sqrt`) pins only that axis."""
+        entries a rule couples (following ops that pass shape values on): each such use, with the
+        tensor that reaches it."""
         index = self.index
         if depth > MAX_DEPTH:
-            return "a long chain of shape computations"
-        if read is not None and depth > 0:
-            entries = self.entries(name)
-            if entries is not None and DimEntry(read[0], read[1], -1) not in [
-                    DimEntry(e.tensor, e.axis, -1) for e in entries if isinstance(e, DimEntry)]:
-                return None
-        if name in index.graph_outputs:
-            return "a graph output"
+            return [Escape("a long chain of shape computations", None)]
+        found = [Escape("a graph output", name)] if name in index.graph_outputs else []
         for node_i, slot in index.consumers.get(name, []):
             node = index.model.graph.node[node_i]
             rule, ctx = rule_for(node, index.opset), NodeContext(index, node_i)
             if slot >= 0 and rule.shape_sink(ctx, slot):
                 continue
             if slot >= 0 and rule.passes_shape_value(ctx, slot):
-                escape = self.escapes(node.output[0], depth + 1, read)
-                if escape:
-                    return escape
+                found += self.escapes(node.output[0], depth + 1)
                 continue
-            return index.node_label(node_i)
-        return None
+            found.append(Escape(index.node_label(node_i), name))
+        return found
+
+
+class Escape(NamedTuple):
+    """A use of a shape value that is not a coupled target shape: `where` names it, `tensor` is the
+    value that reaches it (None when it could not be followed)."""
+
+    where: str
+    tensor: str | None
 
 
 class Folds(OpRule):
@@ -177,7 +174,7 @@ def reference_fold(ctx: NodeContext, inputs: Sequence[np.ndarray | None]) -> lis
     return [np.asarray(next(outputs)) if o else None for o in node.output]
 
 
-def refine_from_target(ctx: NodeContext, target_slot: int, infer_minus_one: bool = False) -> tuple["Size", ...] | None:
+def refine_from_target(ctx: NodeContext, target_slot: int) -> tuple["Size", ...] | None:
     """Output sizes that shape inference left unknown but that the symbolic target shape at input
     `target_slot` gives (for example a conv bias built as Expand(0, Shape(weight)[0:1]))."""
     shape = ctx.out_shape(0)
@@ -193,33 +190,11 @@ def refine_from_target(ctx: NodeContext, target_slot: int, infer_minus_one: bool
                 size = entry.value
             elif isinstance(entry, DimEntry):
                 source = ctx.index.shape(entry.tensor)
-                if source is not None and source[entry.axis] is not None:
+                if source is not None and isinstance(source[entry.axis], int):
                     size = source[entry.axis]
         refined.append(size)
-    if infer_minus_one:
-        _infer_minus_one(ctx.in_shape(0), entries, refined)
     refined = tuple(refined)
     return refined if refined != ctx.index.shape(ctx.output(0)) else None
-
-
-def _infer_minus_one(src, entries, refined: list) -> None:
-    """A Reshape target's -1 worked out when the dynamic sizes of input and target are the same
-    ones (`view(x.size(0), n, -1, head_dim)` with a dynamic batch: -1 is the head count, which
-    onnx's inference leaves unknown)."""
-    minus = [p for p, e in enumerate(entries) if isinstance(e, ConstEntry) and e.value == -1]
-    if src is None or len(minus) != 1 or isinstance(refined[minus[0]], int):
-        return
-    others = [r for p, r in enumerate(refined) if p != minus[0]]
-    if any(r is None for r in others) or any(s is None for s in src):
-        return
-    dynamic_src = sorted(str(s) for s in src if not isinstance(s, int))
-    dynamic_dst = sorted(str(r) for r in others if not isinstance(r, int))
-    if dynamic_src != dynamic_dst:
-        return
-    known_src = int(np.prod([s for s in src if isinstance(s, int)], dtype=np.int64))
-    known_dst = int(np.prod([r for r in others if isinstance(r, int)], dtype=np.int64))
-    if known_dst > 0 and known_src % known_dst == 0:
-        refined[minus[0]] = known_src // known_dst
 
 
 def rewrite_const_entries(ctx, entries, skip=lambda pos, value: False) -> None:
