@@ -734,3 +734,23 @@ def unit_split() -> onnx.ModelProto:
     a, b, c = n.op("Split", [n.conv("x", 3, 3, "c1"), n.ints("sizes", [1, 1, 1])], "split", outputs=3, axis=1)
     y = n.op("Add", [n.op("Add", [n.conv(a, 1, 4, "ca"), n.conv(b, 1, 4, "cb")], "ab"), n.conv(c, 1, 4, "cc")], "abc")
     return n.build({"x": ["N", 3, 8, 8]}, [y])
+
+
+RMSNORM = ("reciprocal", "div")
+
+
+def rmsnorm(kind: str) -> onnx.ModelProto:
+    """A dense layer, RMSNorm over its output channels as the exporters write it, a dense layer:
+    `reciprocal` (dynamo: ... -> Sqrt -> Reciprocal -> Mul(x) -> Mul(w)) or `div` (legacy:
+    ... -> Sqrt -> Div(1, .) -> Mul(x) -> Mul(w))."""
+    n = Net(f"rmsnorm_{kind}", opset=17)
+    x = n.matmul("x", 8, 8, "fc1")
+    mean = n.op("ReduceMean", [n.op("Pow", [x, n.const("two", np.array(2, np.float32))], "square")], "mean",
+                axes=[-1], keepdims=1)
+    root = n.op("Sqrt", [n.op("Add", [mean, n.const("eps", np.array(1e-2, np.float32))], "add_eps")], "root")
+    if kind == "div":
+        inverse = n.op("Div", [n.const("one", np.array(1, np.float32)), root], "inverse")
+    else:
+        inverse = n.op("Reciprocal", [root], "inverse")
+    y = n.op("Mul", [n.param("norm.w", (8,), 0.3, 1.0), n.op("Mul", [x, inverse], "normed")], "scaled")
+    return n.build({"x": ["N", 6, 8]}, [n.matmul(y, 8, 5, "fc2")])

@@ -423,6 +423,24 @@ SPECS += [Spec("crnn_reshape", hb.crnn_reshape, [("c1.w", 0)], check=_check_rows
           Spec("constant_of_shape", hb.constant_of_shape, [("c1.w", 0)], check=_check_rows([(("c1.w", 0), [("c2.w", 1)])])),
           Spec("unit_split", hb.unit_split, [], [("c1.w", 0, "no channel can be removed")])]
 
+
+
+def _check_rmsnorm(kind: str, planted, pruned):
+    """k = kept/original channels: eps becomes eps / k, and 1/sqrt(k) goes into Div's numerator
+    (div) or into the kept weights (reciprocal)."""
+    k = value(pruned, "fc2.w").shape[0] / 8
+    assert np.isclose(input_value(pruned, "add_eps", 1).reshape(-1)[0], 1e-2 / k)
+    if kind == "div":
+        assert np.isclose(input_value(pruned, "inverse", 0).reshape(-1)[0], 1 / np.sqrt(k))
+    else:
+        weights = input_value(pruned, "scaled", 0) * np.sqrt(k)
+        assert len(weights) == value(pruned, "fc2.w").shape[0]
+        assert all(np.isclose(value(planted, "norm.w"), w).any() for w in weights)
+
+
+SPECS += [Spec(f"rmsnorm_{k}", partial(hb.rmsnorm, k), [("fc1.w", 1), ("norm.w", 0), ("fc2.w", 0)],
+               check=partial(_check_rmsnorm, k)) for k in hb.RMSNORM]
+
 BY_ID = {s.id: s for s in SPECS}
 assert len(BY_ID) == len(SPECS)
 
