@@ -655,7 +655,7 @@ def recurrent(kind: str) -> onnx.ModelProto:
     return n.build({"x": [1, 5, 4]}, out)
 
 
-ATTENTION = ("mha", "gqa", "fused_qkv")
+ATTENTION = ("mha", "gqa", "fused_qkv", "dynamo_k_transpose")
 
 
 def attention(kind: str) -> onnx.ModelProto:
@@ -686,7 +686,20 @@ def attention(kind: str) -> onnx.ModelProto:
             k, v = (n.op("Reshape", [n.op("Expand", [n.op("Unsqueeze", [x, n.ints(f"{name}_ax", [2])], f"{name}_unsq"), target],
                                           f"{name}_expand"), n.ints(f"{name}_merge", [0, heads, t, d])], f"{name}_rep")
                     for x, name in ((k, "k"), (v, "v")))
-    scores = n.op("MatMul", [q, n.op("Transpose", [k], "k_t", perm=[0, 1, 3, 2])], "scores")
+    if kind == "dynamo_k_transpose":
+        # torch.export's k.transpose(-2, -1): merge batch and heads into one dynamic axis, swap,
+        # and split back with the sizes read from k's own shape.
+        shape = n.op("Shape", [k], "k_shape")
+        first = n.op("Slice", [shape, n.ints("s0", [0]), n.ints("s2", [2])], "k_batch_heads")
+        last = n.op("Slice", [shape, n.ints("s2b", [2]), n.ints("s4", [4])], "k_td")
+        merged = n.op("Reshape", [k, n.op("Concat", [n.ints("minus1", [-1]), last], "merge_target", axis=0)], "k_merge")
+        swapped = n.op("Transpose", [merged], "k_swap", perm=[0, 2, 1])
+        d_t = n.op("Concat", [n.op("Slice", [last, n.ints("s1", [1]), n.ints("s2c", [2])], "k_d"),
+                              n.op("Slice", [last, n.ints("s0b", [0]), n.ints("s1b", [1])], "k_t_size")], "dt", axis=0)
+        k_t = n.op("Reshape", [swapped, n.op("Concat", [first, d_t], "split_target", axis=0)], "k_unmerge")
+    else:
+        k_t = n.op("Transpose", [k], "k_t", perm=[0, 1, 3, 2])
+    scores = n.op("MatMul", [q, k_t], "scores")
     scores = n.op("Mul", [scores, n.const("scale", np.array(d ** -0.5, np.float32))], "scaled")
     probs = n.op("Softmax", [scores], "softmax", axis=-1)
     probs = n.op("Where", [n.op("IsNaN", [probs], "isnan"), n.const("zero", np.array(0, np.float32)), probs], "guard")
