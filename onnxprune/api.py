@@ -28,6 +28,7 @@ from .data import load_calibration, verification_inputs
 from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex, weightless_copy
+from .inputs import ChosenInputs, check_input_shapes, choose_inputs
 from .importance import CRITERIA, NORMALIZATIONS, Criterion, activation_criterion, importance
 from .load import LoadedModel, check_supported, load_model
 from .ops import OUT, PARAM
@@ -88,8 +89,12 @@ class PruneResult:
 def load(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> "PrunableModel":
     """Load an ONNX file (external data only from inside its folder) for analysis and pruning.
     `input_shapes` (input name -> shape) are the sizes the model really runs at: costs (MACs,
-    `target_macs`) are counted there instead of counting dynamic sizes as 1."""
-    return PrunableModel(load_model(path), input_shapes=input_shapes)
+    `target_macs`) are counted there instead of counting dynamic sizes as 1, and verification's
+    random inputs have them (without it those sizes are chosen so that the original runs)."""
+    model = PrunableModel(load_model(path), input_shapes=input_shapes)
+    if input_shapes:
+        check_input_shapes(model.index, input_shapes, model.path)
+    return model
 
 
 def save(model: onnx.ModelProto | PruneResult, path: str | Path, external_data: bool | None = None) -> Path:
@@ -111,6 +116,7 @@ class PrunableModel:
         self.loaded = loaded
         self.show_progress = show_progress
         self.input_shapes = dict(input_shapes) if input_shapes else None
+        self._checked: tuple[object, ChosenInputs] | None = None
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -160,10 +166,30 @@ class PrunableModel:
                            "blocked": None if g.prunable else (g.blocked[0] if g.blocked else "a single channel"),
                            "layers": sorted({self.model.graph.node[d.use].name or self.model.graph.node[d.use].output[0] for d in g.const_dims}),
                            "producers": [d.tensor for d in outs]})
+        control_flow = [n.name or n.output[0] for n in self.model.graph.node
+                        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)]
         return {"model": str(self.path), "opset": self.index.opset, "params": params, "macs": macs,
+                "control_flow": control_flow,
                 "prunable_params": sum(l["params"] for l in layers if l["prunable"]) / max(params, 1),
                 "prunable_macs": sum(l["macs"] for l in layers if l["prunable"]) / max(macs, 1),
                 "groups": groups, "layers": layers}
+
+    def check_runs(self, data: str | Path | dict | None = None) -> ChosenInputs:
+        """The inputs verification uses (the first samples of `data`, or inputs chosen so that the
+        original runs, see inputs.choose_inputs) and the original's outputs on them, computed once.
+        Run first, so that a model onnxruntime cannot run on them is refused (bad input, naming
+        what to pass) before any work, and never blamed on the pruning."""
+        key = data if data is None or isinstance(data, (str, Path)) else id(data)
+        if self._checked is not None and self._checked[0] == key:
+            return self._checked[1]
+        runnable = str(self.path) if self.path.is_file() else self.model  # from the file: no serialised copy
+        if data is None:
+            chosen = choose_inputs(self.index, self.input_shapes or {}, self.path, runnable)
+        else:
+            feeds = verification_inputs(self.index, data)
+            chosen = ChosenInputs(feeds, verification.reference_outputs(runnable, feeds, str(self.path)))
+        self._checked = (key, chosen)
+        return chosen
 
     def calibration(self, data: str | Path | dict | None) -> dict[str, np.ndarray] | None:
         if data is None or isinstance(data, dict):
@@ -246,12 +272,10 @@ class PrunableModel:
         then never in memory together."""
         keep = resolve(plan, self.depgraph, source)
         exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
-        feeds = verification_inputs(self.index, data)
-        # onnxruntime reads the original from its file where there is one (no serialised copy)
-        reference = None if self.path.is_file() else verification.reference_outputs(self.model, feeds)
+        checked = self.check_runs(data)  # the original's outputs, computed before surgery
         before_layers = {c.node: c for c in cost.layer_costs(self.cost_index)}
-        return Pruning(apply_keep(self.depgraph, keep), plan, weightless_copy(self.model), feeds, exact,
-                       self.cost_model.base, before_layers, self.path, reference, self.loaded.had_external_data,
+        return Pruning(apply_keep(self.depgraph, keep), plan, weightless_copy(self.model), checked.feeds, exact,
+                       self.cost_model.base, before_layers, self.path, checked.outputs, self.loaded.had_external_data,
                        self.input_shapes)
 
     def apply(self, plan: Plan, data=None, source: str = "plan") -> PruneResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -12,7 +13,9 @@ from . import __version__
 from .api import PruneResult, Pruning, load
 from .errors import InputError, OnnxPruneError
 from .importance import CRITERIA
+from .inputs import parse_input_shapes
 from .plan import Plan
+from .runtime import sample_count
 from .save import check_output_paths
 
 
@@ -23,10 +26,15 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}"
 
 
-def _print_inspect(info: dict) -> None:
+def _print_inspect(info: dict, shapes: dict[str, tuple[int, ...]] | None = None) -> None:
     print(f"model: {info['model']} (opset {info['opset']})")
-    print(f"parameters: {_fmt(info['params'])}   MACs: {_fmt(info['macs'])} (one run; dynamic sizes counted as 1)")
+    at = ("at " + " ".join(f"{k}:{'x'.join(map(str, d))}" for k, d in shapes.items())) if shapes else "dynamic sizes counted as 1"
+    print(f"parameters: {_fmt(info['params'])}   MACs: {_fmt(info['macs'])} (one run; {at})")
     print(f"prunable: {info['prunable_params']:.1%} of parameters, {info['prunable_macs']:.1%} of MACs")
+    if info["control_flow"]:
+        names = ", ".join(info["control_flow"][:3]) + (" ..." if len(info["control_flow"]) > 3 else "")
+        print(f"control flow: {len(info['control_flow'])} node(s) hold subgraphs ({names}); only the layers outside "
+              "them are analysed and pruned" + ("; nothing outside is prunable" if not any(g["prunable"] for g in info["groups"]) else ""))
     print(f"\n{'group':>5} {'channels':>8}  {'status':<9} layers / reason")
     for g in info["groups"]:
         status = "prunable" if g["prunable"] else "blocked"
@@ -94,10 +102,11 @@ def _pruned(args) -> Pruning:
     """Load, plan (or read the plan) and cut.  The loaded original goes out of scope when this
     returns, so verifying the Pruning afterwards never holds the original's weights, the pruned
     model and an onnxruntime session at once (PrunableModel.surgery)."""
+    model = load(args.model, parse_input_shapes(args.input_shape))
     if getattr(args, "plan", None):
         plan = Plan.read(args.plan)
-        return load(args.model).surgery(plan, args.data, source=str(args.plan))
-    model = load(args.model)
+        model.check_runs(args.data)  # the original must run on the verification inputs before any work
+        return model.surgery(plan, args.data, source=str(args.plan))
     model.show_progress = not args.json and sys.stderr.isatty()
     options = _allocation_args(args)
     if args.sensitivity or args.max_loss is not None:
@@ -106,6 +115,11 @@ def _pruned(args) -> Pruning:
         raise InputError("options: --plot needs --sensitivity")
     elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params")):
         raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs or --target-params")
+    if args.plot:
+        from .sensitivity import plotting
+
+        plotting()  # before any work, not after it
+    model.check_runs(args.data)  # the original must run on the verification inputs before any work
     plan = model.plan(args.criterion, args.data, args.aggregate, **options)
     if args.plot:
         from .sensitivity import Sensitivity, plot
@@ -116,21 +130,23 @@ def _pruned(args) -> Pruning:
 
 
 def cmd_inspect(args) -> int:
-    model = load(args.model)
+    shapes = parse_input_shapes(args.input_shape)
+    model = load(args.model, shapes)
     info = model.inspect()
     if args.json:
         print(json.dumps(info, indent=1))
     else:
-        _print_inspect(info)
+        _print_inspect(info, shapes)
     return 0
 
 
 def cmd_prune(args) -> int:
     check_output_paths(args.model, (args.output, args.plan_out, args.weights_out), args.overwrite)
-    result = _pruned(args).verify()
+    pruning = _pruned(args)
+    result = pruning.verify()
     plan = result.plan
     if args.simplify:
-        _simplify(result, args.data)
+        _simplify(result, pruning.feeds)
     summary = _write_outputs(Path(args.model), result, args)
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -142,14 +158,11 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def _simplify(result: PruneResult, data) -> None:
+def _simplify(result: PruneResult, feeds) -> None:
     """Replace the pruned model by its onnxslim-simplified form, checked on the verification inputs."""
-    from .data import verification_inputs
     from .deploy.simplify import simplify_checked
-    from .graph import ModelIndex
 
-    # the pruned model has the original's inputs, and the original's copy is released by now
-    result.model = simplify_checked(result.model, verification_inputs(ModelIndex.build(result.model), data))
+    result.model = simplify_checked(result.model, feeds)
 
 
 def cmd_apply(args) -> int:
@@ -165,12 +178,14 @@ def cmd_apply(args) -> int:
 
 def cmd_sensitivity(args) -> int:
     from .data import load_labels
-    from .sensitivity import DEFAULT_RATIOS, analyse, plot
+    from .sensitivity import DEFAULT_RATIOS, analyse, plot, plotting
 
     check_output_paths(args.model, (args.output, args.plot), False)
+    if args.plot:
+        plotting()
     model = load(args.model)
     feeds = model.calibration(args.data)
-    n_samples = len(next(iter(feeds.values())))
+    n_samples = sample_count(feeds)
     labels = load_labels(args.labels, args.data, n_samples) if args.labels or args.metric == "accuracy" else None
     try:
         ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else list(DEFAULT_RATIOS)
@@ -201,7 +216,7 @@ def cmd_sparsify(args) -> int:
                "ignore": args.ignore or [], "include_depthwise": args.include_depthwise, "protect_ends": args.protect_ends}
     SparsityOptions(**options).validate()
     check_output_paths(args.model, (args.output, args.masks_out), args.overwrite)
-    model = load(args.model)
+    model = load(args.model, parse_input_shapes(args.input_shape))
     result = sparsify(model, args.data, **options)
     external = True if model.loaded.had_external_data and args.format == "dense" else None  # sparse weights stay inline
     output = result.save(args.output, args.format, external_data=external)
@@ -266,7 +281,7 @@ def cmd_bench(args) -> int:
         batches = tuple(int(b) for b in args.batch.split(","))
     except ValueError:
         raise InputError(f"options: --batch '{args.batch}' is not a comma-separated list of integers") from None
-    timings = bench(args.models, batches, args.threads, args.runs, args.ncnn)
+    timings = bench(args.models, batches, args.threads, args.runs, args.ncnn, shapes=parse_input_shapes(args.input_shape))
     print(json.dumps([t.to_json() for t in timings], indent=1) if args.json else format_table(timings))
     return 0
 
@@ -278,7 +293,16 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights-out", help="also write the pruned weights (.npz keyed by the original initializer names) "
                                          "for loading back into the origin framework")
     p.add_argument("--data", help="calibration inputs (.npy, or .npz keyed by input name) used for verification "
-                                  "and the activation criteria; default: random inputs")
+                                  "and the activation criteria; more samples than a fixed batch are fed in chunks of it; "
+                                  "default: random inputs of sizes the original model runs at")
+    _add_input_shape(p)
+
+
+def _add_input_shape(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x640x640",
+                   help="size of a dynamic input for the random verification inputs (repeatable, one per input; "
+                        "ignored with --data); default: the model's size hints, then common sizes, the first the "
+                        "original model runs at")
 
 
 def _add_global_ranking(group, help_text: str) -> None:
@@ -302,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "multiply-accumulates per layer and in total.")
     p.add_argument("model", help="ONNX model file")
     p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x640x640",
+                   help="size of a dynamic input (repeatable): costs are counted at it")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("prune", help="remove channels and write a smaller, verified model",
@@ -384,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense: exact zeros in ordinary initializers (default); sparse: ONNX sparse initializers (COO)")
     p.add_argument("--masks-out", metavar="NPZ", help="also write the masks (.npz keyed by initializer name, True = keep)")
     p.add_argument("--data", help="inputs (.npy, or .npz keyed by input name) for verification; default: random inputs")
+    _add_input_shape(p)
     p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_sparsify)
@@ -424,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     p.add_argument("--runs", type=int, default=30, help="timed rounds (default 30)")
     p.add_argument("--ncnn", action="store_true", help="also time ncnn (optional packages pnnx and ncnn)")
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x640x640",
+                   help="size of a dynamic input (repeatable; axis 0 is replaced by each --batch); default: sizes the "
+                        "first model runs at")
     p.add_argument("--json", action="store_true", help="print the timings as JSON")
     p.set_defaults(func=cmd_bench)
     return parser
@@ -433,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader that went away (`| head`) is seen here
+        return code
     except InputError as exc:
         if args.debug:
             traceback.print_exc()
@@ -447,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnxprune: interrupted; nothing written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `onnxprune inspect m.onnx | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would raise again
+        return 0
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
         if args.debug:
             traceback.print_exc()

@@ -11,10 +11,7 @@ import onnx
 
 from .errors import InputError
 from .graph import ModelIndex
-
-
-def model_inputs(index: ModelIndex) -> list[onnx.ValueInfoProto]:
-    return [vi for vi in index.model.graph.input if vi.name not in index.initializers]
+from .inputs import choose_inputs, declared_dims, model_inputs
 
 
 def load_calibration(path: str | Path, index: ModelIndex) -> dict[str, np.ndarray]:
@@ -46,37 +43,44 @@ def check_array(path: Path, vi: onnx.ValueInfoProto, array: np.ndarray) -> None:
     expected = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
     if array.dtype != expected:
         raise InputError(f"{path}: input '{vi.name}' has dtype {array.dtype}, the model expects {np.dtype(expected)}")
-    dims = tensor_type.shape.dim
+    dims = declared_dims(vi)
     if array.ndim != len(dims):
         raise InputError(f"{path}: input '{vi.name}' has {array.ndim} dimensions {tuple(array.shape)}, the model expects {len(dims)}")
-    for axis, (size, dim) in enumerate(zip(array.shape, dims)):
-        if dim.HasField("dim_value") and dim.dim_value != size:
-            raise InputError(f"{path}: input '{vi.name}' has size {size} on axis {axis}, the model expects {dim.dim_value}")
+    for axis, (size, fixed) in enumerate(zip(array.shape, dims)):
+        if axis == 0 and fixed and size > fixed and size % fixed == 0:
+            continue  # more samples than the model's fixed batch: fed in chunks of it (runtime.run_chunked)
+        if fixed is not None and fixed != size:
+            chunks = f" (or a multiple of {fixed}, fed in chunks)" if axis == 0 else ""
+            raise InputError(f"{path}: input '{vi.name}' has size {size} on axis {axis}, the model expects {fixed}{chunks}")
 
 
-def synthetic_inputs(index: ModelIndex, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic random inputs for verification: dynamic axes get `batch` (axis 0) or 16."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for vi in model_inputs(index):
-        tensor_type = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else (batch if k == 0 else 16) for k, d in enumerate(tensor_type.shape.dim)]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        if np.issubdtype(dtype, np.floating):
-            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[vi.name] = np.zeros(shape, dtype=dtype)
-    return feeds
+def synthetic_inputs(index: ModelIndex, batch: int = 2, seed: int = 0, shapes: dict[str, tuple[int, ...]] | None = None,
+                     source: Path = Path("<model>")) -> dict[str, np.ndarray]:
+    """Deterministic random inputs on which the original model runs (see inputs.choose_inputs):
+    a dynamic axis 0 gets `batch`."""
+    return choose_inputs(index, shapes, source, seed=seed, batch=batch).feeds
 
 
 VERIFY_SAMPLES = 8
 
 
-def verification_inputs(index: ModelIndex, data: str | Path | dict | None) -> dict[str, np.ndarray]:
+def first_samples(index: ModelIndex, feeds: dict[str, np.ndarray], count: int = VERIFY_SAMPLES) -> dict[str, np.ndarray]:
+    """The first `count` samples (a multiple of the model's fixed batch, if it has one); arrays
+    without a samples axis (0-d inputs) whole."""
+    n = max((len(v) for v in feeds.values() if v.ndim), default=0)
+    fixed = [declared_dims(vi)[0] for vi in model_inputs(index) if vi.name in feeds and feeds[vi.name].ndim]
+    batch = max((b for b in fixed if b), default=1)
+    take = max(batch, count // batch * batch)
+    return {k: v[:take] if v.ndim and len(v) == n else v for k, v in feeds.items()}
+
+
+def verification_inputs(index: ModelIndex, data: str | Path | dict | None,
+                        shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     """What verification runs both models on: the first samples of the user's data (a file or
-    arrays already loaded), or deterministic random inputs."""
+    arrays already loaded), or inputs chosen so that the original runs (`shapes`: the user's
+    --input-shape)."""
     feeds = load_calibration(data, index) if isinstance(data, (str, Path)) else data
-    return {k: v[:VERIFY_SAMPLES] for k, v in feeds.items()} if feeds else synthetic_inputs(index)
+    return first_samples(index, feeds) if feeds else synthetic_inputs(index, shapes=shapes)
 
 
 def load_labels(path: str | Path | None, data: str | Path, n: int) -> np.ndarray | None:

@@ -167,7 +167,7 @@ def activation_criterion(dg: DepGraph, feeds: dict[str, np.ndarray], statistic: 
     """A data-driven criterion: the mean |activation| of each channel (or 1 - APoZ, the fraction
     of non-zero activations, Hu et al. 2016) where the channel is consumed, measured with
     onnxruntime on the calibration inputs in one pass for all groups."""
-    from .runtime import batches, make_session, with_outputs
+    from .runtime import batches, make_session, run_chunked, with_outputs
 
     points = {g.id: consumption_points(dg, g) for g in dg.prunable_groups}
     names = sorted({d.tensor for dims in points.values() for d in dims})
@@ -176,7 +176,7 @@ def activation_criterion(dg: DepGraph, feeds: dict[str, np.ndarray], statistic: 
     counts: dict[str, int] = {}
     axes_of = {d.tensor: d.axis for dims in points.values() for d in dims}
     for chunk in batches(feeds, batch):
-        for name, value in zip(names, session.run(names, chunk)):
+        for name, value in zip(names, run_chunked(session, chunk, names)):
             axis = axes_of[name]
             moved = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)
             stat = np.abs(moved).sum(axis=1) if statistic == "mean" else (moved != 0).sum(axis=1)

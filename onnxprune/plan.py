@@ -110,7 +110,11 @@ class Plan:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: no such plan file")
-        return cls.from_json(path.read_text(), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not a plan file (not UTF-8 JSON text)") from None
+        return cls.from_json(text, str(path))
 
 
 def members_of(dg: DepGraph, group: Group) -> list[Member]:

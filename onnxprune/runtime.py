@@ -45,15 +45,17 @@ def model_source(model: onnx.ModelProto) -> Iterator[bytes | str]:
         yield str(save_model(model, Path(folder) / "model.onnx", external_data=True))
 
 
-def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, prepack: bool = True) -> ort.InferenceSession:
+def make_session(model: onnx.ModelProto | bytes | str, threads: int = 0, prepack: bool = True,
+                 quiet: bool = False) -> ort.InferenceSession:
     """An onnxruntime CPU session on a model, its bytes or its path (see `model_source`).
     `prepack=False` suits one-off runs (verification): onnxruntime then keeps no repacked copy of
-    every Conv/Gemm weight and can map external data from the file instead of reading it."""
+    every Conv/Gemm weight and can map external data from the file instead of reading it.
+    `quiet` silences onnxruntime's own log of failed runs (probing expects some to fail)."""
     if isinstance(model, onnx.ModelProto):
         with model_source(model) as source:
-            return make_session(source, threads, prepack)
+            return make_session(source, threads, prepack, quiet)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4 if quiet else 3
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
@@ -73,7 +75,45 @@ def with_outputs(index: ModelIndex, names: list[str]) -> onnx.ModelProto:
     return model
 
 
+def sample_count(feeds: dict[str, np.ndarray]) -> int:
+    """How many samples `feeds` hold: the longest axis 0 (0-d inputs such as a sample rate hold none)."""
+    return max((len(v) for v in feeds.values() if np.ndim(v)), default=1)
+
+
 def batches(feeds: dict[str, np.ndarray], batch: int) -> Iterator[dict[str, np.ndarray]]:
-    n = len(next(iter(feeds.values())))
+    """Chunks of `batch` samples; 0-d arrays (a sample rate) go whole into every chunk."""
+    n = sample_count(feeds)
     for start in range(0, n, batch):
-        yield {k: v[start:start + batch] for k, v in feeds.items()}
+        yield {k: v[start:start + batch] if np.ndim(v) and len(v) == n else v for k, v in feeds.items()}
+
+
+def _fixed_batch(meta) -> int | None:
+    return meta.shape[0] if meta.shape and isinstance(meta.shape[0], int) and meta.shape[0] > 0 else None
+
+
+def chunk_size(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> int | None:
+    """The batch size to feed `feeds` in: the model's fixed axis-0 size where the data hold more
+    samples than that (most exports fix the batch at 1), else None (all at once)."""
+    sizes = []
+    for meta in session.get_inputs():
+        value, fixed = feeds.get(meta.name), _fixed_batch(meta)
+        if fixed and value is not None and value.ndim and len(value) > fixed and len(value) % fixed == 0:
+            sizes.append(fixed)
+    return min(sizes) if sizes else None
+
+
+def run_chunked(session: ort.InferenceSession, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
+    """session.run over `feeds` in chunks of the model's fixed batch size (see `chunk_size`),
+    outputs concatenated on axis 0; one run when the batch is free.  Arrays that do not hold the
+    samples (0-d inputs, inputs whose fixed axis 0 they match exactly: a state, channel masks) go
+    whole into every chunk."""
+    size = chunk_size(session, feeds)
+    if size is None:
+        return session.run(names, feeds)
+    fixed = {m.name: _fixed_batch(m) for m in session.get_inputs()}
+    n = max(len(feeds[k]) for k, s in fixed.items() if k in feeds and s == size and feeds[k].ndim and len(feeds[k]) > s)
+    split = {k for k, v in feeds.items() if v.ndim and len(v) == n and fixed.get(k) != n}
+    parts = [session.run(names, {k: v[start:start + size] if k in split else v for k, v in feeds.items()})
+             for start in range(0, n, size)]
+    return [np.concatenate([p[k] for p in parts]) if np.ndim(parts[0][k]) else np.stack([p[k] for p in parts])
+            for k in range(len(parts[0]))]

@@ -43,7 +43,11 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def check_output_paths(source: str | os.PathLike, outputs, overwrite: bool) -> None:
     """Refuse, unless asked to, any output (None entries skipped) that would write over the input
-    model or its external data file, or whose own data file would."""
+    model or its external data file, or whose own data file would, and any output that names a
+    folder (a file would be written beside it, never inside)."""
+    for output in outputs:
+        if output is not None and Path(output).is_dir():
+            raise InputError(f"{output}: is a folder; give the path of a file to write")
     if overwrite:
         return
     src = Path(source).resolve()

@@ -30,6 +30,7 @@ from .errors import InputError
 from .importance import consumption_points
 from .ops import IN
 from .ops.build import channel_mask_nodes
+from .runtime import run_chunked, sample_count
 from .save import write_atomic
 
 SENS_FORMAT = "onnxprune.sensitivity"
@@ -161,7 +162,7 @@ class Evaluator:
     def run(self, masks: KeepMasks) -> list[np.ndarray]:
         full = {mask_input_name(g): masks.get(g, np.ones(n, dtype=np.float32)).astype(np.float32)
                 for g, n in self.setup.channels.items()}
-        outputs = [self.session.run(None, {**chunk, **full}) for chunk in self.chunks]
+        outputs = [run_chunked(self.session, {**chunk, **full}) for chunk in self.chunks]
         return [np.concatenate([o[k] for o in outputs]) for k in range(len(outputs[0]))]
 
     def loss(self, masks: KeepMasks) -> float:
@@ -205,7 +206,9 @@ class Sensitivity:
     @classmethod
     def read(cls, path: Path) -> "Sensitivity":
         try:
-            doc = json.loads(Path(path).read_text())
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not a sensitivity file (not UTF-8 JSON text)") from None
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"{path}: not a sensitivity file ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != SENS_FORMAT or doc.get("version") != SENS_VERSION:
@@ -257,7 +260,7 @@ def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = Non
     metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
     if metric == "accuracy" and labels is None:
         raise InputError("options: --metric accuracy needs labels (--labels, or a 'labels' array in the .npz)")
-    n = len(next(iter(feeds.values())))
+    n = sample_count(feeds)
     if labels is not None and len(labels) != n:
         raise InputError(f"labels: {len(labels)} labels for {n} samples")
     ratios = [float(r) for r in ratios]
@@ -397,8 +400,9 @@ def ratios_for_target(sens: Sensitivity, cost_of_ratios: Callable[[dict[int, flo
     return current
 
 
-def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) -> None:
-    """Sensitivity curves per group, chosen ratios marked; written atomically as PNG."""
+def plotting():
+    """matplotlib's pyplot (headless), or bad input saying what to install.  Called before any
+    analysis when a plot is asked for, so that a missing package does not cost the whole run."""
     try:
         import matplotlib
 
@@ -406,6 +410,12 @@ def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) 
         import matplotlib.pyplot as plt
     except ImportError:
         raise InputError("options: --plot needs matplotlib (pip install 'onnxprune[plot]')") from None
+    return plt
+
+
+def plot(sens: Sensitivity, path: Path, chosen: dict[int, float] | None = None) -> None:
+    """Sensitivity curves per group, chosen ratios marked; written atomically as PNG."""
+    plt = plotting()
     import io
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)

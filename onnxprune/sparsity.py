@@ -36,13 +36,12 @@ from onnx import numpy_helper
 
 from .api import PrunableModel
 from .allocation import compile_patterns
-from .data import verification_inputs
 from .errors import InputError, OnnxPruneError
 from .graph import ModelIndex
 from .load import load_model
 from .ops import NodeContext, op_label
 from .origin import node_scope
-from .runtime import make_session
+from .runtime import make_session, run_chunked
 from .save import save_model, write_atomic
 from .verify import VerifyReport, _io_signature, verify
 
@@ -247,10 +246,10 @@ def check_sparse(dense: onnx.ModelProto, sparse: onnx.ModelProto, feeds: dict[st
     if _io_signature(dense) != _io_signature(sparse):
         raise OnnxPruneError("internal error: sparse storage changed the model's inputs or outputs; nothing written")
     try:
-        after = make_session(sparse).run(None, feeds)
+        after = run_chunked(make_session(sparse), feeds)
     except Exception as exc:  # noqa: BLE001 - any runtime failure of our output is reported as ours
         raise OnnxPruneError(f"internal error: onnxruntime cannot run the sparse-format model ({str(exc).splitlines()[0]}); nothing written") from None
-    before = make_session(dense).run(None, feeds)
+    before = run_chunked(make_session(dense), feeds)
     if not all(np.array_equal(a, b) for a, b in zip(before, after)):
         raise OnnxPruneError("internal error: the sparse-format model's outputs differ from the dense model's; nothing written")
 
@@ -337,8 +336,9 @@ def sparsify(model: str | Path | onnx.ModelProto | PrunableModel, data=None, **o
     weights = {u.name: model.index.const(u.name) for u in chosen}
     masks = magnitude_masks(weights, opts.sparsity, opts.quality, opts.global_ranking)
     sparsified = zero_masked(model.model, masks)
-    feeds = verification_inputs(model.index, model.calibration(data))
-    report = verify(model.model, sparsified, feeds)
+    checked = model.check_runs(data)
+    feeds = checked.feeds
+    report = verify(model.model, sparsified, feeds, reference=checked.outputs)
     layers = [LayerSparsity(u.name, u.op, u.nodes, int(masks[u.name].size),
                             int(np.count_nonzero(np.where(masks[u.name], weights[u.name], 0) == 0)), u.scope) for u in chosen]
     return SparsifyResult(model.model, sparsified, masks, layers, opts, report, feeds, _count_float_params(model.model))

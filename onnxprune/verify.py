@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .errors import OnnxPruneError
-from .runtime import make_session, model_source
+from .errors import InputError, OnnxPruneError
+from .runtime import make_session, model_source, run_chunked
 
 EXACT_TOLERANCE = 1e-5
 
@@ -38,9 +38,18 @@ def _io_signature(model: onnx.ModelProto) -> list[tuple]:
     return [(vi.name, str(vi.type)) for vi in list(model.graph.input) + list(model.graph.output) if vi.name not in init]
 
 
-def reference_outputs(original: onnx.ModelProto | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """The original model's outputs on `feeds` (from the model or its file's path)."""
-    return make_session(original, prepack=False).run(None, feeds)
+def reference_outputs(original: onnx.ModelProto | str, feeds: dict[str, np.ndarray], source: str = "<model>") -> list[np.ndarray]:
+    """The original model's outputs on `feeds` (from the model or its file's path).  When the
+    original itself cannot run on them, the inputs are at fault, not the pruning: bad input."""
+    from .inputs import probe_session
+
+    session = probe_session(original, source)
+    try:
+        return run_chunked(session, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for a run that fails
+        shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds.items())
+        raise InputError(f"{source}: onnxruntime cannot run the original model on the inputs ({shapes}): "
+                         f"{str(exc).strip().splitlines()[0]}; pass --data or --input-shape with inputs it runs on") from None
 
 
 def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray], exact: bool = False,
@@ -57,7 +66,7 @@ def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, 
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise OnnxPruneError(f"internal error: the pruned model fails onnx.checker ({str(exc).splitlines()[0]}); nothing written") from None
         try:
-            after = make_session(source, prepack=False).run(None, feeds)
+            after = run_chunked(make_session(source, prepack=False), feeds)
         except Exception as exc:  # noqa: BLE001 - any runtime failure of our output is reported as ours
             raise OnnxPruneError(f"internal error: onnxruntime cannot run the pruned model ({str(exc).splitlines()[0]}); nothing written") from None
     report = VerifyReport()

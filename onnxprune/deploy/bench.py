@@ -74,10 +74,12 @@ def ncnn_runner(net, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
     return lambda: run_net(net, arrays)
 
 
-def _feeds(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray] | str:
-    """Random inputs at this batch size, or why the model cannot take it (a static batch)."""
+def _feeds(model: onnx.ModelProto, batch: int, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray] | str:
+    """Random inputs at this batch size (other sizes from `shapes`, the --input-shape, or chosen so
+    that the model runs), or why the model cannot take it (a static batch)."""
     index = ModelIndex.build(model)
-    feeds = synthetic_inputs(index, batch=batch)
+    at_batch = {k: (batch,) + tuple(d[1:]) for k, d in (shapes or {}).items() if d}
+    feeds = synthetic_inputs(index, batch=batch, shapes={**(shapes or {}), **at_batch})
     for vi in model.graph.input:
         dims = vi.type.tensor_type.shape.dim
         if vi.name in feeds and dims and dims[0].HasField("dim_value") and dims[0].dim_value != batch:
@@ -107,8 +109,9 @@ def _ncnn_nets(models: dict[str, onnx.ModelProto], workdir: Path, threads: int) 
 
 
 def bench(paths: list[str | Path], batches: tuple[int, ...] = (1,), threads: int = 1, runs: int = 30,
-          use_ncnn: bool = False, warmup: int = 3) -> list[Timing]:
-    """Time every model at every batch in onnxruntime (and ncnn fp32/fp16 when asked)."""
+          use_ncnn: bool = False, warmup: int = 3, shapes: dict[str, tuple[int, ...]] | None = None) -> list[Timing]:
+    """Time every model at every batch in onnxruntime (and ncnn fp32/fp16 when asked); `shapes`
+    ({input: dims}, axis 0 replaced by each batch) sizes dynamic inputs."""
     if runs < 3 or threads < 1 or not batches or min(batches) < 1:
         raise InputError("options: --runs must be at least 3, --threads and every --batch at least 1")
     models = {}
@@ -123,7 +126,7 @@ def bench(paths: list[str | Path], batches: tuple[int, ...] = (1,), threads: int
     with tempfile.TemporaryDirectory(prefix="onnxprune_bench_") as tmp:
         nets = _ncnn_nets(models, Path(tmp), threads) if use_ncnn else {}
         for batch in batches:
-            feeds = {name: _feeds(model, batch) for name, model in models.items()}
+            feeds = {name: _feeds(model, batch, shapes) for name, model in models.items()}
             engines = {"onnxruntime": {n: ort_runner(m, feeds[n], threads) for n, m in models.items() if isinstance(feeds[n], dict)}}
             for engine, by_model in nets.items():
                 engines[engine] = {n: ncnn_runner(net, feeds[n]) for n, net in by_model.items()

@@ -10,9 +10,12 @@ importing the package.  ncnn has no batch axis: a batch of B is run as B extract
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,7 +105,7 @@ def convert(model: onnx.ModelProto, workdir: Path, shapes: list[tuple[int, ...]]
     return files
 
 
-def load_net(files: NcnnFiles, fp16: bool = False, threads: int = 1):
+def load_net(files: NcnnFiles, fp16: bool = False, threads: int = 1, source: Path = Path("<model>")):
     """An ncnn.Net; fp32 switches off every fp16/bf16 storage and arithmetic path."""
     ncnn = require("ncnn", "running ncnn models")
     net = ncnn.Net()
@@ -110,9 +113,33 @@ def load_net(files: NcnnFiles, fp16: bool = False, threads: int = 1):
         if hasattr(net.opt, flag):
             setattr(net.opt, flag, fp16 and "fp16" in flag)
     net.opt.num_threads = threads
-    if net.load_param(str(files.param)) != 0 or net.load_model(str(files.bin)) != 0:
-        raise OnnxPruneError(f"internal error: ncnn cannot load {files.param}")
+    with captured_stderr() as said:
+        loaded = net.load_param(str(files.param)) == 0 and net.load_model(str(files.bin)) == 0
+    if not loaded:
+        # pnnx wrote a layer this ncnn does not implement ("layer Tensor.slice not exists or
+        # registered"): a limit of ncnn for this model, not a bug of ours
+        message = next((l.strip() for l in said() if l.strip()), "no message")
+        raise InputError(f"{source}: ncnn cannot load the converted model ({message}); this model needs a newer ncnn "
+                         "or an ncnn-friendly export")
     return net
+
+
+@contextmanager
+def captured_stderr():
+    """Capture what C++ code writes to file descriptor 2 (ncnn reports load errors only there);
+    yields a callable returning the captured lines once the block is done."""
+    lines: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = os.dup(2)
+        sys.stderr.flush()
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read().decode("utf-8", "replace").splitlines())
 
 
 def run_net(net, feeds: list[np.ndarray], output_shapes: list[tuple[int, ...]] | None = None) -> list[np.ndarray]:
@@ -163,7 +190,7 @@ def convert_checked(model: onnx.ModelProto, workdir: Path, shapes: list[tuple[in
                     source: Path = Path("<model>")) -> tuple[NcnnFiles, float]:
     """convert() then compare() on deterministic random inputs; refuses a mismatch."""
     files = convert(model, workdir, shapes, fp16, source)
-    error = compare(model, load_net(files, fp16), random_feeds(model, shapes))
+    error = compare(model, load_net(files, fp16, source=source), random_feeds(model, shapes))
     tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
     if not error <= tolerance:
         raise OnnxPruneError(f"{source}: ncnn and onnxruntime disagree (max relative error {error:.2e} > {tolerance:g}); nothing written")

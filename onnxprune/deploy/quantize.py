@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..graph import ModelIndex
 from ..ops import NodeContext
 from ..load import load_model
-from ..runtime import batches, make_session
+from ..runtime import batches, make_session, sample_count
 from ..save import save_model
 
 FORMATS = ("qdq", "qoperator")
@@ -56,7 +56,7 @@ def feed_batches(feeds: dict[str, np.ndarray], model: onnx.ModelProto) -> list[d
     """Calibration batches: the model's static batch size if it has one, else CALIBRATION_BATCH."""
     first = next(vi for vi in model.graph.input if vi.name in feeds).type.tensor_type.shape.dim
     static = first[0].dim_value if first and first[0].HasField("dim_value") else None
-    return [b for b in batches(feeds, static or CALIBRATION_BATCH) if static is None or len(next(iter(b.values()))) == static]
+    return [b for b in batches(feeds, static or CALIBRATION_BATCH) if static is None or sample_count(b) == static]
 
 
 def name_nodes(model: onnx.ModelProto) -> None:

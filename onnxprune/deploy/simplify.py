@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxPruneError
-from ..runtime import make_session
+from ..runtime import make_session, run_chunked
 from . import require
 
 TOLERANCE = 1e-4  # slimming fuses and refolds float ops; a relative change above this is a bug
@@ -36,7 +36,7 @@ def simplify_checked(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> on
 
 def check_simplified(before: onnx.ModelProto, after: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
     """Max relative output change from slimming; above TOLERANCE (or a changed shape) it raises."""
-    a, b = make_session(before).run(None, feeds), make_session(after).run(None, feeds)
+    a, b = run_chunked(make_session(before), feeds), run_chunked(make_session(after), feeds)
     errors = [float(np.max(np.abs(x.astype(np.float64) - y))) / max(float(np.max(np.abs(x))), 1e-30)
               for x, y in zip(a, b) if x.size and np.issubdtype(x.dtype, np.floating)]
     error = max(errors, default=0.0)
