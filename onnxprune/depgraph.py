@@ -51,6 +51,11 @@ class DepGraph:
         return [g for g in self.groups if g.prunable]
 
     @cached_property
+    def consumed(self) -> set[Dim]:
+        """Activation dims read like weights by activation-only computations (Coupling.consumed)."""
+        return {d for c in self.couplings for d in c.consumed}
+
+    @cached_property
     def roles(self) -> dict[Dim, Role]:
         return {d: r for g in self.groups for d, r in g.roles.items()}
 
@@ -160,12 +165,14 @@ def _resolve_choices(index: ModelIndex, graph: nx.Graph, couplings: list[Couplin
     for a, b in graph.edges:
         union.union(a, b)
     blocked = {union[d] for d in list(pins) + [d for d in graph.nodes if _dim_size(index, d) is None]}
+    preferred = _preferred(union, couplings)
     for i, coupling in enumerate(couplings):
         for edges in coupling.choices:
             whole = edges[0].b
             label = index.node_label(i)
             open_edges = [] if union[whole] in blocked else [e for e in edges if union[e.a] not in blocked]
-            chosen = max(open_edges, key=lambda e: (_dim_size(index, e.a) or 0, e.a.axis)) if open_edges else None
+            roots = {union[d] for d in preferred}
+            chosen = max(open_edges, key=lambda e: (union[e.a] in roots, _dim_size(index, e.a) or 0, e.a.axis)) if open_edges else None
             for edge in edges:
                 if edge is chosen:
                     _add_edge(graph, edge)
@@ -178,3 +185,30 @@ def _resolve_choices(index: ModelIndex, graph: nx.Graph, couplings: list[Couplin
                 blocked.add(union[whole])
             elif union[chosen.a] in blocked:
                 blocked.add(union[whole])
+
+
+def _preferred(union: UnionFind, couplings: list[Coupling]) -> list[Dim]:
+    """Dims whose components a choice should follow: those rules prefer (attention heads, the
+    batch axes of activation MatMuls), spread across choices until nothing changes.  A split whose
+    factor reaches a preferred dim makes its whole axis preferred; a merge whose whole axis is
+    preferred (grouped-query attention's `[kv, rep] -> heads`) prefers its outermost factor, the kv
+    group, and with it the reshape that split the kv heads."""
+    preferred = [d for c in couplings for d in c.preferred]
+    if not preferred:
+        return preferred
+    changed = True
+    while changed:
+        changed = False
+        roots = {union[d] for d in preferred}
+        for coupling in couplings:
+            for edges in coupling.choices:
+                whole = edges[0].b
+                if union[whole] not in roots and any(union[e.a] in roots for e in edges):
+                    preferred.append(whole)
+                elif union[whole] in roots and not any(union[e.a] in roots for e in edges):
+                    preferred.append(edges[0].a)
+                else:
+                    continue
+                roots.add(union[preferred[-1]])
+                changed = True
+    return preferred

@@ -123,6 +123,12 @@ def _shape_of(value_info: onnx.ValueInfoProto) -> tuple[Size, ...] | None:
     return tuple(dims)
 
 
+REFINE_ROUNDS = 4
+"""Rounds of shape refinement (each one more onnx shape inference): the legacy exporter's attention
+chains `view(b, n, -1, d)` -> transpose -> matmul -> `view(b, -1, n, d)`, each refinable once the
+one before it is."""
+
+
 @dataclass
 class ModelIndex:
     """Producers, consumers, constants and shapes of one graph (the main graph; subgraphs are opaque)."""
@@ -152,8 +158,14 @@ class ModelIndex:
         seeds = [onnx.helper.make_tensor_value_info(name, _input_type(model, name), list(shape))
                  for name, shape in (input_shapes or {}).items()]
         index = cls._build(model, {}, seeds, external or {})
-        hints = index._refined_shapes()
-        return cls._build(model, hints, seeds + index._hint_infos(hints), external or {}) if hints else index
+        hints: dict[str, tuple[Size, ...]] = {}
+        for _ in range(REFINE_ROUNDS):  # a refined size can let a later Reshape refine its own
+            new = {**hints, **index._refined_shapes()}
+            if new == hints:
+                break
+            hints = new
+            index = cls._build(model, hints, seeds + index._hint_infos(hints), external or {})
+        return index
 
     def _refined_shapes(self) -> dict[str, tuple[Size, ...]]:
         from .ops import NodeContext, rule_for

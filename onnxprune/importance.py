@@ -81,10 +81,11 @@ def dead_channels(dg: DepGraph, group: Group) -> np.ndarray:
 
 
 def consumption_points(dg: DepGraph, group: Group) -> list[Dim]:
-    """The activation axes where a weight consumes the group's channels (Conv and Gemm inputs).
+    """The activation axes where a weight consumes the group's channels (Conv and Gemm inputs),
+    or an activation-only computation reads them (DepGraph.consumed: Q.K^T, RMSNorm's mean).
     A channel that is zero at all of them can be removed without changing any output, which is
     what dead-channel detection and mask-based sensitivity analysis both rely on."""
-    consumed = [d for d in group.dims if not d.is_const and _feeds_weight(dg, d)]
+    consumed = [d for d in group.dims if not d.is_const and (_feeds_weight(dg, d) or d in dg.consumed)]
     return consumed or [d for d in group.dims if not d.is_const]
 
 

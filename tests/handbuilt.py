@@ -655,6 +655,59 @@ def recurrent(kind: str) -> onnx.ModelProto:
     return n.build({"x": [1, 5, 4]}, out)
 
 
+ATTENTION = ("mha", "gqa", "fused_qkv", "dynamo_k_transpose")
+
+
+def attention(kind: str) -> onnx.ModelProto:
+    """Self-attention on x [N, T, C] as the torch exporters write it: q, k, v projections, head
+    split `[N, T, C] -> [N, T, H, D]` and transpose, Q.K^T (two activations), scale, Softmax, the
+    SDPA decomposition's `Where(IsNaN(p), 0, p)`, attn.V, merge back and an output projection.
+    `gqa`: 4 query heads share 2 kv heads through `Unsqueeze -> Expand -> Reshape`; `fused_qkv`: one
+    projection to 3C split ViT-style (`[N, T, 3, H, D]`, permute, equal Split, Squeeze)."""
+    n = Net(f"attention_{kind}", opset=17)
+    t, c, d = 6, 8, 4
+    heads = 4 if kind == "gqa" else 2
+    kv = 2
+    split = n.ints("split_heads", [0, t, -1, d])
+    to_heads = [0, 2, 1, 3]
+    if kind == "fused_qkv":
+        qkv = n.matmul("x", c, 3 * c, "qkv")
+        qkv = n.op("Reshape", [qkv, n.ints("split_qkv", [0, t, 3, heads, d])], "split_qkv_heads")
+        qkv = n.op("Transpose", [qkv], "qkv_first", perm=[2, 0, 3, 1, 4])
+        parts = n.op("Split", [qkv], "unbind", outputs=3, axis=0)
+        q, k, v = (n.op("Squeeze", [p, n.ints(f"axis0_{i}", [0])], f"{name}_heads") for i, (p, name) in enumerate(zip(parts, "qkv")))
+    else:
+        q = n.op("Transpose", [n.op("Reshape", [n.matmul("x", c, heads * d, "q"), split], "q_split")], "q_heads", perm=to_heads)
+        k, v = (n.op("Transpose", [n.op("Reshape", [n.matmul("x", c, kv * d, name), split], f"{name}_split")],
+                     f"{name}_heads", perm=to_heads) for name in "kv")
+        if kind == "gqa":
+            rep = heads // kv
+            target = n.ints("gqa_expand", [1, kv, rep, t, d])
+            k, v = (n.op("Reshape", [n.op("Expand", [n.op("Unsqueeze", [x, n.ints(f"{name}_ax", [2])], f"{name}_unsq"), target],
+                                          f"{name}_expand"), n.ints(f"{name}_merge", [0, heads, t, d])], f"{name}_rep")
+                    for x, name in ((k, "k"), (v, "v")))
+    if kind == "dynamo_k_transpose":
+        # torch.export's k.transpose(-2, -1): merge batch and heads into one dynamic axis, swap,
+        # and split back with the sizes read from k's own shape.
+        shape = n.op("Shape", [k], "k_shape")
+        first = n.op("Slice", [shape, n.ints("s0", [0]), n.ints("s2", [2])], "k_batch_heads")
+        last = n.op("Slice", [shape, n.ints("s2b", [2]), n.ints("s4", [4])], "k_td")
+        merged = n.op("Reshape", [k, n.op("Concat", [n.ints("minus1", [-1]), last], "merge_target", axis=0)], "k_merge")
+        swapped = n.op("Transpose", [merged], "k_swap", perm=[0, 2, 1])
+        d_t = n.op("Concat", [n.op("Slice", [last, n.ints("s1", [1]), n.ints("s2c", [2])], "k_d"),
+                              n.op("Slice", [last, n.ints("s0b", [0]), n.ints("s1b", [1])], "k_t_size")], "dt", axis=0)
+        k_t = n.op("Reshape", [swapped, n.op("Concat", [first, d_t], "split_target", axis=0)], "k_unmerge")
+    else:
+        k_t = n.op("Transpose", [k], "k_t", perm=[0, 1, 3, 2])
+    scores = n.op("MatMul", [q, k_t], "scores")
+    scores = n.op("Mul", [scores, n.const("scale", np.array(d ** -0.5, np.float32))], "scaled")
+    probs = n.op("Softmax", [scores], "softmax", axis=-1)
+    probs = n.op("Where", [n.op("IsNaN", [probs], "isnan"), n.const("zero", np.array(0, np.float32)), probs], "guard")
+    out = n.op("MatMul", [probs, v], "attn_v")
+    out = n.op("Reshape", [n.op("Transpose", [out], "back", perm=to_heads), n.ints("merge_heads", [0, t, heads * d])], "merge")
+    return n.build({"x": ["N", t, c]}, [n.matmul(out, heads * d, 5, "o")])
+
+
 def crnn_reshape() -> onnx.ModelProto:
     """CRNN head: [N, C, H, W] -> Reshape to [N, C*H, W] with a run-time target [N, -1, W]
     (Shape -> Gather -> Concat) -> [N, W, C*H] -> dense."""
@@ -694,3 +747,23 @@ def unit_split() -> onnx.ModelProto:
     a, b, c = n.op("Split", [n.conv("x", 3, 3, "c1"), n.ints("sizes", [1, 1, 1])], "split", outputs=3, axis=1)
     y = n.op("Add", [n.op("Add", [n.conv(a, 1, 4, "ca"), n.conv(b, 1, 4, "cb")], "ab"), n.conv(c, 1, 4, "cc")], "abc")
     return n.build({"x": ["N", 3, 8, 8]}, [y])
+
+
+RMSNORM = ("reciprocal", "div")
+
+
+def rmsnorm(kind: str) -> onnx.ModelProto:
+    """A dense layer, RMSNorm over its output channels as the exporters write it, a dense layer:
+    `reciprocal` (dynamo: ... -> Sqrt -> Reciprocal -> Mul(x) -> Mul(w)) or `div` (legacy:
+    ... -> Sqrt -> Div(1, .) -> Mul(x) -> Mul(w))."""
+    n = Net(f"rmsnorm_{kind}", opset=17)
+    x = n.matmul("x", 8, 8, "fc1")
+    mean = n.op("ReduceMean", [n.op("Pow", [x, n.const("two", np.array(2, np.float32))], "square")], "mean",
+                axes=[-1], keepdims=1)
+    root = n.op("Sqrt", [n.op("Add", [mean, n.const("eps", np.array(1e-2, np.float32))], "add_eps")], "root")
+    if kind == "div":
+        inverse = n.op("Div", [n.const("one", np.array(1, np.float32)), root], "inverse")
+    else:
+        inverse = n.op("Reciprocal", [root], "inverse")
+    y = n.op("Mul", [n.param("norm.w", (8,), 0.3, 1.0), n.op("Mul", [x, inverse], "normed")], "scaled")
+    return n.build({"x": ["N", 6, 8]}, [n.matmul(y, 8, 5, "fc2")])

@@ -309,8 +309,6 @@ def flatten_head(side: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
 
 
-@pytest.mark.xfail(strict=True, reason="ops/layout.py couple_blocks multiplies symbolic sizes (TypeError, exit 1): "
-                                       "for the op-rule owner; remove this mark with the fix")
 def test_flatten_over_symbolic_spatial_dims_is_no_internal_error(tmp_path, capsys):
     path = _save(flatten_head(32), tmp_path)
     code, _, err = run_cli(capsys, "inspect", path)

@@ -402,10 +402,44 @@ SPECS += [Spec(f"simple_chain_{o}", partial(hb.simple_chain, o), [("c1.w", 0), (
 SPECS += [Spec(f"recurrent_{k}", partial(hb.recurrent, k), [("rnn.W", 1), ("fc1.w", 1)], check=_check_recurrent)
           for k in hb.RECURRENT]
 
+
+def _check_heads(kind: str, planted, pruned):
+    """Whole heads go (head_dim 4 stays): one head (GQA: one kv head and its two query heads)."""
+    assert value(pruned, "o.w").shape[0] == value(planted, "o.w").shape[0] - (8 if kind == "gqa" else 4)
+    if kind == "gqa":
+        assert value(pruned, "k.w").shape[1] == value(pruned, "v.w").shape[1] == 4
+        assert input_value(pruned, "k_expand", 1).tolist() == [1, 1, 2, 6, 4]
+    elif kind == "fused_qkv":
+        assert value(pruned, "qkv.w").shape[1] == 12
+        assert input_value(pruned, "split_qkv_heads", 1).tolist() == [0, 6, 3, 1, 4]
+
+
+SPECS += [Spec(f"attention_{k}", partial(hb.attention, k),
+               [("qkv.w" if k == "fused_qkv" else "q.w", 1), ("o.w", 0)] + ([("k.w", 1), ("v.w", 1)] if k != "fused_qkv" else []),
+               [("o.w", 1, GRAPH_OUT)], check=partial(_check_heads, k))
+          for k in hb.ATTENTION]
 SPECS += [Spec("crnn_reshape", hb.crnn_reshape, [("c1.w", 0)], check=_check_rows([(("c1.w", 0), [("c1.b", 0)])])),
           Spec("shape_gather_slice", hb.shape_gather_slice, [("c1.w", 0)], check=_check_rows([(("c1.w", 0), [("c2.w", 1)])])),
           Spec("constant_of_shape", hb.constant_of_shape, [("c1.w", 0)], check=_check_rows([(("c1.w", 0), [("c2.w", 1)])])),
           Spec("unit_split", hb.unit_split, [], [("c1.w", 0, "no channel can be removed")])]
+
+
+
+def _check_rmsnorm(kind: str, planted, pruned):
+    """k = kept/original channels: eps becomes eps / k, and 1/sqrt(k) goes into Div's numerator
+    (div) or into the kept weights (reciprocal)."""
+    k = value(pruned, "fc2.w").shape[0] / 8
+    assert np.isclose(input_value(pruned, "add_eps", 1).reshape(-1)[0], 1e-2 / k)
+    if kind == "div":
+        assert np.isclose(input_value(pruned, "inverse", 0).reshape(-1)[0], 1 / np.sqrt(k))
+    else:
+        weights = input_value(pruned, "scaled", 0) * np.sqrt(k)
+        assert len(weights) == value(pruned, "fc2.w").shape[0]
+        assert all(np.isclose(value(planted, "norm.w"), w).any() for w in weights)
+
+
+SPECS += [Spec(f"rmsnorm_{k}", partial(hb.rmsnorm, k), [("fc1.w", 1), ("norm.w", 0), ("fc2.w", 0)],
+               check=partial(_check_rmsnorm, k)) for k in hb.RMSNORM]
 
 BY_ID = {s.id: s for s in SPECS}
 assert len(BY_ID) == len(SPECS)

@@ -9,7 +9,7 @@ never pruned through.  values.py is the one evaluator of constants and shape vec
 the nodes onnxprune inserts.
 """
 
-from . import conv, elementwise, layout, linear, norm, quantized, recurrent, spatial  # noqa: F401  (they fill the registry)
+from . import attention, conv, elementwise, layout, linear, norm, quantized, recurrent, spatial  # noqa: F401  (they fill the registry)
 from .base import (BN_SCALE, IN, OUT, PARAM, Coupling, Dim, Edge, NodeContext, OpRule, RewriteContext, Role,
                    WeightSlot, ZeroView)
 from .elementwise import is_alias

@@ -109,6 +109,13 @@ class Coupling:
     only one of them); the graph builder keeps the one whose axis is prunable."""
     pinned: dict[Dim, str] = field(default_factory=dict)
     """Dims this node pins, with the reason."""
+    consumed: set[Dim] = field(default_factory=set)
+    """Activation dims this node reads the way a weight does (both sides of a contraction between
+    activations, the input of an RMSNorm's mean of squares): a channel counts as dead only if it
+    is zero here too (see importance.consumption_points)."""
+    preferred: set[Dim] = field(default_factory=set)
+    """Dims a choice should follow when it can (the batch axes of an activation MatMul: attention
+    heads), see depgraph._resolve_choices."""
 
     def link(self, a: Dim, b: Dim, a_idx: np.ndarray | None = None, b_idx: np.ndarray | None = None) -> None:
         """`a` and `b` hold the same channels (element a_idx[k] of a is b_idx[k] of b)."""
@@ -117,6 +124,14 @@ class Coupling:
     def choose(self, edges: list[Edge]) -> None:
         """At most one of `edges` may hold (see `choices`)."""
         self.choices.append(edges)
+
+    def consume(self, *dims: Dim) -> None:
+        """This node's result depends on these dims' values beyond any weight (see `consumed`)."""
+        self.consumed.update(dims)
+
+    def prefer(self, *dims: Dim) -> None:
+        """A choice reaching these dims should follow them (see `preferred`)."""
+        self.preferred.update(dims)
 
     def free(self, *dims: Dim) -> None:
         """This node does not care about these dims' sizes: pruning them changes nothing here."""

@@ -84,7 +84,18 @@ class PReluRule(FirstOperand):
     pass
 
 
-@register("Where", "Pow", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Or", "Xor")
+@register("Pow")
+class PowRule(Broadcasting):
+    """0^p = 0 for a positive constant exponent (RMSNorm's x^2): a dead channel stays dead."""
+
+    def zero(self, ctx: NodeContext, views: dict[int, ZeroView], n: int) -> np.ndarray:
+        exponent = ctx.const(1)
+        if exponent is None or exponent.size != 1 or not float(exponent.reshape(-1)[0]) > 0 or 0 not in views:
+            return np.zeros(n, dtype=bool)
+        return views[0].value()
+
+
+@register("Where", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Or", "Xor")
 class OtherBinary(Broadcasting):
     zero_mode = "never"
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .base import OUT, Coupling, Dim, Edge, NodeContext, OpRule, RewriteContext
 from .registry import register
-from .values import ConstEntry, DimEntry, Entry, Folds, refine_from_target, rewrite_const_entries
+from .values import ConstEntry, DimEntry, Entry, Folds, concat_parts, refine_from_target, rewrite_const_entries
 
 
 class Mover(OpRule):
@@ -339,6 +339,8 @@ def couple_blocks(ctx: NodeContext, blocks, src, dst) -> Coupling:
             c.link(ctx.in_dim(0, ia[0]), ctx.out_dim(0, jb[0]))
         elif not ia or not jb:
             c.free(*[ctx.in_dim(0, k) for k in ia] + [ctx.out_dim(0, k) for k in jb])
+        elif any(not isinstance(src[k], int) for k in ia) or any(not isinstance(dst[k], int) for k in jb):
+            c.pin(ctx.in_dim(0, ia[0]), f"{ctx.label} merges axes of unknown size")
         elif len(jb) == 1 or len(ia) == 1:
             merged = len(jb) == 1
             whole = ctx.out_dim(0, jb[0]) if merged else ctx.in_dim(0, ia[0])
@@ -446,10 +448,15 @@ class ReshapeRule(PassesShape):
             return Coupling()
         blocks = reshape_blocks(src, dst)
         if blocks is None:
-            c = Coupling()
-            c.pin(ctx.in_dim(0, 0), f"{ctx.label} reshapes axes of unknown size")
-            return c
-        c = couple_blocks(ctx, blocks, src, dst)
+            from .attention import couple_dynamic_prefix
+
+            c = couple_dynamic_prefix(ctx, src, dst, entries)
+            if c is None:
+                c = Coupling()
+                c.pin(ctx.in_dim(0, 0), f"{ctx.label} reshapes axes of unknown size")
+                return c
+        else:
+            c = couple_blocks(ctx, blocks, src, dst)
         _link_dim_entries(ctx, c, entries)
         return c
 
@@ -510,7 +517,51 @@ class ExpandRule(Mover, Folds):
             return value == 1 and k >= 0 and src[k] != 1
 
         padded = [None] * shift + list(entries)
-        rewrite_const_entries(ctx, padded, follows_input)
+        kept_by_input = _follow_input_in_shared_target(ctx, entries, shift, in_shift)
+        rewrite_const_entries(ctx, padded, lambda pos, value: follows_input(pos, value) or pos in kept_by_input)
+
+
+def _follow_input_in_shared_target(ctx: RewriteContext, entries, shift: int, in_shift: int) -> set[int]:
+    """Pruned axes of an Expand whose target comes from a Concat that other Expands read too (the
+    dynamo exporter shares one GQA target `[batch, kv, rep, N, D]` between layers): where every
+    reader's input already has the axis (no broadcast there), the target entry becomes 1 ("keep
+    the input's size") in a private copy of that Concat part, right for every reader however it
+    is pruned.  Returns the positions so handled."""
+    index = ctx.index
+    found = concat_parts(index, ctx.input(1), len(entries))
+    readers = index.consumers.get(ctx.input(1), [])
+    if found is None or len(readers) < 2:
+        return set()
+    producer, parts = found
+    done: set[int] = set()
+    for p, entry in enumerate(entries):
+        pos = p + shift
+        old = ctx.out_shape(0)[pos]
+        if not isinstance(entry, ConstEntry) or entry.value <= 1 or ctx.new_size(ctx.out_dim(0, pos), old) == old:
+            continue
+        if not all(_input_has_axis(index, node_i, slot, pos, len(ctx.out_shape(0))) for node_i, slot in readers):
+            continue
+        slot, offset = parts[p]
+        value = index.const(index.model.graph.node[producer].input[slot])
+        if value is None:
+            continue
+        value = value.copy()
+        value.reshape(-1)[offset] = 1
+        ctx.writer.set_input_const(producer, slot, value)
+        done.add(pos)
+    return done
+
+
+def _input_has_axis(index, node_i: int, slot: int, pos: int, rank: int) -> bool:
+    """Expand node `node_i` reads its target at `slot` 1 and its input has a size other than 1 at
+    output axis `pos` (so a target entry 1 there keeps that size)."""
+    if slot != 1 or index.model.graph.node[node_i].op_type != "Expand":
+        return False
+    shape = index.shape(index.model.graph.node[node_i].input[0])
+    if shape is None:
+        return False
+    k = pos - (rank - len(shape))
+    return k >= 0 and isinstance(shape[k], int) and shape[k] != 1
 
 
 def _shape_range(ctx: NodeContext, rank: int) -> range:
@@ -668,3 +719,29 @@ class GatherRule(Mover, Folds):
         for k in range(len(indices)):
             c.link(ctx.in_dim(1, k), ctx.out_dim(0, axis + k))
         return c
+
+
+def embedding_rows(index, name: str) -> int | None:
+    """How many rows the embedding tables that the integer tensor `name` indexes have (the
+    smallest, when it feeds several: token, position, type embeddings), or None when it feeds no
+    Gather from a constant table.  Follows the ids through ops that only move elements (Reshape,
+    Cast, Unsqueeze, ...), so input synthesis can draw valid token ids below this size."""
+    from .registry import rule_for
+
+    sizes, todo, seen = [], [name], set()
+    while todo:
+        tensor = todo.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        for node_i, slot in index.consumers.get(tensor, []):
+            node = index.model.graph.node[node_i]
+            rule = rule_for(node, index.opset)
+            if isinstance(rule, GatherRule) and slot == 1 and index.is_const(node.input[0]):
+                table = index.shape(node.input[0])
+                axis = int(NodeContext(index, node_i).attr("axis", 0))
+                if table and isinstance(table[axis], int):
+                    sizes.append(table[axis])
+            elif rule.preserves_elements and slot == 0:
+                todo.extend(o for o in node.output if o)
+    return min(sizes) if sizes else None

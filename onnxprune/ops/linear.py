@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import IN, OUT, PARAM, Coupling, NodeContext, OpRule, WeightSlot, ZeroView, numel
+from .attention import activation_matmul_zero, couple_activation_matmul
 from .conv import _weight_zero
 from .reconstruct import gemm_view, matmul_view
 from .registry import register
@@ -87,6 +88,8 @@ class MatMulRule(_Dense):
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()
         weight = ctx.const(1)
+        if weight is None and not ctx.is_const(0):
+            return couple_activation_matmul(ctx)
         a_rank, y_rank = ctx.in_rank(0), len(ctx.out_shape(0) or ())
         if weight is None or weight.ndim != 2 or ctx.is_const(0) or not a_rank or a_rank < 2 or y_rank != a_rank:
             return c
@@ -99,6 +102,8 @@ class MatMulRule(_Dense):
         return c
 
     def zero(self, ctx: NodeContext, views: dict[int, ZeroView], n: int) -> np.ndarray:
+        if ctx.const(1) is None:
+            return activation_matmul_zero(views, n)
         return _weight_zero(ctx.const(1), 1)
 
     def linear_view(self, ctx: NodeContext):

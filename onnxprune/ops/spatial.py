@@ -6,6 +6,7 @@ import numpy as np
 
 from .base import Coupling, NodeContext, OpRule, RewriteContext, ZeroView
 from .registry import register
+from .rmsnorm import match_rms_norm, rewrite_rms_norm
 from .values import DimEntry, rewrite_const_entries
 
 
@@ -147,6 +148,15 @@ class ReduceRule(OpRule):
         axes = None if rank is None else _reduce_axes(ctx, rank)
         if axes is None:
             return c
+        norm = match_rms_norm(ctx) if ctx.node.op_type == "ReduceMean" else None
+        if norm is not None:  # RMSNorm: the mean is rescaled after pruning (see ops/rmsnorm.py)
+            c.consume(ctx.in_dim(0, norm.axis))  # x^2 of every channel enters the mean
+            for k in range(rank):
+                if k == norm.axis:
+                    c.free(ctx.in_dim(0, k), ctx.out_dim(0, k))
+                else:
+                    c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
+            return c
         keep = int(ctx.attr("keepdims", 1))
         out_axis = 0
         for k in range(rank):
@@ -159,6 +169,11 @@ class ReduceRule(OpRule):
             c.link(ctx.in_dim(0, k), ctx.out_dim(0, out_axis))
             out_axis += 1
         return c
+
+    def rewrite(self, ctx: RewriteContext) -> None:
+        norm = match_rms_norm(ctx) if ctx.node.op_type == "ReduceMean" else None
+        if norm is not None:
+            rewrite_rms_norm(ctx, norm)
 
 
 

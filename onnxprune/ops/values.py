@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .base import NodeContext, OpRule
+from .base import Dim, NodeContext, OpRule
 from .registry import rule_for
 
 if TYPE_CHECKING:
@@ -207,12 +207,16 @@ def rewrite_const_entries(ctx, entries, skip=lambda pos, value: False) -> None:
     node: editing it in place would change the other reader's shape too."""
     out_shape = ctx.out_shape(0)
     edits: dict[str, dict[int, int]] = {}
+    by_pos: dict[int, int] = {}
     for pos, entry in enumerate(entries):
         if not isinstance(entry, ConstEntry) or entry.value <= 0 or skip(pos, entry.value):
             continue
         new = ctx.new_size(ctx.out_dim(0, pos), out_shape[pos] if isinstance(out_shape[pos], int) else entry.value)
         if new != entry.value:
             edits.setdefault(entry.source, {})[entry.pos] = new
+            by_pos[pos] = new
+    if by_pos and _rewrite_concat_parts(ctx, len(entries), by_pos):
+        return
     for source, changes in edits.items():
         slot = next((s for s, name in enumerate(ctx.node.input) if name == source), None)
         if slot is not None and ctx.index.consumers.get(source) != [(ctx.i, slot)]:
@@ -224,3 +228,49 @@ def rewrite_const_entries(ctx, entries, skip=lambda pos, value: False) -> None:
             continue
         for pos, new in changes.items():
             ctx.writer.set_const_element(source, pos, new)
+
+
+def concat_parts(index, target: str, n_entries: int) -> tuple[int, list[tuple[int, int]]] | None:
+    """When the shape vector `target` (of `n_entries` entries) is a Concat's output: the Concat's
+    node index and, per entry position, (Concat input slot, offset in that input)."""
+    producer = index.producer.get(target) if target else None
+    if producer is None or index.model.graph.node[producer].op_type != "Concat":
+        return None
+    parts: list[tuple[int, int]] = []
+    for slot, name in enumerate(index.model.graph.node[producer].input):
+        part = index.values.entries(name)
+        if part is None:
+            return None
+        parts += [(slot, k) for k in range(len(part))]
+    return (producer, parts) if len(parts) == n_entries else None
+
+
+def _rewrite_concat_parts(ctx, n_entries: int, by_pos: dict[int, int]) -> bool:
+    """A target shape built by a Concat of small constants read by nodes that all need the same
+    edit (k and v of one layer): give each edited part of that Concat its own constant (`by_pos`:
+    entry position -> new size), so that another node reading the same constant (the dynamo exporter
+    reuses one `[2]` as Unsqueeze axes and as shape sizes) never sees the edit.  False otherwise
+    (the caller then edits the constants)."""
+    index = ctx.index
+    target = ctx.input(1)
+    found = concat_parts(index, target, n_entries)
+    if found is None:
+        return False
+    for node_i, slot in index.consumers.get(target, []):
+        other = index.model.graph.node[node_i].output[0]
+        if slot != 1 or any(ctx.new_size(Dim(other, pos), -1) != new for pos, new in by_pos.items()):
+            return False
+    producer, parts = found
+    concat = index.model.graph.node[producer]
+    new_parts: dict[int, np.ndarray] = {}
+    for pos, new in by_pos.items():
+        slot, offset = parts[pos]
+        if slot not in new_parts:
+            value = index.const(concat.input[slot])
+            if value is None:
+                return False
+            new_parts[slot] = value.copy()
+        new_parts[slot].reshape(-1)[offset] = new
+    for slot, value in new_parts.items():
+        ctx.writer.set_input_const(producer, slot, value)
+    return True
