@@ -21,6 +21,7 @@ import onnx
 
 from .base import IN, OUT, Coupling, NodeContext, OpRule, WeightSlot, numel
 from .conv import ConvRule, link_per_channel
+from .elementwise import couple_unary
 from .registry import model_opset, register, rule_for
 
 
@@ -34,12 +35,10 @@ class _PerAxisElementwise(OpRule):
     quantized = True
 
     def couple(self, ctx: NodeContext) -> Coupling:
-        c = Coupling()
         rank = ctx.in_rank(0)
         if rank is None or ctx.attr("block_size"):
-            return c
-        for k in range(rank):
-            c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
+            return Coupling()
+        c = couple_unary(ctx)
         for slot in (1, 2):
             link_per_channel(ctx, c, slot, ctx.out_dim(0, _axis(ctx, rank)))
         return c
@@ -77,13 +76,7 @@ class DynamicQuantizeRule(OpRule):
     quantized = True
 
     def couple(self, ctx: NodeContext) -> Coupling:
-        c = Coupling()
-        rank = ctx.in_rank(0)
-        if rank is None:
-            return c
-        for k in range(rank):
-            c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
-        return c
+        return couple_unary(ctx)
 
 
 @register("QLinearConv", min_opset=10)
