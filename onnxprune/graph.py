@@ -85,9 +85,11 @@ def infer_shapes(model: onnx.ModelProto, hints: list[onnx.ValueInfoProto] = ()) 
     model carry no data (see `weightless_copy`)."""
     copy = weightless_copy(model)
     inputs = {vi.name: vi for vi in copy.graph.input}
+    dynamic: list[onnx.ValueInfoProto] = []
     if any(hint.name in inputs for hint in hints):
         # concrete input sizes: declared shapes with dynamic sizes would shadow what inference
-        # now derives from them, so only the fully static ones stay
+        # now derives from them; they come back below only where inference derives nothing
+        dynamic = [vi for vi in copy.graph.value_info if not _is_static(vi)]
         static = [vi for vi in copy.graph.value_info if _is_static(vi)]
         del copy.graph.value_info[:]
         copy.graph.value_info.extend(static)
@@ -97,10 +99,13 @@ def infer_shapes(model: onnx.ModelProto, hints: list[onnx.ValueInfoProto] = ()) 
         else:
             copy.graph.value_info.append(hint)
     try:
-        return shape_inference.infer_shapes(copy, check_type=False, strict_mode=False, data_prop=True)
+        inferred = shape_inference.infer_shapes(copy, check_type=False, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, ValueError):
         # A model whose graph alone cannot be serialised; fall back to declared shapes.
         return model
+    derived = {vi.name for vi in inferred.graph.value_info if _is_static(vi)}
+    inferred.graph.value_info.extend(vi for vi in dynamic if vi.name not in derived)
+    return inferred
 
 
 def _is_static(vi: onnx.ValueInfoProto) -> bool:

@@ -170,7 +170,8 @@ def test_bench_prints_ratios(tmp_path, capsys):
     code, text, err = run_cli(capsys, "bench", DIGITS, pruned, "--batch", "1,2", "--runs", "5")
     assert code == 0, err
     print("\n" + text)
-    assert text.count("1.00x") == 2 and len([l for l in text.splitlines() if l.endswith("x")]) == 4
+    rows = [line.split() for line in text.splitlines() if line.endswith("x")]
+    assert len(rows) == 4 and [r[-1] for r in rows if r[2] == DIGITS.name] == ["1.00x", "1.00x"]  # the reference, per batch
     ncnn_args = ["--ncnn"] if importlib.util.find_spec("ncnn") and importlib.util.find_spec("pnnx") else []
     code, text, err = run_cli(capsys, "bench", DIGITS, pruned, "--runs", "3", "--json", *ncnn_args)
     assert code == 0, err

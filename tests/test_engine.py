@@ -390,7 +390,7 @@ def test_ignore_regex(by, loaded, case_path, tmp_path, capsys):
             assert len(gp.keep) < gp.channels
     # the same through the CLI
     code, _, err = run_cli(capsys, "prune", path_of(case_path, case_id), "-o", tmp_path / "o.onnx", "--ratio", "0.5",
-                           "--ignore", pattern, "--plan-out", tmp_path / "plan.json")
+                           "--criterion", "l1", "--ignore", pattern, "--plan-out", tmp_path / "plan.json")
     assert code == 0, err
     cli_plan = onnxprune.Plan.read(tmp_path / "plan.json")
     assert [g.keep for g in cli_plan.groups] == [g.keep for g in plan.groups]
