@@ -97,7 +97,7 @@ def run(name: str, workdir: Path, runs: int, epochs: int, round_to: int) -> None
     for label in order:
         path, base = rows[label]
         float_model = onnxprune.load(base).model
-        f = fidelity(float_model, load_model(path, allow_quantized=True).model, evaluation, labels)
+        f = fidelity(float_model, load_model(path).model, evaluation, labels)
         macs = total_macs(ModelIndex.build(float_model))
         accuracy = f"{f.accuracy_after:.2%}" if f.accuracy_after is not None else "-"
         agreement = "-" if path == base else f"{f.top1_agreement:.2%}, {f.max_abs_diff:.3g}"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import random
 import sys
 import tempfile
@@ -34,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import onnxprune  # noqa: E402
-from onnxprune.recovery import ReconstructOptions  # noqa: E402
 
 
 def _session(model) -> ort.InferenceSession:
