@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .units import si
 from . import __version__
 from .errors import InputError, OnnxPruneError
 from .names import CRITERION_NAMES, DATA_CRITERION_NAMES
@@ -44,18 +45,11 @@ def check_output_paths(source, outputs, overwrite: bool) -> None:
     check(source, outputs, overwrite)
 
 
-def _fmt(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
-
-
 def _print_inspect(info: dict) -> None:
     print(f"model: {info['model']} (opset {info['opset']})")
     shapes = info.get("cost_shapes")
     at = ("at " + " ".join(f"{k}:{'x'.join(map(str, d))}" for k, d in shapes.items())) if shapes else "a dynamic batch counted as 1"
-    print(f"parameters: {_fmt(info['params'])}   MACs: {_fmt(info['macs'])} (one run; {at})")
+    print(f"parameters: {si(info['params'])}   MACs: {si(info['macs'])} (one run; {at})")
     print(f"prunable: {info['prunable_params']:.1%} of parameters, {info['prunable_macs']:.1%} of MACs")
     if info["control_flow"]:
         names = ", ".join(info["control_flow"][:3]) + (" ..." if len(info["control_flow"]) > 3 else "")
@@ -71,8 +65,8 @@ def _print_inspect(info: dict) -> None:
             print(f"{'':>26}{g['blocked']}")
     print(f"\n{'layer':<40} {'op':<14} {'channels':>8} {'params':>10} {'MACs':>10}  onnx node")
     for layer in info["layers"]:
-        print(f"{_layer(layer):<40} {layer['op']:<14} {layer['channels'] or '':>8} {_fmt(layer['params']):>10} "
-              f"{_fmt(layer['macs']):>10}  {layer['node']}")
+        print(f"{_layer(layer):<40} {layer['op']:<14} {layer['channels'] or '':>8} {si(layer['params']):>10} "
+              f"{si(layer['macs']):>10}  {layer['node']}")
 
 
 def _layer(layer: dict, width: int = 40) -> str:
@@ -109,11 +103,11 @@ def _print_result(summary: dict) -> None:
         if ch[0] != ch[1] or layer["params"][0] != layer["params"][1]:
             channels = "-" if ch[0] is None and ch[1] is None else f"{ch[0]} -> {ch[1]}"
             print(f"{_layer(layer):<40} {layer['op']:<14} {channels:>13} "
-                  f"{_fmt(layer['params'][0]) + ' -> ' + _fmt(layer['params'][1]):>19}  {layer['node']}")
+                  f"{si(layer['params'][0]) + ' -> ' + si(layer['params'][1]):>19}  {layer['node']}")
     print(f"\nchannels removed: {summary['channels_removed']}")
-    print(f"parameters: {_fmt(p[0])} -> {_fmt(p[1])} ({p[1] / max(p[0], 1):.1%})")
-    print(f"MACs:       {_fmt(m[0])} -> {_fmt(m[1])} ({m[1] / max(m[0], 1):.1%})")
-    print(f"file size:  {_fmt(f[0])}B -> {_fmt(f[1])}B")
+    print(f"parameters: {si(p[0])} -> {si(p[1])} ({p[1] / max(p[0], 1):.1%})")
+    print(f"MACs:       {si(m[0])} -> {si(m[1])} ({m[1] / max(m[0], 1):.1%})")
+    print(f"file size:  {si(f[0])}B -> {si(f[1])}B")
     if summary.get("measured_latency") is not None:
         print(f"latency:    {summary['measured_latency']:.1%} of the original's (onnxruntime on this machine)")
     if summary["channels_removed"] == 0:
@@ -388,7 +382,7 @@ def cmd_sparsify(args) -> int:
         print(json.dumps(summary, indent=1))
         return 0
     print(format_summary(summary))
-    print(f"\nfile size:  {_fmt(summary['file_bytes'][0])}B -> {_fmt(summary['file_bytes'][1])}B ({_storage(summary)})")
+    print(f"\nfile size:  {si(summary['file_bytes'][0])}B -> {si(summary['file_bytes'][1])}B ({_storage(summary)})")
     identical = "; sparse storage gives outputs identical to dense with zeros" if summary.get("stored_sparse") else ""
     print(f"verified: onnx.checker ok, onnxruntime runs, output shapes unchanged; max relative output change "
           f"{summary['max_rel_error']:.2e}{identical}")

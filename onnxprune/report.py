@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .units import si
 from . import cost
 from .api import load, save
 from .errors import InputError
@@ -275,13 +276,6 @@ tr.blocked td { color: #8a5a00; background: #fff8ec; } tr.prunable td.status { c
 """
 
 
-def _num(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
-
-
 def _summary_table(report: ReportData) -> str:
     rows = []
     base = report.models[0]
@@ -291,9 +285,9 @@ def _summary_table(report: ReportData) -> str:
             return f" ({a / b:.1%})" if facts is not base and b else ""
 
         speed = f" ({base.latency_ms / facts.latency_ms:.2f}x)" if facts is not base and facts.latency_ms and base.latency_ms else ""
-        rows.append(f"<tr><td>{E(facts.name)}</td><td class=num>{_num(facts.params)}{ratio(facts.params, base.params)}</td>"
-                    f"<td class=num>{_num(facts.macs)}{ratio(facts.macs, base.macs)}</td>"
-                    f"<td class=num>{_num(facts.file_bytes)}B</td><td class=num>{latency}{speed}</td></tr>")
+        rows.append(f"<tr><td>{E(facts.name)}</td><td class=num>{si(facts.params)}{ratio(facts.params, base.params)}</td>"
+                    f"<td class=num>{si(facts.macs)}{ratio(facts.macs, base.macs)}</td>"
+                    f"<td class=num>{si(facts.file_bytes)}B</td><td class=num>{latency}{speed}</td></tr>")
     return ("<table><tr><th>model</th><th>parameters</th><th>MACs per sample</th><th>file</th>"
             "<th>latency (onnxruntime, batch 1, 1 thread, median)</th></tr>" + "".join(rows) + "</table>")
 
