@@ -12,7 +12,7 @@ pretrained models, at several fractions of MACs kept.
   feeds), so that MACs are the real ones.
 
 Also reported: reconstruction time over one pass of the calibration data through the original
-model (goal: at most 3x).  Run: python scripts/bench_recovery.py --models digits,rec
+model (goal: at most 3x).  Run: python scripts/bench_recovery.py --models digits,rec,det,yolo
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def one_pass_seconds(model, x: np.ndarray, batch: int = 16) -> float:
 class Digits:
     name = "digits CNN"
     metric = "accuracy"
+    batch = 16
 
     def __init__(self, n_calib: int, n_eval: int):
         data = np.load(ROOT / "models" / "digits_calib.npz")
@@ -76,7 +77,7 @@ class Digits:
         self.eval_x, self.eval_y = x[half:][:n_eval], labels[half:][:n_eval]
 
     def score(self, model) -> float:
-        return float(np.mean(_run(model, self.eval_x).argmax(1) == self.eval_y))
+        return float(np.mean(_run(model, self.eval_x, self.batch).argmax(1) == self.eval_y))
 
 
 def _fonts() -> list[str]:
@@ -134,6 +135,7 @@ def edit_distance(a: str, b: str) -> int:
 class Rec:
     name = "PP-OCRv4 rec"
     metric = "char accuracy"
+    batch = 16
 
     def __init__(self, n_calib: int, n_eval: int, folder: Path):
         import rapidocr_onnxruntime
@@ -162,13 +164,217 @@ class Rec:
         return float(np.mean([max(0.0, 1 - edit_distance(p, t) / len(t)) for p, t in zip(texts, self.eval_texts)]))
 
 
+def _fixed_input_copy(source: Path, sizes: tuple[tuple[int, int], ...], target: Path) -> Path:
+    """A copy of `source` whose first input declares the sizes the benchmark feeds (axis, size),
+    so that MACs are counted at the real size rather than with dynamic dims as 1."""
+    model = onnx.load(source)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for axis, size in sizes:
+        dims[axis].Clear()
+        dims[axis].dim_value = size
+    onnx.save(model, target)
+    return target
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of `a` (n x 4, x0 y0 x1 y1) with every box of `b` (m x 4)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def matched(reference: list[tuple[int, np.ndarray]], candidate: list[tuple[int, np.ndarray]], iou: float = 0.5) -> int:
+    """How many of one image's reference boxes (class, x0 y0 x1 y1) a candidate box of the same
+    class covers at IoU >= `iou`; greedy by IoU, each candidate box matching at most one."""
+    if not reference or not candidate:
+        return 0
+    overlap = iou_matrix([b for _, b in reference], [b for _, b in candidate])
+    overlap[np.array([c for c, _ in reference])[:, None] != np.array([c for c, _ in candidate])[None, :]] = 0
+    count = 0
+    while overlap.size and overlap.max() >= iou:
+        i, j = np.unravel_index(overlap.argmax(), overlap.shape)
+        overlap[i, :] = 0
+        overlap[:, j] = 0
+        count += 1
+    return count
+
+
+def box_recall(reference: list[list], candidate: list[list], iou: float = 0.5) -> float:
+    """The fraction of all reference boxes (per image lists) recovered by the candidate's boxes."""
+    total = sum(len(r) for r in reference)
+    return sum(matched(r, c, iou) for r, c in zip(reference, candidate)) / total if total else float("nan")
+
+
+class BoxTask:
+    """A detector scored by the recall of the original model's boxes (`boxes_from` turns the
+    model's raw output on the evaluation images into per-image lists of (class, box))."""
+
+    metric = "recall of original boxes @IoU0.5"
+    batch = 4
+
+    def boxes(self, model) -> list[list]:
+        return self.boxes_from(_run(model, self.eval_x, self.batch))
+
+    def score(self, model) -> float:
+        if not hasattr(self, "reference"):
+            self.reference = self.boxes(self.model_path)
+        return box_recall(self.reference, self.boxes(model))
+
+
+def render_pages(n: int, seed: int, size: int = 736) -> list[np.ndarray]:
+    """`n` pages (RGB, size x size) of 6-12 printed lines: labels like the rec lines, one to three
+    per row, in random fonts, sizes and ink."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = random.Random(seed)
+    fonts = _fonts()
+    pages = []
+    for _ in range(n):
+        image = Image.new("RGB", (size, size), tuple(rng.randint(215, 255) for _ in range(3)))
+        draw = ImageDraw.Draw(image)
+        y = rng.randint(10, 40)
+        while True:
+            font_size = rng.randint(18, 40)
+            if y + font_size * 1.4 > size - 10:
+                break
+            font = ImageFont.truetype(rng.choice(fonts), font_size) if fonts else ImageFont.load_default(size=font_size)
+            x = rng.randint(10, 80)
+            for _ in range(rng.randint(1, 3)):
+                text = _line(rng)
+                width = font.getlength(text)
+                if x + width > size - 10:
+                    break
+                draw.text((x, y), text, font=font, fill=tuple(rng.randint(0, 70) for _ in range(3)))
+                x += int(width) + rng.randint(40, 120)
+            y += int(font_size * rng.uniform(1.5, 2.4))
+        pages.append(np.asarray(image))
+    return pages
+
+
+class Det(BoxTask):
+    name = "PP-OCRv4 det"
+    size = 736  # the package's limit_side_len: a page this size is fed unresized
+
+    def __init__(self, n_calib: int, n_eval: int, folder: Path):
+        import rapidocr_onnxruntime
+        from rapidocr_onnxruntime.ch_ppocr_det.text_detect import TextDetector
+        from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH
+        from rapidocr_onnxruntime.utils import read_yaml
+
+        source = Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_PP-OCRv4_det_infer.onnx"
+        self.model_path = _fixed_input_copy(source, ((1, 3), (2, self.size), (3, self.size)), folder / "det_736.onnx")
+        config = read_yaml(DEFAULT_CFG_PATH)["Det"]
+        config["model_path"] = str(source)
+        self.detector = TextDetector(config)
+        self.prepare = self.detector.get_preprocess(self.size)
+        self.calib = self._prepare(render_pages(n_calib, seed=3, size=self.size))
+        self.eval_x = self._prepare(render_pages(n_eval, seed=4, size=self.size))
+
+    def _prepare(self, pages: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([self.prepare(page) for page in pages]).astype(np.float32)
+
+    def boxes_from(self, maps: np.ndarray) -> list[list]:
+        """The package's DB post-processing and box filter on each probability map."""
+        out = []
+        for prob in maps:
+            quads, _ = self.detector.postprocess_op(prob[None], (self.size, self.size))
+            quads = self.detector.filter_tag_det_res(quads, (self.size, self.size))
+            out.append([(0, np.r_[q.min(0), q.max(0)]) for q in quads])
+        return out
+
+
+def _package_image(package: str, relative: str) -> np.ndarray:
+    """A photo that ships inside an installed package (BGR, uint8)."""
+    import importlib.util
+
+    import cv2
+
+    folder = Path(importlib.util.find_spec(package).origin).parent
+    return cv2.imread(str(folder / relative))
+
+
+def render_scenes(n: int, seed: int, size: int = 400) -> list[np.ndarray]:
+    """`n` synthetic scenes (BGR, size x size): 1-3 copies of matplotlib's sample portrait at a
+    random scale, flip and brightness, on a crop of scikit-learn's sample photos or a flat colour."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    portrait = _package_image("matplotlib", "mpl-data/sample_data/grace_hopper.jpg")
+    backgrounds = [_package_image("sklearn", "datasets/images/china.jpg"), _package_image("sklearn", "datasets/images/flower.jpg")]
+    scenes = []
+    for _ in range(n):
+        if rng.random() < 0.7:
+            photo = backgrounds[rng.integers(len(backgrounds))]
+            y, x = rng.integers(0, photo.shape[0] - size), rng.integers(0, photo.shape[1] - size)
+            canvas = photo[y:y + size, x:x + size].copy()
+        else:
+            canvas = np.full((size, size, 3), rng.integers(30, 225, 3), np.uint8)
+        for _ in range(rng.integers(1, 4)):
+            scale = rng.uniform(0.2, 0.6)
+            piece = cv2.resize(portrait, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            if rng.random() < 0.5:
+                piece = piece[:, ::-1]
+            piece = np.clip(piece * rng.uniform(0.7, 1.2), 0, 255).astype(np.uint8)
+            h, w = min(piece.shape[0], size), min(piece.shape[1], size)
+            y, x = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
+            canvas[y:y + h, x:x + w] = piece[:h, :w]
+        scenes.append(canvas)
+    return scenes
+
+
+class Yolo(BoxTask):
+    name = "YOLOv8n (nudenet)"
+    size = 320  # nudenet's inference_resolution
+
+    def __init__(self, n_calib: int, n_eval: int, folder: Path):
+        import nudenet
+
+        source = Path(nudenet.__file__).parent / "320n.onnx"
+        self.model_path = _fixed_input_copy(source, ((1, 3), (2, self.size), (3, self.size)), folder / "yolov8n_320.onnx")
+        self.calib, _ = self._prepare(render_scenes(n_calib, seed=5))
+        self.eval_x, self.geometry = self._prepare(render_scenes(n_eval, seed=6))
+
+    def _prepare(self, scenes: list[np.ndarray]) -> tuple[np.ndarray, list[tuple]]:
+        from nudenet.nudenet import _read_image
+
+        blobs, geometry = [], []
+        for scene in scenes:
+            blob, *rest = _read_image(scene, self.size)
+            blobs.append(blob)
+            geometry.append(tuple(rest))
+        return np.concatenate(blobs).astype(np.float32), geometry
+
+    def boxes_from(self, outputs: np.ndarray) -> list[list]:
+        """nudenet's own decoding, score threshold and NMS on each image's output."""
+        from nudenet import nudenet
+
+        labels = getattr(nudenet, "__labels")  # a module-private name, which a class body would mangle
+        out = []
+        for pred, (x_ratio, y_ratio, x_pad, y_pad, width, height) in zip(outputs, self.geometry):
+            found = nudenet._postprocess([pred[None]], x_pad, y_pad, x_ratio, y_ratio, width, height, self.size, self.size)
+            out.append([(labels.index(d["class"]), np.array(d["box"][:2] + [d["box"][0] + d["box"][2], d["box"][1] + d["box"][3]]))
+                        for d in found])
+        return out
+
+
+DEFAULT_SAMPLES = {"digits": 180, "rec": 256, "det": 32, "yolo": 128}
+TASKS = {"digits": lambda n_calib, n_eval, folder: Digits(n_calib, n_eval), "rec": Rec, "det": Det, "yolo": Yolo}
+
+
 # --- rows -----------------------------------------------------------------------------------------
 
-def distill(pruned: onnx.ModelProto, original_path: Path, name: str, calib: np.ndarray, minutes: float):
+def distill(pruned: onnx.ModelProto, original_path: Path, name: str, calib: np.ndarray, minutes: float, batch: int = 16):
     from onnxprune.finetune import FinetuneOptions, finetune
 
     teacher = onnxprune.load(original_path).model
-    return finetune(pruned, teacher, {name: calib}, FinetuneOptions(epochs=1000, lr=1e-4, minutes=minutes)).model
+    options = FinetuneOptions(epochs=1000, lr=1e-4, batch_size=batch, minutes=minutes)
+    return finetune(pruned, teacher, {name: calib}, options).model
 
 
 def bench(task, fractions: list[float], distill_minutes: float, methods: str = "all") -> list[dict]:
@@ -202,11 +408,14 @@ def bench(task, fractions: list[float], distill_minutes: float, methods: str = "
             rows.append(row)
             if reconstruct and criterion == "activation" and distill_minutes > 0:
                 try:
-                    model = distill(result.model, original, name, task.calib, distill_minutes)
+                    model = distill(result.model, original, name, task.calib, distill_minutes, task.batch)
                     row2 = {"model": task.name, "macs": macs, "method": f"activation + reconstruct + distill ({distill_minutes:g} min)",
                             "score": task.score(model)}
                 except ImportError as exc:
                     row2 = {"model": task.name, "macs": macs, "method": f"distill skipped: {exc}", "score": float("nan")}
+                except Exception as exc:  # noqa: BLE001 - a benchmark row reports the failure and the table goes on
+                    row2 = {"model": task.name, "macs": macs, "method": f"distill failed: {type(exc).__name__}: {str(exc)[:160]}",
+                            "score": float("nan")}
                 print(_fmt_row(row2), flush=True)
                 rows.append(row2)
     return rows
@@ -223,8 +432,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="digits,rec")
     parser.add_argument("--fractions", default="0.9,0.75,0.5")
-    parser.add_argument("--calib", type=int, default=256, help="calibration samples (rec: lines)")
-    parser.add_argument("--eval", type=int, default=256, help="evaluation samples (rec: lines)")
+    parser.add_argument("--calib", type=int, help="calibration samples (default: digits 180, rec 256 lines, det 32 pages, yolo 128 scenes)")
+    parser.add_argument("--eval", type=int, help="evaluation samples (default: as --calib)")
     parser.add_argument("--distill-minutes", type=float, default=0, help="CPU minutes of distillation per row (0: none)")
     parser.add_argument("--methods", default="all", help="comma-separated row labels to run (default: all)")
     args = parser.parse_args()
@@ -232,7 +441,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for key in args.models.split(","):
-            task = Digits(args.calib, args.eval) if key == "digits" else Rec(args.calib, args.eval, folder)
+            n_calib = args.calib or DEFAULT_SAMPLES[key]
+            task = TASKS[key](n_calib, args.eval or n_calib, folder)
             bench(task, fractions, args.distill_minutes, args.methods)
 
 

@@ -102,3 +102,17 @@ def test_executor_on_pp_ocr_rec():
         got = net(x=torch.from_numpy(x))[0].numpy()
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_executor_on_yolov8n():
+    """YOLOv8n as shipped in the nudenet wheel (ultralytics export: Split in every C2f block,
+    the DFL head's Softmax and Conv) runs in the executor as in onnxruntime."""
+    nudenet = pytest.importorskip("nudenet", reason="YOLOv8n ships in the nudenet wheel")
+    path = Path(nudenet.__file__).parent / "320n.onnx"
+    model = onnx.load(path)
+    x = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
+    net = GraphModule(model, ModelIndex.build(model), set())
+    with torch.no_grad():
+        got = net(images=torch.from_numpy(x))[0].numpy()
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()

@@ -317,6 +317,39 @@ def _slice(ctx, xs):
     return x[tuple(index)]
 
 
+@torch_op("Split")
+def _split(ctx, xs):
+    """Sizes from the `split` input (opset 13+) or attribute, else equal parts, one per output
+    (the last smaller when the axis does not divide evenly, as opset 18's num_outputs says)."""
+    x = xs[0]
+    axis = int(ctx.attr("axis", 0)) % x.dim()
+    sizes = xs[1] if len(xs) > 1 and xs[1] is not None else ctx.attr("split")
+    if sizes is None:
+        parts = len(ctx.node.output)
+        sizes = -(-x.shape[axis] // parts)
+        return list(torch.split(x, sizes, dim=axis))
+    return list(torch.split(x, _ints(sizes), dim=axis))
+
+
+@torch_op("Range")
+def _range(ctx, xs):
+    start, limit, delta = (x.reshape(()) for x in xs)
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
+
+
+@torch_op("Expand")
+def _expand(ctx, xs):
+    x, shape = xs[0], _ints(xs[1])
+    return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(shape)))
+
+
+@torch_op("ConstantOfShape")
+def _constant_of_shape(ctx, xs):
+    value = ctx.attr("value")
+    fill = torch.from_numpy(onnx.numpy_helper.to_array(value).copy()).reshape(()) if value is not None else torch.tensor(0.0)
+    return torch.full(_ints(xs[0]), fill.item(), dtype=fill.dtype)
+
+
 @torch_op("Gather")
 def _gather(ctx, xs):
     x, idx = xs
