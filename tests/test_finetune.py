@@ -116,3 +116,22 @@ def test_executor_on_yolov8n():
         got = net(images=torch.from_numpy(x))[0].numpy()
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_executor_on_pp_ocr_det():
+    """PP-OCRv4 det (DB head: ConvTranspose, Resize, HardSigmoid) runs in the executor as in
+    onnxruntime on a printed page, where its probability map is far from 0 and 1."""
+    rapidocr = pytest.importorskip("rapidocr_onnxruntime", reason="PP-OCR models ship in the rapidocr_onnxruntime wheel")
+    from realmodels import text_page
+
+    path = Path(rapidocr.__file__).parent / "models" / "ch_PP-OCRv4_det_infer.onnx"
+    model = onnx.load(path)
+    page = text_page()[:320, :320].astype(np.float32) / 255
+    x = ((page - 0.5) / 0.5).transpose(2, 0, 1)[None].copy()
+    net = GraphModule(model, ModelIndex.build(model), set())
+    with torch.no_grad():
+        got = net(x=torch.from_numpy(x))[0].numpy()
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert expected.max() > 0.9  # text found: the comparison is not between two all-zero maps
+    assert np.abs(got - expected).max() <= 1e-3  # float32 sums in another order, through a sigmoid
+    assert np.array_equal(got > 0.3, expected > 0.3)  # the text mask DBPostProcess draws boxes from
