@@ -37,6 +37,8 @@ FUSED = ("qkv", "c_attn")
 """Child names of a fused q|k|v projection (timm, GPT-2)."""
 HEAD_COUNT = ("num_heads", "num_attention_heads")
 HEAD_DIM = ("head_dim", "attention_head_size")
+WITHIN_HEADS = ("the plan prunes within heads (head_dim), which a module with one head_dim for q, k and v cannot "
+                "take; keep the plan's head_dim groups whole, or prune whole heads (the dynamo export's head groups)")
 
 
 def is_conv1d(mod: nn.Module) -> bool:
@@ -119,15 +121,11 @@ def _layout(att: nn.Module) -> _Layout | None:
 def _whole_heads(kept: np.ndarray, head_dim: int, what: str) -> tuple[int, ...]:
     """The heads `kept` (element indices of a projection's output) consists of, refusing part heads."""
     if len(kept) % head_dim:
-        raise InputError(f"plan: {what} keeps {len(kept)} channels, not whole heads of {head_dim}: the plan prunes "
-                         "within heads (head_dim), which a module with one head_dim for q, k and v cannot take; "
-                         "prune whole heads (dynamo export) or keep the head_dim groups")
+        raise InputError(f"plan: {what} keeps {len(kept)} channels, not whole heads of {head_dim}: {WITHIN_HEADS}")
     blocks = kept.reshape(-1, head_dim)
     heads = blocks[:, 0] // head_dim
     if not np.array_equal(blocks, heads[:, None] * head_dim + np.arange(head_dim)):
-        raise InputError(f"plan: {what} keeps part of a head: the plan prunes within heads (head_dim), which a module "
-                         "with one head_dim for q, k and v cannot take; prune whole heads (dynamo export) or keep the "
-                         "head_dim groups")
+        raise InputError(f"plan: {what} keeps part of a head: {WITHIN_HEADS}")
     return tuple(int(h) for h in heads)
 
 
@@ -201,7 +199,7 @@ def _uniform(config, field: str, values: list[int]) -> None:
         setattr(config, field, values[0])
     elif values:
         warnings.warn(f"onnxprune: layers now differ in {field} ({sorted(set(values))}); the model's config keeps "
-                      f"{getattr(config, field)} (save the module itself, not save_pretrained)", stacklevel=4)
+                      f"{getattr(config, field)} (save the module itself, not save_pretrained)", stacklevel=5)
 
 
 def _in_block(name: str) -> bool:
