@@ -10,6 +10,9 @@ the legacy exporter's constant folding) has no ONNX member of its own: it is fou
 node's scope (dynamo names the BN there) or from the module's data flow, traced with forward hooks
 on `example_inputs`, and sliced with the conv's output channels.
 
+Transformers (attention head counts, GPT-2's Conv1D, embedding columns, RMSNorm, the HF config) are
+handled by onnxprune.torch_transformers.
+
 Everything is worked out and checked before the first tensor changes, so a plan that does not fit
 the module raises `InputError` naming the first mismatch and leaves the module untouched.
 """
