@@ -134,6 +134,12 @@ chains `view(b, n, -1, d)` -> transpose -> matmul -> `view(b, -1, n, d)`, each r
 one before it is."""
 
 
+PROBE_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19)
+"""Sizes given to the graph inputs' dynamic axes when probing which sizes are constant (see
+ModelIndex._probed_shapes): distinct primes, small enough that no exporter's clamp (a slice of a
+position table) is reached."""
+
+
 @dataclass
 class ModelIndex:
     """Producers, consumers, constants and shapes of one graph (the main graph; subgraphs are opaque)."""
@@ -164,8 +170,12 @@ class ModelIndex:
                  for name, shape in (input_shapes or {}).items()]
         index = cls._build(model, {}, seeds, external or {})
         hints: dict[str, tuple[Size, ...]] = {}
-        for _ in range(REFINE_ROUNDS):  # a refined size can let a later Reshape refine its own
+        probed = bool(seeds)
+        for _ in range(REFINE_ROUNDS + 1):  # a refined size can let a later Reshape refine its own
             new = {**hints, **index._refined_shapes()}
+            if new == hints and not probed:
+                probed = True
+                new.update(index._probed_shapes(new))
             if new == hints:
                 break
             hints = new
@@ -181,6 +191,41 @@ class ModelIndex:
             if refined is not None:
                 hints[node.output[0]] = refined
         return hints
+
+    def _probed_shapes(self, hints: dict[str, tuple[Size, ...]]) -> dict[str, tuple[Size, ...]]:
+        """Sizes still unknown that do not depend on the graph inputs' dynamic sizes: shape
+        inference at two concrete probes of them gives the same size (`view(b, n, -1)` where `b`
+        and the input's batch carry different symbols, so `-1` cannot be worked out symbolically).
+
+        Dynamic input size k is PROBE_PRIMES[k] in the first probe and PROBE_PRIMES[k + 1] in the
+        second.  A reshape's size is c * prod(size_k ** e_k); equal at both probes means, by unique
+        factorisation, every e_k is 0: the size is the constant c, whatever the inputs' sizes."""
+        dynamic = [(vi.name, a) for vi in self.model.graph.input if vi.name in self.graph_inputs
+                   for a, d in enumerate(_shape_of(vi) or ()) if not (isinstance(d, int) and d > 0)]
+        if not dynamic or len(dynamic) >= len(PROBE_PRIMES):
+            return {}
+        unknown = {name: shape for name, shape in self.shapes.items()
+                   if name not in self.graph_inputs and any(not isinstance(d, int) for d in shape)}
+        if not unknown:
+            return {}
+        probes = []
+        for shift in (0, 1):
+            sizes = {name: list(_shape_of(vi)) for vi in self.model.graph.input for name in [vi.name] if name in self.graph_inputs}
+            for k, (name, axis) in enumerate(dynamic):
+                sizes[name][axis] = PROBE_PRIMES[k + shift]
+            seeds = [onnx.helper.make_tensor_value_info(name, _input_type(self.model, name), shape) for name, shape in sizes.items()]
+            inferred = infer_shapes(self.model, seeds + self._hint_infos({n: s for n, s in hints.items() if n not in unknown}))
+            probes.append({vi.name: _shape_of(vi) for vi in inferred.graph.value_info})
+        found = {}
+        for name, shape in {**unknown, **{n: s for n, s in hints.items() if n in unknown}}.items():
+            a, b = probes[0].get(name), probes[1].get(name)
+            if a is None or b is None or len(a) != len(shape) or len(b) != len(shape):
+                continue
+            better = tuple(x if not isinstance(d, int) and isinstance(x, int) and x > 0 and x == y else d
+                           for d, x, y in zip(shape, a, b))
+            if better != shape:
+                found[name] = better
+        return found
 
     @classmethod
     def _build(cls, model: onnx.ModelProto, hints: dict[str, tuple[Size, ...]],

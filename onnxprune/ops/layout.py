@@ -375,12 +375,25 @@ class FlattenRule(Mover):
 
 
 def _link_dim_entries(ctx: NodeContext, c: Coupling, entries) -> None:
-    """A target-shape element read from another tensor's axis ties that axis to the output axis."""
+    """A target-shape element read from another tensor's axis ties that axis to the output axis.
+    A size computed from constants at run time (ConstEntry.computed) has no constant surgery could
+    rewrite: its output axis is pinned."""
     for pos, entry in enumerate(entries):
         if isinstance(entry, DimEntry):
             tensor_is_const = ctx.index.is_const(entry.tensor)
             source = Dim(entry.tensor, entry.axis, entry.shape_node, 0) if tensor_is_const else Dim(entry.tensor, entry.axis)
             c.link(source, ctx.out_dim(0, pos))
+        elif isinstance(entry, ConstEntry) and entry.computed and entry.value > 1:
+            _unmention(c, ctx.out_dim(0, pos))
+            c.pin(ctx.out_dim(0, pos), f"{ctx.label} takes this size from a value computed at run time")
+
+
+def _unmention(c: Coupling, dim: Dim) -> None:
+    """Drop every edge, choice and freedom that mentions `dim` (so that a pin on it holds)."""
+    c.edges = [e for e in c.edges if dim not in (e.a, e.b)]
+    c.choices = [[e for e in edges if dim not in (e.a, e.b)] for edges in c.choices]
+    c.choices = [edges for edges in c.choices if edges]
+    c.free_dims.discard(dim)
 
 
 def _target_sizes(ctx: NodeContext, src, dst, entries, allow_zero: int) -> tuple:
@@ -482,7 +495,20 @@ class ExpandRule(Mover, Folds):
         return inputs[0]
 
     def refine_shape(self, ctx: NodeContext):
-        return refine_from_target(ctx, 1)
+        """Sizes the target gives, and the input's size where the target entry is 1 (keep)."""
+        refined = refine_from_target(ctx, 1)
+        src, entries = ctx.in_shape(0), ctx.entries(1)
+        shape = refined or ctx.out_shape(0)
+        if src is None or entries is None or shape is None or len(shape) != max(len(src), len(entries)):
+            return refined
+        shape = list(shape)
+        for p in range(len(shape)):
+            k, e = p - (len(shape) - len(src)), p - (len(shape) - len(entries))
+            if not isinstance(shape[p], int) and k >= 0 and e >= 0 and isinstance(entries[e], ConstEntry) \
+                    and entries[e].value == 1 and isinstance(src[k], int):
+                shape[p] = src[k]
+        better = tuple(shape)
+        return better if better != ctx.out_shape(0) else None
 
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()

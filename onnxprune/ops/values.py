@@ -38,8 +38,18 @@ multi-GB model would double the memory; decoding one weight again costs a memcpy
 
 class ConstEntry(NamedTuple):
     value: int
-    source: str  # constant tensor holding the value
+    source: str  # constant tensor holding the value; "" when computed (nothing to rewrite)
     pos: int     # flat position in that tensor
+
+    @property
+    def computed(self) -> bool:
+        """Worked out from constants at run time (ConstantOfShape, Mul, Equal): no stored constant
+        holds it, so a pruned axis cannot be given a new size through it."""
+        return not self.source
+
+
+def computed_entry(value: int) -> ConstEntry:
+    return ConstEntry(int(value), "", -1)
 
 
 class DimEntry(NamedTuple):
@@ -112,6 +122,10 @@ class Values:
             node = index.model.graph.node[node_i]
             inputs = [self.entries(n, depth + 1) if n else None for n in node.input]
             result = rule_for(node, index.opset).shape_entries(NodeContext(index, node_i), inputs)
+            if result is None:
+                value = self.const(name)
+                if value is not None and value.ndim <= 1 and value.dtype.kind in "iub" and value.size <= FOLD_LIMIT:
+                    result = [computed_entry(int(v)) for v in value.reshape(-1)]
         self._entries[name] = result
         return result
 
