@@ -470,13 +470,47 @@ class ReshapeRule(PassesShape):
                 return c
         else:
             c = couple_blocks(ctx, blocks, src, dst)
-        _link_dim_entries(ctx, c, entries)
+        loose = _loose_dim_entries(ctx, entries, dst)
+        _link_dim_entries(ctx, c, [None if p in loose else e for p, e in enumerate(entries)])
         return c
 
     def rewrite(self, ctx: RewriteContext) -> None:
         entries = ctx.entries(1)
-        if entries is not None:
-            rewrite_const_entries(ctx, entries)
+        if entries is None:
+            return
+        rewrite_const_entries(ctx, entries)
+        out = ctx.out_shape(0)
+        found = concat_parts(ctx.index, ctx.input(1), len(entries))
+        for p in _loose_dim_entries(ctx, entries, out):
+            entry = entries[p]
+            new = ctx.new_size(ctx.out_dim(0, p), out[p])
+            if new != ctx.new_size(Dim(entry.tensor, entry.axis), ctx.index.shape(entry.tensor)[entry.axis]):
+                producer, parts = found
+                ctx.writer.set_input_const(producer, parts[p][0], np.array([new], dtype=np.int64))
+
+
+def _loose_dim_entries(ctx: NodeContext, entries, dst) -> set[int]:
+    """Positions of a Reshape target read from a tensor's axis (`x.reshape(b, n, c)` with `c` the
+    residual width, legacy exporter) that need not tie that axis to the output's: both sizes are
+    known and the element is a part of its own in a Concat only this Reshape reads, so surgery can
+    write the output's new size there as a constant whenever the two sizes come apart (heads
+    pruned while the residual stream is not)."""
+    found = concat_parts(ctx.index, ctx.input(1), len(entries))
+    if found is None or ctx.index.consumers.get(ctx.input(1)) != [(ctx.i, 1)] or dst is None:
+        return set()
+    producer, parts = found
+    widths: dict[int, int] = {}
+    for slot, _ in parts:
+        widths[slot] = widths.get(slot, 0) + 1
+    loose = set()
+    for p, entry in enumerate(entries):
+        if not isinstance(entry, DimEntry) or ctx.index.is_const(entry.tensor) or widths[parts[p][0]] != 1:
+            continue
+        source = ctx.index.shape(entry.tensor)
+        if source is not None and isinstance(source[entry.axis], int) and p < len(dst) and isinstance(dst[p], int) \
+                and source[entry.axis] > 1:
+            loose.add(p)
+    return loose
 
 
 @register("Expand")
