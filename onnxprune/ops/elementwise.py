@@ -12,7 +12,7 @@ import onnx
 
 from .base import PARAM, Coupling, NodeContext, OpRule, ZeroView
 from .registry import register
-from .values import ConstEntry, Entry, Folds, computed_entry
+from .values import ConstEntry, DimEntry, Entry, Folds, computed_entry
 
 
 def couple_broadcast(ctx: NodeContext, slots: range | list[int], out_slot: int = 0) -> Coupling:
@@ -62,7 +62,35 @@ class MulLike(Broadcasting):
 
 @register("Mul")
 class MulRule(MulLike, Folds):
-    """Also shape arithmetic (folded)."""
+    """Also shape arithmetic (folded), and a size read from a tensor times a positive constant
+    (the legacy exporter's GQA `num_key_value_heads * n_rep`), which follows pruning by itself."""
+
+    def passes_shape_value(self, ctx: NodeContext, slot: int) -> bool:
+        return self._entries(ctx) is not None
+
+    def shape_entries(self, ctx: NodeContext, inputs) -> list[Entry] | None:
+        return self._entries(ctx)
+
+    def _entries(self, ctx: NodeContext) -> list[Entry] | None:
+        sides = [ctx.entries(0), ctx.entries(1)]
+        if any(side is None for side in sides):
+            return None
+        a, b = sides
+        if len(a) != len(b):
+            if min(len(a), len(b)) != 1:
+                return None
+            a, b = (a * len(b), b) if len(a) == 1 else (a, b * len(a))
+        out: list[Entry] = []
+        for x, y in zip(a, b):
+            if isinstance(x, ConstEntry) and isinstance(y, ConstEntry):
+                out.append(computed_entry(x.value * y.value))
+            elif isinstance(x, DimEntry) and isinstance(y, ConstEntry) and y.value > 0:
+                out.append(x._replace(factor=x.factor * y.value))
+            elif isinstance(y, DimEntry) and isinstance(x, ConstEntry) and x.value > 0:
+                out.append(y._replace(factor=y.factor * x.value))
+            else:
+                return None
+        return out
 
 
 @register("And")

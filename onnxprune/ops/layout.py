@@ -62,11 +62,21 @@ class ConcatRule(Folds):
         if out is None:
             return c
         axis = int(ctx.attr("axis")) % len(out)
+        shapes = [ctx.in_shape(slot) for slot in range(ctx.n_inputs)]
+        if any(shape is None or len(shape) != len(out) for shape in shapes):
+            return c
+        if any(not isinstance(shape[axis], int) for shape in shapes):
+            # parts of sizes known only at run time (RoPE's rotate_half halves head_dim with a
+            # Slice whose bounds come from Shape): the other axes still pass through
+            for slot in range(ctx.n_inputs):
+                for k in range(len(out)):
+                    if k != axis:
+                        c.link(ctx.in_dim(slot, k), ctx.out_dim(0, k))
+                c.pin(ctx.in_dim(slot, axis), f"{ctx.label} joins parts of sizes known only at run time")
+            return c
         offset = 0
         for slot in range(ctx.n_inputs):
             shape = ctx.in_shape(slot)
-            if shape is None or not isinstance(shape[axis], int):
-                return Coupling()
             for k in range(len(out)):
                 if k != axis:
                     c.link(ctx.in_dim(slot, k), ctx.out_dim(0, k))
@@ -382,7 +392,14 @@ def _link_dim_entries(ctx: NodeContext, c: Coupling, entries) -> None:
         if isinstance(entry, DimEntry):
             tensor_is_const = ctx.index.is_const(entry.tensor)
             source = Dim(entry.tensor, entry.axis, entry.shape_node, 0) if tensor_is_const else Dim(entry.tensor, entry.axis)
-            c.link(source, ctx.out_dim(0, pos))
+            size = ctx.index.shape(entry.tensor)[entry.axis] if ctx.index.shape(entry.tensor) else None
+            if entry.factor == 1:
+                c.link(source, ctx.out_dim(0, pos))
+            elif isinstance(size, int):  # element j of the output axis is element j // factor of the source's
+                whole = np.arange(size * entry.factor)
+                c.link(source, ctx.out_dim(0, pos), whole // entry.factor, whole)
+            else:
+                c.pin(ctx.out_dim(0, pos), f"{ctx.label} takes this size as a multiple of a size not known")
         elif isinstance(entry, ConstEntry) and entry.computed and entry.value > 1:
             _unmention(c, ctx.out_dim(0, pos))
             c.pin(ctx.out_dim(0, pos), f"{ctx.label} takes this size from a value computed at run time")
@@ -404,7 +421,7 @@ def _target_sizes(ctx: NodeContext, src, dst, entries, allow_zero: int) -> tuple
         if isinstance(entry, DimEntry):
             shape = ctx.index.shape(entry.tensor)
             if shape is not None:
-                dst[p] = shape[entry.axis]
+                dst[p] = entry.scaled(shape[entry.axis])
         elif entry.value > 0:
             dst[p] = entry.value
         elif entry.value == 0 and not allow_zero and p < len(src):
@@ -504,7 +521,7 @@ def _loose_dim_entries(ctx: NodeContext, entries, dst) -> set[int]:
         widths[slot] = widths.get(slot, 0) + 1
     loose = set()
     for p, entry in enumerate(entries):
-        if not isinstance(entry, DimEntry) or ctx.index.is_const(entry.tensor) or widths[parts[p][0]] != 1:
+        if not isinstance(entry, DimEntry) or entry.factor != 1 or ctx.index.is_const(entry.tensor) or widths[parts[p][0]] != 1:
             continue
         source = ctx.index.shape(entry.tensor)
         if source is not None and isinstance(source[entry.axis], int) and p < len(dst) and isinstance(dst[p], int) \
@@ -657,6 +674,11 @@ class ShapeRule(OpRule):
 
     def reads_elements(self, ctx: NodeContext, slot: int) -> bool:
         return False
+
+    def shape_sink(self, ctx: NodeContext, slot: int) -> bool:
+        """The Shape of a shape vector (the legacy exporter's Expand targets) reads only how many
+        entries it has, which pruning never changes: no escape."""
+        return True
 
     def fold_inputs(self, ctx: NodeContext):
         return ()

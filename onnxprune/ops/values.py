@@ -56,6 +56,11 @@ class DimEntry(NamedTuple):
     tensor: str
     axis: int
     shape_node: int  # the Shape node that read it (a constant's dims are per use)
+    factor: int = 1  # the element is factor * that size (GQA's `num_key_value_heads * n_rep`)
+
+    def scaled(self, size):
+        """This element's value when the axis has `size` (None when the size is not known)."""
+        return size * self.factor if isinstance(size, int) else (size if self.factor == 1 else None)
 
 
 Entry = ConstEntry | DimEntry
@@ -207,7 +212,7 @@ def refine_from_target(ctx: NodeContext, target_slot: int) -> tuple["Size", ...]
             elif isinstance(entry, DimEntry):
                 source = ctx.index.shape(entry.tensor)
                 if source is not None and isinstance(source[entry.axis], int):
-                    size = source[entry.axis]
+                    size = entry.scaled(source[entry.axis])
         refined.append(size)
     refined = tuple(refined)
     return refined if refined != ctx.index.shape(ctx.output(0)) else None
