@@ -68,11 +68,13 @@ class ConcatRule(Folds):
         if any(not isinstance(shape[axis], int) for shape in shapes):
             # parts of sizes known only at run time (RoPE's rotate_half halves head_dim with a
             # Slice whose bounds come from Shape): the other axes still pass through
+            why = f"{ctx.label} joins parts whose sizes are known only at run time (rotate_half's halves of head_dim)"
             for slot in range(ctx.n_inputs):
                 for k in range(len(out)):
                     if k != axis:
                         c.link(ctx.in_dim(slot, k), ctx.out_dim(0, k))
-                c.pin(ctx.in_dim(slot, axis), f"{ctx.label} joins parts of sizes known only at run time")
+                c.pin(ctx.in_dim(slot, axis), why)
+            c.pin(ctx.out_dim(0, axis), why)
             return c
         offset = 0
         for slot in range(ctx.n_inputs):

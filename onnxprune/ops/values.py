@@ -245,8 +245,48 @@ def rewrite_const_entries(ctx, entries, skip=lambda pos, value: False) -> None:
                 flat[pos] = new
             ctx.set_const(slot, value)
             continue
+        if slot is None and not _read_only_by(ctx.index, source, ctx.i):
+            _write_private_target(ctx, entries, by_pos, source)
+            continue
         for pos, new in changes.items():
             ctx.writer.set_const_element(source, pos, new)
+
+
+def _read_only_by(index, source: str, node_i: int) -> bool:
+    """Every use of the constant `source` leads, through the nodes that compute from it, to node
+    `node_i` alone: an in-place edit of it changes nothing else."""
+    todo, seen = [source], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in index.graph_outputs or not index.consumers.get(name) or len(seen) > MAX_DEPTH:
+            return False
+        for consumer, _ in index.consumers[name]:
+            if consumer != node_i:
+                todo.extend(o for o in index.model.graph.node[consumer].output if o)
+    return True
+
+
+def _write_private_target(ctx, entries, by_pos: dict[int, int], source: str) -> None:
+    """A shape constant read elsewhere too and reached through other nodes (a Cast, Squeeze):
+    this node gets the whole edited target as a constant of its own (per use, like any shared
+    constant), when the target is constant; otherwise surgery stops rather than write a wrong
+    shape."""
+    from ..errors import OnnxPruneError
+
+    target = next((s for s, name in enumerate(ctx.node.input) if name and ctx.rule.shape_sink(ctx, s)), None)
+    value = None if target is None else ctx.index.const(ctx.input(target))
+    if value is None:
+        raise OnnxPruneError(f"{ctx.label}: shape constant '{source}' is shared with other nodes and reached "
+                             f"through a computation onnxprune cannot give a private copy of")
+    value = value.copy()
+    flat = value.reshape(-1)
+    offset = len(entries) - flat.size
+    for pos, new in by_pos.items():
+        flat[pos - offset] = new
+    ctx.set_const(target, value)
 
 
 def concat_parts(index, target: str, n_entries: int) -> tuple[int, list[tuple[int, int]]] | None:
