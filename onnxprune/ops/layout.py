@@ -68,7 +68,7 @@ class ConcatRule(Folds):
         if any(not isinstance(shape[axis], int) for shape in shapes):
             # parts of sizes known only at run time (RoPE's rotate_half halves head_dim with a
             # Slice whose bounds come from Shape): the other axes still pass through
-            why = f"{ctx.label} joins parts whose sizes are known only at run time (rotate_half's halves of head_dim)"
+            why = f"{ctx.label} joins parts whose sizes are known only at run time (like the halves of head_dim in RoPE's rotate_half)"
             for slot in range(ctx.n_inputs):
                 for k in range(len(out)):
                     if k != axis:
