@@ -430,7 +430,14 @@ def _target_sizes(ctx: NodeContext, src, dst, entries, allow_zero: int) -> tuple
             dst[p] = src[p]
     minus = [p for p, e in enumerate(entries) if isinstance(e, ConstEntry) and e.value == -1]
     if len(minus) == 1 and not isinstance(dst[minus[0]], int):
-        # -1 is what is left: symbolic sizes on both sides (a dynamic batch) cancel out
+        # -1 is what is left: symbolic sizes on both sides (a dynamic batch) cancel out, named by
+        # the graph input size they are where inference named them apart
+        index = ctx.index
+        named = [index.dim_name(ctx.input(0), k) if not isinstance(s, int) else s for k, s in enumerate(src)]
+        src = [n if n is not None else s for n, s in zip(named, src)]
+        for p, entry in enumerate(entries):
+            if isinstance(entry, DimEntry) and entry.factor == 1 and not isinstance(dst[p], int):
+                dst[p] = index.dim_name(entry.tensor, entry.axis) or dst[p]
         src_rest, dst_rest = list(src), [d for p, d in enumerate(dst) if p != minus[0]]
         for d in [d for d in dst_rest if not isinstance(d, int)]:
             if d is not None and d in src_rest:
