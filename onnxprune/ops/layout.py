@@ -505,7 +505,10 @@ class ReshapeRule(PassesShape):
         if entries is None:
             return
         rewrite_const_entries(ctx, entries)
-        out = ctx.out_shape(0)
+        src, out = ctx.in_shape(0), ctx.out_shape(0)
+        if src is None or out is None or len(out) != len(entries):
+            return
+        out = _target_sizes(ctx, src, out, entries, int(ctx.attr("allowzero", 0)))  # what couple saw
         found = concat_parts(ctx.index, ctx.input(1), len(entries))
         for p in _loose_dim_entries(ctx, entries, out):
             entry = entries[p]
