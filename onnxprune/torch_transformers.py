@@ -15,9 +15,9 @@ Layers the generic slicing meets in transformers and handles here:
   `eps` becomes eps / k and its weight w / sqrt(k), k = kept / original; the module then equals
   the ONNX model without any change to its code.
 
-Only whole heads are handed back: a plan that keeps part of a head (head_dim groups, which the
-legacy exporter's BERT and GPT-2 prune) cannot be expressed in modules that have one head_dim for
-q, k and v, and is refused with the module named.
+Only whole heads are handed back: a plan that keeps part of a head (a head_dim group, pruning q/k's
+and v's head_dim separately) cannot be expressed in modules that have one head_dim for q, k and v,
+and is refused with the module named.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ FUSED = ("qkv", "c_attn")
 HEAD_COUNT = ("num_heads", "num_attention_heads")
 HEAD_DIM = ("head_dim", "attention_head_size")
 WITHIN_HEADS = ("the plan prunes within heads (head_dim), which a module with one head_dim for q, k and v cannot "
-                "take; keep the plan's head_dim groups whole, or prune whole heads (the dynamo export's head groups)")
+                "take; keep the plan's head_dim groups whole, or prune whole heads (the head groups)")
 
 
 def is_conv1d(mod: nn.Module) -> bool:

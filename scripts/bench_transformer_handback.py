@@ -8,9 +8,9 @@ keep a random `--keep` fraction of every prunable group (heads, MLP width, Llama
 stream), prune the ONNX model, hand the plan back with `onnxprune.torch.apply_plan`, and report
 heads per layer before -> after (from the module's attention attributes), parameters kept, the
 largest difference between the module and the pruned ONNX relative to the output's range, and
-that a training step runs.  A plan the module cannot take (the legacy exporter's head_dim groups
-of BERT, GPT-2 and ViT; heads of the timm-style ViT, whose code reshapes to the input width) is
-shown as refused and retried with every attention group kept whole (MLP width and residual only).
+that a training step runs.  A plan the module cannot take (heads of the timm-style ViT, whose code
+reshapes to the input width; head_dim groups) is shown as refused and retried with every attention
+group kept whole (MLP width and residual only).
 """
 
 from __future__ import annotations

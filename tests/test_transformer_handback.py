@@ -44,12 +44,6 @@ def random_keep(plan: onnxprune.Plan, seed: int, whole=lambda group: False) -> N
             gp.keep = sorted(int(k) for k in rng.choice(gp.channels, size=(gp.channels + 1) // 2, replace=False))
 
 
-def within_heads(gp) -> bool:
-    """A group of head_dim channels (the legacy exporter's q/k or v head_dim): its members map each
-    element to a channel (not the identity) and it is not a head group (a few channels)."""
-    return any(m.channel_of is not None for m in gp.members) and gp.channels > max(h for h, _ in HEADS.values())
-
-
 def feed(model, batch: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if model.graph.input[0].type.tensor_type.elem_type == 7:  # INT64: token ids
@@ -93,14 +87,14 @@ def head_groups(plan: onnxprune.Plan, model: str) -> list:
     return [gp for gp in plan.groups if gp.channels == kv and any(m.channel_of is not None for m in gp.members)]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("model", sorted(HEADS))
-def test_heads_and_mlp_hand_back_equal_the_pruned_onnx(exports, model, seed):
+@pytest.mark.parametrize("model,exporter,seed", [(m, e, s) for m in sorted(HEADS) for e, s in
+                                                  (("dynamo", 0), ("dynamo", 1), ("legacy", 0))])
+def test_heads_and_mlp_hand_back_equal_the_pruned_onnx(exports, model, exporter, seed):
     """Random halves of every group (heads, kv groups with their query heads, MLP width, Llama's
-    residual stream) on the dynamo export: the sliced HF module equals the pruned ONNX, trains, and
+    residual stream) under both exporters: the sliced HF module equals the pruned ONNX, trains, and
     its attention modules and config hold the new head counts and widths."""
     module, example = tz.BUILDERS[model]()
-    onnx_model = onnxprune.load(exports(model, "dynamo"))
+    onnx_model = onnxprune.load(exports(model, exporter))
     plan = onnx_model.plan(ratio=0.0)
     random_keep(plan, seed)
     groups = head_groups(plan, model)
@@ -157,53 +151,32 @@ def test_llama_residual_stream_hands_back_with_rescaled_rmsnorm(exports):
     assert_trains(module, example)
 
 
-def test_legacy_llama_hands_back_mlp_and_residual(exports):
-    """The legacy export prunes Llama's MLP width and residual stream (its heads are blocked on the
-    ONNX side): the hand-back equals the pruned ONNX and trains."""
-    module, example = tz.BUILDERS["llama"]()
-    onnx_model = onnxprune.load(exports("llama", "legacy"))
-    plan = onnx_model.plan(ratio=0.0)
-    random_keep(plan, seed=0)
-    assert sum(gp.removed for gp in plan.groups) > 0
-    result = onnx_model.apply(plan)
-    apply_plan(module, plan, example)
-    assert_equal_to_onnx(module, result.model)
-    assert module.model.config.intermediate_size == 48 and module.model.config.hidden_size == 32
-    assert_trains(module, example)
-
-
-@pytest.mark.parametrize("model", ["hf_vit", "bert", "gpt2"])
-def test_legacy_head_dim_prunes_are_refused_and_the_rest_hands_back(exports, model):
-    """The legacy exporter's BERT, GPT-2 and ViT prune q/k head_dim (v's separately or not at
-    all), which a module with one head_dim for q, k and v cannot express: the hand-back refuses,
-    naming the projection, and leaves the module untouched; the same plan with those groups kept
-    whole (MLP width only) hands back exactly."""
+@pytest.mark.parametrize("model", ["bert", "gpt2"])
+def test_a_plan_keeping_part_of_a_head_is_refused_and_the_module_untouched(exports, model):
+    """A plan that prunes within heads (head_dim: element j of every head as one channel, what the
+    legacy exporter's BERT and GPT-2 plans did before its heads pruned) cannot be expressed in a
+    module with one head_dim for q, k and v: `apply_plan` refuses, naming the projection, before
+    anything changes."""
     module, example = tz.BUILDERS[model]()
-    onnx_model = onnxprune.load(exports(model, "legacy"))
-    plan = onnx_model.plan(ratio=0.0)
-    random_keep(plan, seed=0)
-    assert any(within_heads(gp) and gp.removed for gp in plan.groups)
+    plan = onnxprune.load(exports(model, "dynamo")).plan(ratio=0.0)
+    group = head_groups(plan, model)[0]
+    head_dim = 8
+    for member in group.members:  # channel = offset within the head instead of the head
+        member.channel_of = [i % head_dim for i in range(member.size)]
+    group.channels, group.keep = head_dim, list(range(head_dim // 2))
     before = copy.deepcopy(module.state_dict())
-    with pytest.raises(InputError, match="within heads|different heads"):
+    with pytest.raises(InputError, match="within heads"):
         apply_plan(module, plan, example)
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
-    for gp in plan.groups:
-        if within_heads(gp):
-            gp.keep = list(range(gp.channels))
-    assert any(gp.removed for gp in plan.groups)
-    result = onnx_model.apply(plan)
-    apply_plan(module, plan, example)
-    assert_equal_to_onnx(module, result.model)
-    assert_trains(module, example)
 
-
-def test_timm_style_attention_hard_coding_the_width_is_refused(exports):
+@pytest.mark.parametrize("exporter", tz.EXPORTERS)
+def test_timm_style_attention_hard_coding_the_width_is_refused(exports, exporter):
     """The timm-style ViT reshapes attention's output to the input width C (`reshape(B, N, C)`):
     with heads pruned its code cannot run, so the rehearsal refuses and the module stays as it was.
     Its MLP width alone hands back."""
     module, example = tz.BUILDERS["vit"]()
-    onnx_model = onnxprune.load(exports("vit", "dynamo"))
+    onnx_model = onnxprune.load(exports("vit", exporter))
     plan = onnx_model.plan(ratio=0.0)
     random_keep(plan, seed=0)
     before = copy.deepcopy(module.state_dict())
