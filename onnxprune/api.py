@@ -356,7 +356,8 @@ class PrunableModel:
             if max_loss is not None:
                 plan.options["max_loss"] = max_loss
         if isinstance(criterion, str) and criterion in WEIGHT_CRITERIA:
-            warning = structure_warning(self.depgraph)
+            # the ranking just made is one of the two compared (ranks: normalisation does not matter)
+            warning = structure_warning(self.depgraph, known={criterion: scores} if aggregate == "sum" else None)
             plan.warnings += [warning] if warning else []
         estimate = self.cost(keep)
         base = self.cost_model.base
