@@ -535,7 +535,8 @@ class Pruning:
 
                 before = self.quality_reference if self.quality_reference is not None else first_output(str(self.path), self.quality_batches)
                 measured = compare(before, first_output(staged or self.model, self.quality_batches), self.labels)
-        after_index = ModelIndex.build(self.model, self.input_shapes)
+        mapped = self.staged.arrays(self.model) if self.staged is not None else None  # stubs' data: the staged file
+        after_index = ModelIndex.build(self.model, self.input_shapes, mapped)
         after = cost.model_cost(after_index)
         self.plan.summary = {"params": [self.before.params, after.params], "macs": [self.before.macs, after.macs]}
         old = self.before_layers

@@ -23,8 +23,12 @@ array of scores per producing layer (aggregated with sum, mean or max)."""
 
 
 def _slice_zero(value: np.ndarray, axis: int) -> np.ndarray:
-    moved = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)
-    return ~np.any(moved != 0, axis=1)
+    """Bool per index along `axis`: all zero there.  The leading axes are folded first (a fast
+    contiguous OR) instead of moving `axis` to the front, which copied the whole weight."""
+    nonzero = value != 0
+    if axis:
+        nonzero = nonzero.reshape(-1, *value.shape[axis:]).any(axis=0)
+    return ~nonzero.reshape(value.shape[axis], -1).any(axis=1)
 
 
 def _view(dg: DepGraph, zero: dict[Dim, np.ndarray], in_dim: Dim, out: Dim, n: int) -> ZeroView | None:

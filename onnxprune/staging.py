@@ -88,10 +88,17 @@ class StagedOutput:
         return self.header_path
 
     def arrays(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
-        """Read-only memory maps of the staged initializers of `model` (for PruneResult.weights)."""
+        """The data of the staged initializers of `model` (stubs): read-only memory maps, or where
+        mapping does not apply (packed 4-bit types, see load.map_external) arrays read from the file."""
+        from onnx import numpy_helper
+
         from .load import map_external
 
-        return map_external(model, self.header_path) or {}
+        mapped = map_external(model, self.header_path)
+        if mapped is not None:
+            return mapped
+        return {t.name: numpy_helper.to_array(t, str(self.header_path.parent)) for t in model.graph.initializer
+                if t.data_location == onnx.TensorProto.EXTERNAL}
 
     def commit(self) -> Path:
         """Move the staged files into place (data first: the header appears last) and clean up."""
