@@ -40,14 +40,12 @@ class StagedOutput:
         self._data = open(self.data_path, "wb")
         self._offset = 0
         self._written: dict[str, tuple[int, int]] = {}
-        self.wasted = 0
-        """Bytes of the data file that no stub points to (a tensor stored again at another size)."""
         self.committed = False
 
     def put(self, name: str, value: np.ndarray, like: onnx.TensorProto | None = None) -> onnx.TensorProto:
         """Write `value` to the data file and return the stub that points at it (the fields of
         `like`, an existing initializer, are kept apart from its data).  A tensor stored again
-        at the same size is overwritten in place."""
+        at the same size (a rule rewriting a constant surgery sliced) is overwritten in place."""
         value = np.ascontiguousarray(value)
         length = value.nbytes
         if name in self._written and self._written[name][1] == length:
@@ -55,9 +53,7 @@ class StagedOutput:
             self._data.seek(offset)
             self._data.write(memoryview(value.reshape(-1).view(np.uint8)))
             self._data.seek(self._offset)
-        else:
-            if name in self._written:
-                self.wasted += self._written[name][1]
+        else:  # a tensor stored again at another size leaves its earlier bytes unreferenced
             offset = self._offset
             self._data.write(memoryview(value.reshape(-1).view(np.uint8)) if length else b"")
             self._offset += length
