@@ -41,6 +41,7 @@ from .surgery import apply_keep
 from .timings import Stage, Timings
 
 if TYPE_CHECKING:
+    from .staging import StagedOutput
     from .quality import Quality
     from .recovery import ReconstructOptions, Recovery
     from .verify import VerifyReport
@@ -79,17 +80,41 @@ class PruneResult:
     recovery: Recovery | None = None
     """With reconstruction: agreement with the original before and after it (onnxprune.recovery)."""
 
+    staged: StagedOutput | None = None
+    """Where the pruned weights were written as surgery made them (`PrunableModel.surgery` with
+    `output`): `model` then holds stubs for them, and saving to that output renames the staged
+    files into place."""
+
     def save(self, path: str | Path) -> Path:
         """Save the pruned model atomically, its weights stored as the original's were."""
+        if self.staged is not None and Path(path).resolve() == self.staged.target.resolve():
+            return self.staged.commit()  # `model`'s stubs name the data file relative to it: still right
+        self.materialize()
         return save_model(self.model, path, self.external_data)
+
+    def materialize(self) -> None:
+        """Read the staged weights into `model` (for code that edits it, such as --simplify) and
+        drop the staged files; a no-op when nothing is staged."""
+        if self.staged is None:
+            return
+        model = onnx.load(str(self.staged.header_path))  # with its external data
+        self.staged.discard()
+        self.staged, self.model = None, model
+
+    def discard(self) -> None:
+        """Remove staged files that were not saved (nothing of them is left behind)."""
+        if self.staged is not None and not self.staged.committed:
+            self.staged.discard()
+            self.staged = None
 
     def weights(self) -> dict[str, np.ndarray]:
         """Every float initializer of the pruned model by name: the original initializer names (a
         copy made for one use of a shared initializer is named `<name>__<node>`)."""
         from onnx import numpy_helper
 
-        return {t.name: numpy_helper.to_array(t) for t in self.model.graph.initializer
-                if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"}
+        mapped = self.staged.arrays(self.model) if self.staged is not None else {}
+        return {t.name: np.array(mapped[t.name]) if t.name in mapped else numpy_helper.to_array(t)
+                for t in self.model.graph.initializer if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"}
 
     def write_weights(self, path: str | Path) -> None:
         """Save `weights()` as an .npz (atomically), for loading back into the origin framework."""
@@ -331,7 +356,8 @@ class PrunableModel:
             if max_loss is not None:
                 plan.options["max_loss"] = max_loss
         if isinstance(criterion, str) and criterion in WEIGHT_CRITERIA:
-            warning = structure_warning(self.depgraph)
+            # the ranking just made is one of the two compared (ranks: normalisation does not matter)
+            warning = structure_warning(self.depgraph, known={criterion: scores} if aggregate == "sum" else None)
             plan.warnings += [warning] if warning else []
         estimate = self.cost(keep)
         base = self.cost_model.base
@@ -371,7 +397,7 @@ class PrunableModel:
 
     # --- surgery -------------------------------------------------------------------------
     def surgery(self, plan: Plan, data=None, source: str = "plan", reconstruct: bool | ReconstructOptions = False,
-                labels: np.ndarray | None = None) -> "Pruning":
+                labels: np.ndarray | None = None, output: str | Path | None = None) -> "Pruning":
         """Apply a plan: the pruned model, not yet verified.  What `Pruning.verify` needs of the
         original travels with it (its inputs and outputs, its outputs on the verification inputs
         or the file to compute them from), so this object may be dropped before verifying: the
@@ -380,7 +406,13 @@ class PrunableModel:
         (`quality`: agreement with the original on all of the data, accuracy with labels);
         `reconstruct` (True or ReconstructOptions) first re-fits the layers that consume pruned
         channels on that data (onnxprune.recovery, which needs the original's weights here) and
-        reports agreement before and after it (`recovery`)."""
+        reports agreement before and after it (`recovery`).
+
+        `output`, the file the result will be saved to, lets a model with external data be
+        written as it goes (onnxprune.staging): each pruned weight goes to a staged data file
+        beside `output` as surgery makes it, verification reads the staged files, and
+        `PruneResult.save(output)` renames them into place.  Reconstruction, which re-fits the
+        pruned weights in memory, keeps the whole pruned model in memory instead."""
         keep = resolve(plan, self.depgraph, source)
         if reconstruct and data is None:
             raise InputError("options: --reconstruct needs calibration data (--data FILE.npz)")
@@ -394,17 +426,30 @@ class PrunableModel:
 
                 quality_reference = first_output(self.model, chunks)
         before_layers = {c.node: c for c in cost.layer_costs(self.cost_index)}
-        with self.timings.stage(Stage.SURGERY):
-            pruned, recovery = apply_keep(self.depgraph, keep), None
-        if reconstruct and not exact:
-            from .recovery import ReconstructOptions, recover
+        sink = None
+        if output is not None and self.loaded.had_external_data and not (reconstruct and not exact):
+            from .staging import StagedOutput
 
-            options = reconstruct if isinstance(reconstruct, ReconstructOptions) else ReconstructOptions()
-            pruned, recovery = recover(self.model, pruned, self.depgraph, keep, self.calibration(data), options,
-                                       labels if labels is not None else quality_labels, self.show_progress)
-        return Pruning(pruned, plan, weightless_copy(self.model), checked.feeds, exact,
-                       self.cost_model.base, before_layers, self.path, checked.outputs, self.loaded.had_external_data,
-                       self.cost_shapes, recovery, self.origins(), chunks, quality_labels, quality_reference, self.timings)
+            sink = StagedOutput(output)
+        try:
+            with self.timings.stage(Stage.SURGERY):
+                pruned, recovery = apply_keep(self.depgraph, keep, sink), None
+                if sink is not None:
+                    sink.write_header(pruned)
+            if reconstruct and not exact:
+                from .recovery import ReconstructOptions, recover
+
+                options = reconstruct if isinstance(reconstruct, ReconstructOptions) else ReconstructOptions()
+                pruned, recovery = recover(self.model, pruned, self.depgraph, keep, self.calibration(data), options,
+                                           labels if labels is not None else quality_labels, self.show_progress)
+            return Pruning(pruned, plan, weightless_copy(self.model), checked.feeds, exact,
+                           self.cost_model.base, before_layers, self.path, checked.outputs, self.loaded.had_external_data,
+                           self.cost_shapes, recovery, self.origins(), chunks, quality_labels, quality_reference,
+                           self.timings, sink)
+        except BaseException:
+            if sink is not None:
+                sink.discard()
+            raise
 
     def _quality_inputs(self, data) -> tuple[list[dict[str, np.ndarray]] | None, np.ndarray | None]:
         """Every sample of the user's data in batches, and its labels, for PruneResult.quality
@@ -464,21 +509,39 @@ class Pruning:
     """The original's first output on `quality_batches`; None: computed from the file at `path`."""
     timings: Timings = field(default_factory=Timings)
     """The stages so far (PrunableModel.timings); verification adds itself."""
+    staged: StagedOutput | None = None
+    """The pruned weights as written so far (see PrunableModel.surgery's `output`); `model` holds stubs."""
+
+    def discard(self) -> None:
+        """Remove the staged files of a pruning that is not saved (a failed check, an error)."""
+        if self.staged is not None and not self.staged.committed:
+            self.staged.discard()
 
     def verify(self) -> PruneResult:
-        """Check the pruned model against the original (verify.verify) and summarise the change."""
+        """Check the pruned model against the original (verify.verify) and summarise the change.
+        On failure the staged files are removed: nothing of them is written."""
+        try:
+            return self._verify()
+        except BaseException:
+            self.discard()
+            raise
+
+    def _verify(self) -> PruneResult:
         from . import verify as verification
 
+        staged = str(self.staged.header_path) if self.staged is not None else None
         with self.timings.stage(Stage.VERIFICATION):
             reference = self.reference if self.reference is not None else verification.reference_outputs(str(self.path), self.feeds)
-            report = verification.verify(self.original, self.model, self.feeds, exact=self.exact, reference=reference)
+            report = verification.verify(self.original, self.model, self.feeds, exact=self.exact, reference=reference,
+                                         source=staged)
             measured = None
             if self.quality_batches is not None:
                 from .quality import compare, first_output
 
                 before = self.quality_reference if self.quality_reference is not None else first_output(str(self.path), self.quality_batches)
-                measured = compare(before, first_output(self.model, self.quality_batches), self.labels)
-        after_index = ModelIndex.build(self.model, self.input_shapes)
+                measured = compare(before, first_output(staged or self.model, self.quality_batches), self.labels)
+        mapped = self.staged.arrays(self.model) if self.staged is not None else None  # stubs' data: the staged file
+        after_index = ModelIndex.build(self.model, self.input_shapes, mapped)
         after = cost.model_cost(after_index)
         self.plan.summary = {"params": [self.before.params, after.params], "macs": [self.before.macs, after.macs]}
         old = self.before_layers
@@ -486,4 +549,4 @@ class Pruning:
                               (old[c.node].macs, c.macs), self.origins.get(c.node))
                   for c in cost.layer_costs(after_index) if c.node in old]
         return PruneResult(self.model, self.plan, report, self.before, after, layers, self.exact,
-                           True if self.external_data else None, measured, self.recovery)
+                           True if self.external_data else None, measured, self.recovery, self.staged)

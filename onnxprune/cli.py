@@ -176,15 +176,15 @@ def _pruned(args) -> "Pruning":
     """Load, plan (or read the plan) and cut.  The loaded original goes out of scope when this
     returns, so verifying the Pruning afterwards never holds the original's weights, the pruned
     model and an onnxruntime session at once (PrunableModel.surgery)."""
-    # External data is mapped, not read, unless --data brings work that runs the original in
-    # memory (the activation criteria, the default with data, and reconstruction)
-    model = load(args.model, parse_input_shapes(args.input_shape), mapped=not args.data)
+    # External data is mapped, not read; with external data the pruned model is written as it
+    # goes, to staged files beside the output that saving renames into place (api.surgery)
+    model = load(args.model, parse_input_shapes(args.input_shape), mapped=True)
     if getattr(args, "plan", None):
         from .plan import Plan
 
         plan = Plan.read(args.plan)
         model.check_runs(args.data)  # the original must run on the verification inputs before any work
-        return model.surgery(plan, args.data, source=str(args.plan), reconstruct=args.reconstruct)
+        return model.surgery(plan, args.data, source=str(args.plan), reconstruct=args.reconstruct, output=args.output)
     model.show_progress = not args.json and sys.stderr.isatty()
     options = _allocation_args(args)
     if args.sensitivity or args.max_loss is not None:
@@ -206,7 +206,7 @@ def _pruned(args) -> "Pruning":
 
         plot(Sensitivity.read(Path(args.sensitivity)), Path(args.plot),
              {int(g): r for g, r in plan.options["sensitivity_ratios"].items()})
-    return model.surgery(plan, args.data, reconstruct=args.reconstruct)
+    return model.surgery(plan, args.data, reconstruct=args.reconstruct, output=args.output)
 
 
 def cmd_inspect(args) -> int:
@@ -247,11 +247,14 @@ def cmd_prune(args) -> int:
     check_output_paths(args.model, (args.output, args.plan_out, args.weights_out), args.overwrite)
     pruning = _pruned(args)
     gc.collect()  # the original's index and its value cache refer to each other: free its weights now
-    result = pruning.verify()
+    try:
+        result = pruning.verify()
+        if args.simplify:
+            _simplify(result, pruning.feeds)
+        summary = _write_outputs(Path(args.model), result, args, pruning.timings)
+    finally:
+        pruning.discard()  # staged files that were not saved (an error): nothing is left behind
     plan = result.plan
-    if args.simplify:
-        _simplify(result, pruning.feeds)
-    summary = _write_outputs(Path(args.model), result, args, pruning.timings)
     _print_timings(pruning.timings, args)
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -267,6 +270,7 @@ def _simplify(result: "PruneResult", feeds) -> None:
     """Replace the pruned model by its onnxslim-simplified form, checked on the verification inputs."""
     from .deploy.simplify import simplify_checked
 
+    result.materialize()  # onnxslim edits a model held in memory
     result.model = simplify_checked(result.model, feeds)
 
 
@@ -274,8 +278,11 @@ def cmd_apply(args) -> int:
     check_output_paths(args.model, (args.output, args.weights_out), args.overwrite)
     pruning = _pruned(args)
     gc.collect()  # the original's index and its value cache refer to each other: free its weights now
-    result = pruning.verify()
-    summary = _write_outputs(Path(args.model), result, args, pruning.timings)
+    try:
+        result = pruning.verify()
+        summary = _write_outputs(Path(args.model), result, args, pruning.timings)
+    finally:
+        pruning.discard()  # staged files that were not saved (an error): nothing is left behind
     _print_timings(pruning.timings, args)
     if args.json:
         print(json.dumps(summary, indent=1))

@@ -259,15 +259,16 @@ def _describe(feeds: dict[str, np.ndarray]) -> str:
     return ", ".join(f"{k}:{'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds.items())
 
 
-def probe_session(model: onnx.ModelProto | str, source: Path):
+def probe_session(model: onnx.ModelProto | str, source: Path, arrays: dict[str, np.ndarray] | None = None):
     """An onnxruntime session on the original, quiet about the failures probing expects; a model
-    onnxruntime cannot load (an op it does not know) is refused as bad input."""
+    onnxruntime cannot load (an op it does not know) is refused as bad input.  `arrays` holds the
+    data of initializers that are stubs in `model` (mapped weights, ModelIndex.external)."""
     import onnxruntime as ort
 
     from .runtime import make_session
 
     try:
-        session = make_session(model, prepack=False, quiet=True)
+        session = make_session(model, prepack=False, quiet=True, arrays=arrays)
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.InvalidArgument) as exc:
         raise InputError(f"{source}: onnxruntime cannot load the model, so no pruned model could be verified "
@@ -288,7 +289,7 @@ def choose_inputs(index: ModelIndex, shapes: dict[str, tuple[int, ...]] | None =
 
     shapes = dict(shapes or {})
     check_input_shapes(index, shapes, source)
-    session = probe_session(model if model is not None else index.model, source)
+    session = probe_session(model if model is not None else index.model, source, None if model is not None else index.external)
     tried: list[str] = []
     last_error = ""
     attempts = 0
