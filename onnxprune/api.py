@@ -408,7 +408,8 @@ class PrunableModel:
             plan = make_plan(inner.depgraph, {}, options={"drop_blocks": n})
         plan.model = {"file": self.path.name, "sha256": self.sha256}
         plan.options["drop_blocks"] = n
-        plan.blocks = [BlockPlan(b.add, b.shortcut, b.branch, b.output, b.module, b.origin, b.macs, round(influence[b.id], 6))
+        plan.blocks = [BlockPlan(b.add, b.shortcut, b.branch, b.output, b.module, list(b.modules), b.origin, b.macs,
+                                 round(influence[b.id], 6))
                        for b in chosen]
         estimate = inner.cost(resolve(plan, inner.depgraph))
         plan.summary = {"params": [base.params, estimate.params], "macs": [base.macs, estimate.macs]}

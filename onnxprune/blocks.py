@@ -43,6 +43,9 @@ class Block:
     module: str | None
     """The origin-framework layer that computes exactly f (as the exporter spells its scope:
     `blocks.0.attn`, legacy `blocks/blocks.0/attn`), None when no single layer does."""
+    modules: tuple[str, ...]
+    """Every outermost layer inside the branch (`blocks.0.norm1`, `blocks.0.attn`): what the
+    hand-back replaces, so that no layer of the removed branch is left to see the pruned widths."""
     origin: str | None
     """The layer the sum belongs to, for tables (`blocks.0`)."""
     macs: int
@@ -96,19 +99,34 @@ def _reads(index: ModelIndex, members: set[int], tensor: str) -> bool:
     return any(c in members for c, _ in index.consumers.get(tensor, []))
 
 
-def _branch_module(index: ModelIndex, chains: list[list[str]], members: set[int], add: int, shortcut: str) -> str | None:
-    """The outermost layer around the branch's last node, not around the sum, that computes the
-    branch alone: the layer whose output is f(x) (`blocks.0.attn`, a ResNet block's `body`).  Its
-    other nodes may only be ones that do not depend on the shortcut (an attention mask or rotary
-    table the exporter computed once for every layer and named after the first)."""
+def _inside(chains: list[list[str]], members: set[int], later: set[int], scope: str) -> bool:
+    """Every node of layer `scope` is a branch node, or one that does not depend on the shortcut
+    (`later`: the nodes that do): an attention mask or rotary table the exporter computed once for
+    every layer and named after the first."""
+    return all(i in members or i not in later for i, chain in enumerate(chains) if scope in chain)
+
+
+def _branch_module(chains: list[list[str]], members: set[int], add: int, later: set[int], last: list[str]) -> str | None:
+    """The outermost layer around the branch's last node (`last`: its scope chain), not around the
+    sum, that computes the branch alone: the layer whose output is f(x) (`blocks.0.attn`, a ResNet
+    block's `body`)."""
     around_sum = set(chains[add])
-    later = _descendants(index, shortcut)
-    for scope in _producer_chain(index, chains, members, add):
-        if scope in around_sum:
-            continue
-        if all(i in members or i not in later for i, chain in enumerate(chains) if scope in chain):
-            return scope
-    return None
+    return next((scope for scope in last if scope not in around_sum and _inside(chains, members, later, scope)), None)
+
+
+def _branch_modules(chains: list[list[str]], members: set[int], add: int, later: set[int]) -> tuple[str, ...]:
+    """The outermost layers that compute nothing but branch values, in graph order."""
+    around_sum = set(chains[add])
+    found: list[str] = []
+    for k in sorted(members):
+        for scope in chains[k]:
+            if scope in around_sum:
+                continue
+            if _inside(chains, members, later, scope):
+                if scope not in found:
+                    found.append(scope)
+                break
+    return tuple(found)
 
 
 def _producer_chain(index: ModelIndex, chains: list[list[str]], members: set[int], add: int) -> list[str]:
@@ -188,8 +206,10 @@ def find_blocks(index: ModelIndex, costs: Mapping[str, tuple[int, int]]) -> Bloc
             elif not same_shape(index.shape(s), index.shape(y)):
                 reasons.append((0, "the shortcut's shape is not the sum's (broadcast, or unknown)"))
             else:
+                later = _descendants(index, s)
                 found = Block(len(search.blocks), _name(node), s, r, y, tuple(_name(nodes[k]) for k in sorted(members)),
-                              _branch_module(index, chains, members, i, s), layer_name(node), macs, params)
+                              _branch_module(chains, members, i, later, _producer_chain(index, chains, members, i)),
+                              _branch_modules(chains, members, i, later), layer_name(node), macs, params)
                 break
         if found is not None:
             search.blocks.append(found)

@@ -72,13 +72,15 @@ class GroupPlan:
 class BlockPlan:
     """A residual block the plan removes (onnxprune.blocks.Block): the sum `output = shortcut +
     branch` becomes `output = shortcut`.  `module` is the origin-framework layer computing the
-    branch (the hand-back replaces it by zeros), `influence` its ShortGPT block influence."""
+    branch, `influence` its ShortGPT block influence."""
 
     add: str
     shortcut: str
     branch: str
     output: str
     module: str | None = None
+    modules: list[str] = field(default_factory=list)
+    """Every outermost layer inside the branch (the hand-back replaces each by zeros)."""
     origin: str | None = None
     macs: int = 0
     influence: float | None = None

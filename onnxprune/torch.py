@@ -325,13 +325,114 @@ def _cut_module(mod: nn.Module, cut: ModuleCut) -> None:
         mod.normalized_shape = (len(cut.out),) + tuple(mod.normalized_shape[1:])
 
 
+class ZeroBranch(nn.Module):
+    """Stands for a residual branch the plan removed (`x + f(x)` became `x`): returns zeros shaped
+    like the input the branch module was called with (`source`: a positional index or a keyword),
+    inside a tuple of `outputs` entries when the module returned one (HF attention returns
+    `(output, weights)`; the others are None).  The block's sum then adds nothing, exactly."""
+
+    def __init__(self, replaced: str, source: int | str, outputs: int | None):
+        super().__init__()
+        self.replaced, self.source, self.outputs = replaced, source, outputs
+
+    def forward(self, *args, **kwargs):
+        x = args[self.source] if isinstance(self.source, int) else kwargs[self.source]
+        zero = torch.zeros_like(x)
+        return zero if self.outputs is None else (zero,) + (None,) * (self.outputs - 1)
+
+    def extra_repr(self) -> str:
+        return f"replaced={self.replaced!r}"
+
+
+def _branch_calls(module: nn.Module, names: list[str], example_inputs) -> dict[str, tuple]:
+    """Module name -> (args, kwargs, output) of its call in one traced forward (the last call)."""
+    calls: dict[str, tuple] = {}
+    modules = dict(module.named_modules())
+    handles = [modules[n].register_forward_hook(lambda _m, a, k, o, n=n: calls.__setitem__(n, (a, k, o)), with_kwargs=True)
+               for n in names]
+    try:
+        with torch.no_grad():
+            module(*example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _zero_branch(name: str, call: tuple | None, block) -> ZeroBranch:
+    """The ZeroBranch for module `name`, from its traced call: the first input of the output's
+    shape and dtype is the one whose zeros it returns."""
+    where = f"plan: dropped block at node '{block.add}' (branch module '{name}')"
+    if call is None:
+        raise InputError(f"{where}: the module is not called on example_inputs")
+    args, kwargs, output = call
+    first = output[0] if isinstance(output, tuple) and output else output
+    if not isinstance(first, torch.Tensor):
+        raise InputError(f"{where}: the module does not return a tensor (or a tuple starting with one)")
+    same = lambda v: isinstance(v, torch.Tensor) and v.shape == first.shape and v.dtype == first.dtype  # noqa: E731
+    sources = [k for k, v in enumerate(args) if same(v)] + [k for k, v in kwargs.items() if same(v)]
+    if not sources:
+        raise InputError(f"{where}: none of its inputs has the shape of its output {tuple(first.shape)}, so its "
+                         "zeros cannot be made without running it")
+    return ZeroBranch(name, sources[0], len(output) if isinstance(output, tuple) else None)
+
+
+def plan_branches(module: nn.Module, plan: Plan, example_inputs) -> dict[str, ZeroBranch]:
+    """Module name -> the ZeroBranch that replaces it, for every residual block the plan drops.
+    The branch's output module is the one its exporter scope names (dynamo and the legacy exporter
+    name nodes by module path), or the BatchNorm right after it when the exporter folded that BN
+    into the module's conv; it must be replaceable.  The other outermost modules of the branch (the
+    pre-norm of a transformer block) are replaced too where their output has their input's shape,
+    so that none of them sees widths the plan prunes; the rest keep running, their result unused.
+    A block whose branch is not one module raises InputError naming it; nothing changes here."""
+    if not plan.blocks:
+        return {}
+    if example_inputs is None:
+        raise InputError("plan: it drops residual blocks; pass example_inputs so onnxprune can trace how each "
+                         "branch module is called")
+    mapper = _Mapper(module, example_inputs)
+    exits, others = {}, {}
+    for block in plan.blocks:
+        where = f"plan: dropped block at node '{block.add}' ({block.origin or 'no layer name'})"
+        if not block.module:
+            raise InputError(f"{where}: its branch is not computed by one module of the exported model, so the hand-back "
+                             "cannot replace it by zeros")
+        for scope in dict.fromkeys([block.module] + list(block.modules)):
+            name = mapper.resolve_scope(scope)
+            if name is None:
+                raise InputError(f"{where}: no module of this model is named by its branch's scope '{scope}' "
+                                 "(plan for another model?)")
+            if scope == block.module and isinstance(mapper.modules[name], CONV + CONV_T + (nn.Linear,)):
+                follow = [n for n in mapper.successors(name, None) if isinstance(mapper.modules[n], NORM)]
+                name = follow[0] if len(follow) == 1 else name  # the exporter folded this BN into the conv
+            (exits if scope == block.module else others)[name] = block
+    calls = _branch_calls(module, list(exits) + list(others), example_inputs)
+    branches = {name: _zero_branch(name, calls.get(name), block) for name, block in exits.items()}
+    for name, block in others.items():
+        if name not in branches and not any(name.startswith(f"{e}.") for e in exits):
+            try:
+                branches[name] = _zero_branch(name, calls.get(name), block)
+            except InputError:
+                continue  # changes the shape (a conv before the branch's last layer): keeps running, unused
+    return branches
+
+
+def _replace_branches(module: nn.Module, branches: dict[str, ZeroBranch]) -> None:
+    for name, zero in branches.items():
+        owner, _, child = name.rpartition(".")
+        setattr(module.get_submodule(owner) if owner else module, child, copy.deepcopy(zero))
+
+
 def apply_plan(module: nn.Module, plan: Plan | str | Path, example_inputs=None) -> nn.Module:
     """Slice `module` in place to match the pruned ONNX model; returns it.  `example_inputs` (a
-    tuple) is needed only when the exporter folded BatchNorms under new names (legacy exporter)."""
+    tuple) is needed when the exporter folded BatchNorms under new names (legacy exporter) and
+    when the plan drops residual blocks (each branch module is replaced by a ZeroBranch)."""
     plan = Plan.read(plan) if isinstance(plan, (str, Path)) else plan
+    branches = plan_branches(module, plan, example_inputs)
     cuts = plan_cuts(module, plan, example_inputs)
     if example_inputs is not None:  # rehearse on a copy: a plan the code cannot follow leaves `module` untouched
         trial = copy.deepcopy(module)
+        _replace_branches(trial, branches)
         _apply_cuts(trial, cuts)
         try:
             with torch.no_grad():
@@ -339,6 +440,7 @@ def apply_plan(module: nn.Module, plan: Plan | str | Path, example_inputs=None) 
         except RuntimeError as exc:
             raise InputError(f"plan: the sliced module does not run ({str(exc).splitlines()[0]}); its code fixes a channel "
                              "count the plan changes (torch.chunk/split sizes, a hard-coded view?)") from None
+    _replace_branches(module, branches)
     _apply_cuts(module, cuts)
     return module
 
@@ -485,4 +587,5 @@ def iterative_prune(module: nn.Module, example_inputs, finetune, evaluate, targe
     return module, history
 
 
-__all__ = ["apply_plan", "apply_masks", "export", "iterative_prune", "plan_cuts", "prune", "IterationRecord", "MaskHandle"]
+__all__ = ["apply_plan", "apply_masks", "export", "iterative_prune", "plan_branches", "plan_cuts", "prune", "IterationRecord",
+           "MaskHandle", "ZeroBranch"]
