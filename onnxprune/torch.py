@@ -113,6 +113,12 @@ class _Mapper:
             self._successors = _dataflow_successors(self.module, self.example_inputs)
         return self._successors.get(name, [])
 
+    def dataflow(self) -> dict[str, list[str]]:
+        """Module name -> the modules that consume its output (traced once on example_inputs)."""
+        if self._successors is None:
+            self._successors = _dataflow_successors(self.module, self.example_inputs)
+        return self._successors
+
     def target(self, member: Member) -> Target:
         """Where a plan member lands in the module."""
         if member.initializer in self.state:
@@ -359,9 +365,11 @@ def _branch_calls(module: nn.Module, names: list[str], example_inputs) -> dict[s
     return calls
 
 
-def _zero_branch(name: str, call: tuple | None, block) -> ZeroBranch:
-    """The ZeroBranch for module `name`, from its traced call: the first input of the output's
-    shape and dtype is the one whose zeros it returns."""
+def _zero_branch(name: str, call: tuple | None, block, exit: bool) -> ZeroBranch:
+    """The ZeroBranch for module `name`, from its traced call.  The branch's last module (`exit`)
+    returns zeros of its output's shape, made from the first input of that shape and dtype; a
+    module before it returns zeros of its first tensor input: what it returns only feeds other
+    replaced modules, and keeping the input's shape lets them see the widths the plan leaves."""
     where = f"plan: dropped block at node '{block.add}' (branch module '{name}')"
     if call is None:
         raise InputError(f"{where}: the module is not called on example_inputs")
@@ -369,7 +377,8 @@ def _zero_branch(name: str, call: tuple | None, block) -> ZeroBranch:
     first = output[0] if isinstance(output, tuple) and output else output
     if not isinstance(first, torch.Tensor):
         raise InputError(f"{where}: the module does not return a tensor (or a tuple starting with one)")
-    same = lambda v: isinstance(v, torch.Tensor) and v.shape == first.shape and v.dtype == first.dtype  # noqa: E731
+    same = (lambda v: isinstance(v, torch.Tensor) and v.shape == first.shape and v.dtype == first.dtype) if exit else \
+        (lambda v: isinstance(v, torch.Tensor))
     sources = [k for k, v in enumerate(args) if same(v)] + [k for k, v in kwargs.items() if same(v)]
     if not sources:
         raise InputError(f"{where}: none of its inputs has the shape of its output {tuple(first.shape)}, so its "
@@ -377,14 +386,37 @@ def _zero_branch(name: str, call: tuple | None, block) -> ZeroBranch:
     return ZeroBranch(name, sources[0], len(output) if isinstance(output, tuple) else None)
 
 
+def _folded_partners(mapper: _Mapper, names: set[str]) -> set[str]:
+    """The conv/linear and BatchNorm pairs that an exporter folded into one node, of which the
+    ONNX scope names only one: the BN after each conv/linear in `names`, the conv/linear before
+    each BN (each the other's only neighbour in the traced data flow)."""
+    successors = mapper.dataflow()
+    predecessors: dict[str, list[str]] = {}
+    for source, targets in successors.items():
+        for target in targets:
+            predecessors.setdefault(target, []).append(source)
+    found = set()
+    for name in names:
+        mod = mapper.modules[name]
+        if isinstance(mod, CONV + CONV_T + (nn.Linear,)):
+            follow = successors.get(name, [])
+            if len(follow) == 1 and isinstance(mapper.modules[follow[0]], NORM):
+                found.add(follow[0])
+        elif isinstance(mod, NORM):
+            before = predecessors.get(name, [])
+            if len(before) == 1 and isinstance(mapper.modules[before[0]], CONV + CONV_T + (nn.Linear,)) \
+                    and successors.get(before[0]) == [name]:
+                found.add(before[0])
+    return found - names
+
+
 def plan_branches(module: nn.Module, plan: Plan, example_inputs) -> dict[str, ZeroBranch]:
-    """Module name -> the ZeroBranch that replaces it, for every residual block the plan drops.
-    The branch's output module is the one its exporter scope names (dynamo and the legacy exporter
-    name nodes by module path), or the BatchNorm right after it when the exporter folded that BN
-    into the module's conv; it must be replaceable.  The other outermost modules of the branch (the
-    pre-norm of a transformer block) are replaced too where their output has their input's shape,
-    so that none of them sees widths the plan prunes; the rest keep running, their result unused.
-    A block whose branch is not one module raises InputError naming it; nothing changes here."""
+    """Module name -> the ZeroBranch that replaces it, for every residual block the plan drops:
+    every outermost module of the branch that the exporter's scopes name (dynamo and the legacy
+    exporter name nodes by module path), with the conv or BatchNorm the exporter folded into one of
+    them.  The branch's last module (or the BatchNorm right after it, when folded) returns zeros
+    of the branch's shape; no module of the branch is left to see widths the plan prunes.  A block
+    whose branch is not one module raises InputError naming it; nothing changes here."""
     if not plan.blocks:
         return {}
     if example_inputs is None:
@@ -404,16 +436,16 @@ def plan_branches(module: nn.Module, plan: Plan, example_inputs) -> dict[str, Ze
                                  "(plan for another model?)")
             if scope == block.module and isinstance(mapper.modules[name], CONV + CONV_T + (nn.Linear,)):
                 follow = [n for n in mapper.successors(name, None) if isinstance(mapper.modules[n], NORM)]
-                name = follow[0] if len(follow) == 1 else name  # the exporter folded this BN into the conv
+                if len(follow) == 1:  # the exporter folded this BN into the conv: the BN's output is the branch's
+                    others[name] = block
+                    name = follow[0]
             (exits if scope == block.module else others)[name] = block
+        for name in _folded_partners(mapper, {n for n, b in {**exits, **others}.items() if b is block}):
+            others.setdefault(name, block)
+    others = {n: b for n, b in others.items() if n not in exits and not any(n.startswith(f"{e}.") for e in exits)}
     calls = _branch_calls(module, list(exits) + list(others), example_inputs)
-    branches = {name: _zero_branch(name, calls.get(name), block) for name, block in exits.items()}
-    for name, block in others.items():
-        if name not in branches and not any(name.startswith(f"{e}.") for e in exits):
-            try:
-                branches[name] = _zero_branch(name, calls.get(name), block)
-            except InputError:
-                continue  # changes the shape (a conv before the branch's last layer): keeps running, unused
+    branches = {name: _zero_branch(name, calls.get(name), block, exit=True) for name, block in exits.items()}
+    branches.update({name: _zero_branch(name, calls.get(name), block, exit=False) for name, block in others.items()})
     return branches
 
 
