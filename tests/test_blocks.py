@@ -172,6 +172,8 @@ def test_plan_round_trips_and_is_checked(tmp_path):
     assert first.model.SerializeToString() == second.model.SerializeToString()
     plain = m.plan(ratio=0.25)
     assert '"version": 1' in plain.to_json() and '"blocks"' not in plain.to_json()
+    with pytest.raises(InputError, match="plan version 3 is not supported .*versions 1 and 2"):
+        Plan.from_json(text.replace('"version": 2', '"version": 3'))
     other = onnxprune.PrunableModel(projection_block())
     with pytest.raises(InputError, match="block at node 'b.\\.add' is not a removable residual block"):
         other.surgery(again)
