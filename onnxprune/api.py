@@ -34,7 +34,7 @@ from .importance import (CRITERIA, NORMALIZATIONS, WEIGHT_CRITERIA, Criterion, S
                          structure_warning)
 from .load import LoadedModel, check_supported, load_model
 from .ops import OUT, PARAM, is_alias
-from .origin import alias_consumers, group_origins, layer_name
+from .origin import alias_consumers, group_origins, layer_name, scope_path
 from .plan import Plan, make_plan, resolve
 from .save import save_model
 from .surgery import apply_keep
@@ -207,7 +207,8 @@ class PrunableModel:
                 "prunable_params": sum(l["params"] for l in layers if l["prunable"]) / max(params, 1),
                 "prunable_macs": sum(l["macs"] for l in layers if l["prunable"]) / max(macs, 1),
                 "groups": groups, "layers": layers,
-                "blocks": [{"id": b.id, "node": b.add, "origin": b.origin, "module": b.module, "macs": b.macs, "params": b.params}
+                "blocks": [{"id": b.id, "node": b.add, "origin": b.origin, "module": scope_path(b.module), "macs": b.macs,
+                            "params": b.params}
                            for b in self.residual_blocks.blocks],
                 "blocks_refused": [{"node": r.add, "origin": r.origin, "reason": r.reason} for r in self.residual_blocks.refused]}
 

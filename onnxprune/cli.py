@@ -90,6 +90,8 @@ def _layer(layer: dict, width: int = 40) -> str:
 
 
 def _result_json(result: "PruneResult", output: Path, input_path: Path) -> dict:
+    from .origin import scope_path
+
     return {"input": str(input_path), "output": str(output), "exact": result.exact,
             "params": [result.before.params, result.after.params],
             "macs": [result.before.macs, result.after.macs],
@@ -102,7 +104,7 @@ def _result_json(result: "PruneResult", output: Path, input_path: Path) -> dict:
             "recovery": result.recovery.to_json() if result.recovery else None,
             "measured_latency": result.plan.options.get("measured_latency"),
             "latency_engine": result.plan.options.get("latency_engine", "onnxruntime"),
-            "blocks_dropped": [{"node": b.add, "origin": b.origin, "module": b.module, "macs": b.macs, "influence": b.influence}
+            "blocks_dropped": [{"node": b.add, "origin": b.origin, "module": scope_path(b.module), "macs": b.macs, "influence": b.influence}
                                for b in result.plan.blocks]}
 
 

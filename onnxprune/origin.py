@@ -87,6 +87,11 @@ def _legacy_path(scope: str) -> str:
     return ".".join(path)
 
 
+def scope_path(scope: str | None) -> str | None:
+    """A scope as a module path for tables (the legacy chain `1/body` reads `1.body`)."""
+    return _legacy_path(scope) if scope and "/" in scope else scope
+
+
 def layer_name(node: onnx.NodeProto, initializers=()) -> str | None:
     """The origin-framework layer a person knows this node by, for tables and plots: the module
     owning its first weight (a BatchNorm-folded conv is named after its conv, not the BatchNorm the
