@@ -99,22 +99,24 @@ def _reads(index: ModelIndex, members: set[int], tensor: str) -> bool:
     return any(c in members for c, _ in index.consumers.get(tensor, []))
 
 
-def _inside(chains: list[list[str]], members: set[int], later: set[int], scope: str) -> bool:
-    """Every node of layer `scope` is a branch node, or one that does not depend on the shortcut
-    (`later`: the nodes that do): an attention mask or rotary table the exporter computed once for
-    every layer and named after the first."""
-    return all(i in members or i not in later for i, chain in enumerate(chains) if scope in chain)
+def _inside(layers: Mapping[str, list[int]], members: set[int], later: set[int], scope: str) -> bool:
+    """Every node of layer `scope` (`layers`: scope -> its nodes) is a branch node, or one that does
+    not depend on the shortcut (`later`: the nodes that do): an attention mask or rotary table the
+    exporter computed once for every layer and named after the first."""
+    return all(i in members or i not in later for i in layers[scope])
 
 
-def _branch_module(chains: list[list[str]], members: set[int], add: int, later: set[int], last: list[str]) -> str | None:
+def _branch_module(chains: list[list[str]], layers: Mapping[str, list[int]], members: set[int], add: int, later: set[int],
+                   last: list[str]) -> str | None:
     """The outermost layer around the branch's last node (`last`: its scope chain), not around the
     sum, that computes the branch alone: the layer whose output is f(x) (`blocks.0.attn`, a ResNet
     block's `body`)."""
     around_sum = set(chains[add])
-    return next((scope for scope in last if scope not in around_sum and _inside(chains, members, later, scope)), None)
+    return next((scope for scope in last if scope not in around_sum and _inside(layers, members, later, scope)), None)
 
 
-def _branch_modules(chains: list[list[str]], members: set[int], add: int, later: set[int]) -> tuple[str, ...]:
+def _branch_modules(chains: list[list[str]], layers: Mapping[str, list[int]], members: set[int], add: int,
+                    later: set[int]) -> tuple[str, ...]:
     """The outermost layers that compute nothing but branch values, in graph order."""
     around_sum = set(chains[add])
     found: list[str] = []
@@ -122,7 +124,7 @@ def _branch_modules(chains: list[list[str]], members: set[int], add: int, later:
         for scope in chains[k]:
             if scope in around_sum:
                 continue
-            if _inside(chains, members, later, scope):
+            if scope in found or _inside(layers, members, later, scope):
                 if scope not in found:
                     found.append(scope)
                 break
@@ -181,6 +183,10 @@ def find_blocks(index: ModelIndex, costs: Mapping[str, tuple[int, int]]) -> Bloc
     a layer, and is not a block."""
     nodes = index.model.graph.node
     chains = [scope_chain(n) for n in nodes]
+    layers: dict[str, list[int]] = {}
+    for k, chain in enumerate(chains):
+        for scope in chain:
+            layers.setdefault(scope, []).append(k)
     search = BlockSearch()
     for i, node in enumerate(nodes):
         ctx = NodeContext(index, i)
@@ -208,8 +214,8 @@ def find_blocks(index: ModelIndex, costs: Mapping[str, tuple[int, int]]) -> Bloc
             else:
                 later = _descendants(index, s)
                 found = Block(len(search.blocks), _name(node), s, r, y, tuple(_name(nodes[k]) for k in sorted(members)),
-                              _branch_module(chains, members, i, later, _producer_chain(index, chains, members, i)),
-                              _branch_modules(chains, members, i, later), layer_name(node), macs, params)
+                              _branch_module(chains, layers, members, i, later, _producer_chain(index, chains, members, i)),
+                              _branch_modules(chains, layers, members, i, later), layer_name(node), macs, params)
                 break
         if found is not None:
             search.blocks.append(found)
