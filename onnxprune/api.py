@@ -34,7 +34,7 @@ from .importance import (CRITERIA, NORMALIZATIONS, WEIGHT_CRITERIA, Criterion, S
                          structure_warning)
 from .load import LoadedModel, check_supported, load_model
 from .ops import OUT, PARAM, is_alias
-from .origin import alias_consumers, group_origins, layer_name
+from .origin import alias_consumers, group_origins, layer_name, scope_path
 from .plan import Plan, make_plan, resolve
 from .save import save_model
 from .surgery import apply_keep
@@ -42,6 +42,7 @@ from .timings import Stage, Timings
 
 if TYPE_CHECKING:
     from .staging import StagedOutput
+    from .blocks import Block, BlockSearch
     from .quality import Quality
     from .recovery import ReconstructOptions, Recovery
     from .verify import VerifyReport
@@ -166,6 +167,7 @@ class PrunableModel:
         self.show_progress = show_progress
         self.input_shapes = dict(input_shapes) if input_shapes else None
         self._checked: tuple[object, ChosenInputs] | None = None
+        self._without_blocks: dict[tuple[str, ...], PrunableModel] = {}
         self.timings = Timings()
         """Time spent per stage so far (`onnxprune prune --timings`)."""
 
@@ -229,7 +231,11 @@ class PrunableModel:
                 "control_flow": control_flow,
                 "prunable_params": sum(l["params"] for l in layers if l["prunable"]) / max(params, 1),
                 "prunable_macs": sum(l["macs"] for l in layers if l["prunable"]) / max(macs, 1),
-                "groups": groups, "layers": layers}
+                "groups": groups, "layers": layers,
+                "blocks": [{"id": b.id, "node": b.add, "origin": b.origin, "module": scope_path(b.module), "macs": b.macs,
+                            "params": b.params}
+                           for b in self.residual_blocks.blocks],
+                "blocks_refused": [{"node": r.add, "origin": r.origin, "reason": r.reason} for r in self.residual_blocks.refused]}
 
     def origins(self) -> dict[str, str | None]:
         """ONNX node name -> origin-framework layer name (onnxprune.origin.layer_name), for every node."""
@@ -329,6 +335,9 @@ class PrunableModel:
         sensitivity / max_loss (allocation from a sensitivity analysis) and allocator: your own
         strategy, called as allocator(depgraph, scores, options, cost_of) -> {group id: keep mask},
         where cost_of(keep) -> ModelCost(params, macs) prices a candidate without surgery."""
+        drop_blocks = options.pop("drop_blocks", None)
+        if drop_blocks:
+            return self._plan_dropping_blocks(drop_blocks, criterion, data, aggregate, options)
         sensitivity = options.pop("sensitivity", None)
         max_loss = options.pop("max_loss", None)
         normalize = options.pop("normalize", "mean")
@@ -363,6 +372,91 @@ class PrunableModel:
         base = self.cost_model.base
         plan.summary = {"params": [base.params, estimate.params], "macs": [base.macs, estimate.macs]}
         return plan
+
+    # --- depth: whole residual blocks (onnxprune.blocks) ------------------------------------
+    @cached_property
+    def residual_blocks(self) -> "BlockSearch":
+        """The removable residual blocks, and the sums that look like one but are not (why)."""
+        from .blocks import find_blocks
+
+        return find_blocks(self.index, {c.node: (c.params, c.macs) for c in cost.layer_costs(self.cost_index)})
+
+    def block_influence(self, data=None) -> dict[int, float]:
+        """ShortGPT's block influence of every removable block (block id -> 1 - mean cosine between
+        its input and output): on every sample of `data`, else on the inputs verification uses
+        (synthesized so that the model runs: a weaker ranking, which `plan` warns about)."""
+        from .blocks import block_influence, channel_axis
+
+        blocks = self.residual_blocks.blocks
+        feeds = self.calibration(data) if data is not None else self.check_runs().feeds
+        return block_influence(self.index, blocks, {b.id: channel_axis(self.depgraph, b) for b in blocks}, feeds)
+
+    def without_blocks(self, blocks: "list[Block]") -> "PrunableModel":
+        """The model with these blocks removed, as a PrunableModel (for its channel groups and
+        costs); costs are counted at this model's sizes."""
+        from .blocks import remove_blocks
+
+        key = tuple(b.add for b in blocks)
+        cache = self._without_blocks
+        if key not in cache:
+            loaded = LoadedModel(remove_blocks(self.index, blocks), self.path, self.loaded.had_external_data, self.sha256)
+            cache[key] = PrunableModel(loaded, self.show_progress, self.input_shapes or self.cost_shapes)
+        return cache[key]
+
+    def _plan_dropping_blocks(self, n, criterion, data, aggregate: str, options: dict) -> Plan:
+        """`plan(drop_blocks=n, ...)`: remove the n least influential residual blocks, then prune
+        channels of what is left with the other options (targets stay fractions of this model)."""
+        from .blocks import least_influential
+        from .plan import BlockPlan
+
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise InputError(f"options: --drop-blocks must be a whole number of blocks, not {n!r}")
+        for name in ("target_latency", "sensitivity", "max_loss", "allocator"):
+            if options.get(name) is not None:
+                raise InputError(f"options: --drop-blocks cannot be combined with --{name.replace('_', '-')} yet")
+        blocks = self.residual_blocks.blocks
+        if n > len(blocks):
+            raise InputError(f"{self.path}: --drop-blocks {n}: the model has {len(blocks)} removable residual block(s)"
+                             + (f" ({self.residual_blocks.refused[0].reason})" if self.residual_blocks.refused else ""))
+        influence = self.block_influence(data)
+        chosen = least_influential(blocks, influence, n)
+        if len(chosen) < n:
+            raise InputError(f"{self.path}: --drop-blocks {n}: only {len(chosen)} of the blocks are not nested in one another")
+        inner = self.without_blocks(chosen)
+        base, rest = self.cost_model.base, inner.cost_model.base
+        for target, total, left in (("target_macs", base.macs, rest.macs), ("target_params", base.params, rest.params)):
+            if options.get(target) is not None:  # a fraction of this model, met by what is left
+                options[target] = options[target] * total / max(left, 1)
+                if options[target] >= 1:
+                    options[target] = None
+        if any(options.get(k) is not None for k in ("ratio", "threshold", "target_macs", "target_params")):
+            plan = inner.plan(criterion, data, aggregate, **options)
+        else:
+            plan = make_plan(inner.depgraph, {}, options={"drop_blocks": n})
+        plan.model = {"file": self.path.name, "sha256": self.sha256}
+        plan.options["drop_blocks"] = n
+        plan.blocks = [BlockPlan(b.add, b.shortcut, b.branch, b.output, b.module, list(b.modules), b.origin, b.macs,
+                                 round(influence[b.id], 6))
+                       for b in chosen]
+        estimate = inner.cost(resolve(plan, inner.depgraph))
+        plan.summary = {"params": [base.params, estimate.params], "macs": [base.macs, estimate.macs]}
+        if data is None:
+            plan.warnings.append("blocks were ranked on synthesized inputs (no --data): block influence says most about "
+                                 "a model on inputs like the ones it serves; pass --data CALIB.npz")
+        return plan
+
+    def plan_blocks(self, plan: Plan, source: str = "plan") -> "list[Block]":
+        """The model's blocks a plan removes, matched by their sum's node and tensors; a plan for
+        another model is refused, naming the first block that does not match."""
+        by_add = {b.add: b for b in self.residual_blocks.blocks}
+        found = []
+        for bp in plan.blocks:
+            block = by_add.get(bp.add)
+            if block is None or (block.shortcut, block.branch, block.output) != (bp.shortcut, bp.branch, bp.output):
+                raise InputError(f"{source}: block at node '{bp.add}' is not a removable residual block of this model "
+                                 "(plan for another model?)")
+            found.append(block)
+        return found
 
     def _latency_allocator(self, options: dict):
         """The latency-budget strategy (onnxprune.latency) when `target_latency` is among the options
@@ -413,11 +507,14 @@ class PrunableModel:
         beside `output` as surgery makes it, verification reads the staged files, and
         `PruneResult.save(output)` renames them into place.  Reconstruction, which re-fits the
         pruned weights in memory, keeps the whole pruned model in memory instead."""
-        keep = resolve(plan, self.depgraph, source)
+        depgraph = self.without_blocks(self.plan_blocks(plan, source)).depgraph if plan.blocks else self.depgraph
+        keep = resolve(plan, depgraph, source)
         if reconstruct and data is None:
             raise InputError("options: --reconstruct needs calibration data (--data FILE.npz)")
+        if reconstruct and plan.blocks:
+            raise InputError("options: --reconstruct cannot be combined with dropped blocks yet")
         with self.timings.stage(Stage.VERIFICATION):
-            exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
+            exact = not plan.blocks and all(self._all_dead(gid, mask) for gid, mask in keep.items())
             checked = self.check_runs(data)  # the original's outputs, computed before surgery
             chunks, quality_labels = self._quality_inputs(data)
             quality_reference = None
@@ -433,7 +530,7 @@ class PrunableModel:
             sink = StagedOutput(output)
         try:
             with self.timings.stage(Stage.SURGERY):
-                pruned, recovery = apply_keep(self.depgraph, keep, sink), None
+                pruned, recovery = apply_keep(depgraph, keep, sink), None
                 if sink is not None:
                     sink.write_header(pruned)
             if reconstruct and not exact:

@@ -63,10 +63,23 @@ def _print_inspect(info: dict) -> None:
         print(f"{g['id']:>5} {g['channels']:>8}  {status:<9} {layers}")
         if not g["prunable"]:
             print(f"{'':>26}{g['blocked']}")
+    _print_blocks(info)
     print(f"\n{'layer':<40} {'op':<14} {'channels':>8} {'params':>10} {'MACs':>10}  onnx node")
     for layer in info["layers"]:
         print(f"{_layer(layer):<40} {layer['op']:<14} {layer['channels'] or '':>8} {si(layer['params']):>10} "
               f"{si(layer['macs']):>10}  {layer['node']}")
+
+
+def _print_blocks(info: dict) -> None:
+    """The residual blocks `prune --drop-blocks` can remove, and the ones it cannot (why)."""
+    if not info["blocks"] and not info["blocks_refused"]:
+        return
+    print(f"\n{'block':>5} {'MACs':>10}  {'status':<9} layer / branch / reason")
+    for b in info["blocks"]:
+        print(f"{b['id']:>5} {si(b['macs']):>10}  {'removable':<9} {b['origin'] or b['node']} / {b['module'] or '-'}")
+    for r in info["blocks_refused"]:
+        print(f"{'-':>5} {'':>10}  {'kept':<9} {r['origin'] or r['node']} ({r['node']})")
+        print(f"{'':>29}{r['reason']}")
 
 
 def _layer(layer: dict, width: int = 40) -> str:
@@ -77,6 +90,8 @@ def _layer(layer: dict, width: int = 40) -> str:
 
 
 def _result_json(result: "PruneResult", output: Path, input_path: Path) -> dict:
+    from .origin import scope_path
+
     return {"input": str(input_path), "output": str(output), "exact": result.exact,
             "params": [result.before.params, result.after.params],
             "macs": [result.before.macs, result.after.macs],
@@ -88,7 +103,9 @@ def _result_json(result: "PruneResult", output: Path, input_path: Path) -> dict:
                         "macs": list(c.macs)} for c in result.layers],
             "recovery": result.recovery.to_json() if result.recovery else None,
             "measured_latency": result.plan.options.get("measured_latency"),
-            "latency_engine": result.plan.options.get("latency_engine", "onnxruntime")}
+            "latency_engine": result.plan.options.get("latency_engine", "onnxruntime"),
+            "blocks_dropped": [{"node": b.add, "origin": b.origin, "module": scope_path(b.module), "macs": b.macs, "influence": b.influence}
+                               for b in result.plan.blocks]}
 
 
 def _size(path: Path) -> int:
@@ -105,13 +122,18 @@ def _print_result(summary: dict) -> None:
             channels = "-" if ch[0] is None and ch[1] is None else f"{ch[0]} -> {ch[1]}"
             print(f"{_layer(layer):<40} {layer['op']:<14} {channels:>13} "
                   f"{si(layer['params'][0]) + ' -> ' + si(layer['params'][1]):>19}  {layer['node']}")
+    for block in summary.get("blocks_dropped", []):
+        print(f"dropped block {block['origin'] or block['node']} (branch {block['module'] or '-'}, {si(block['macs'])} MACs, "
+              f"influence {block['influence']:.4g})")
     print(f"\nchannels removed: {summary['channels_removed']}")
     print(f"parameters: {si(p[0])} -> {si(p[1])} ({p[1] / max(p[0], 1):.1%})")
     print(f"MACs:       {si(m[0])} -> {si(m[1])} ({m[1] / max(m[0], 1):.1%})")
     print(f"file size:  {si(f[0])}B -> {si(f[1])}B")
     if summary.get("measured_latency") is not None:
         print(f"latency:    {summary['measured_latency']:.1%} of the original's ({summary['latency_engine']} on this machine)")
-    if summary["channels_removed"] == 0:
+    if summary.get("blocks_dropped"):
+        kind = "outputs differ as expected: residual blocks removed"
+    elif summary["channels_removed"] == 0:
         kind = "nothing removed: the plan keeps every channel, so the output is a verified copy"
     else:
         kind = "exact (only dead channels removed)" if summary["exact"] else "outputs differ as expected"
@@ -152,7 +174,8 @@ def _allocation_args(args) -> dict:
             "target_params": args.target_params, "global_ranking": args.global_ranking, "max_ratio": args.max_ratio,
             "round_to": args.round_to, "ignore": args.ignore or [], "protect_ends": args.protect_ends,
             "normalize": args.normalize, "target_latency": args.target_latency, "latency_batch": args.latency_batch,
-            "latency_threads": args.latency_threads, "latency_engine": args.latency_engine}
+            "latency_threads": args.latency_threads, "latency_engine": args.latency_engine,
+            "drop_blocks": getattr(args, "drop_blocks", None)}
 
 
 def _write_outputs(input_path: Path, result: "PruneResult", args, timings: Timings | None = None) -> dict:
@@ -191,8 +214,9 @@ def _pruned(args) -> "Pruning":
         options.update(sensitivity=args.sensitivity, max_loss=args.max_loss)
     elif args.plot:
         raise InputError("options: --plot needs --sensitivity")
-    elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params", "target_latency")):
-        raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs, --target-params or --target-latency")
+    elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params", "target_latency", "drop_blocks")):
+        raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs, --target-params, "
+                         "--target-latency or --drop-blocks")
     if args.plot:
         from .sensitivity import plotting
 
@@ -540,6 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--latency-engine", "--engine", choices=("onnxruntime", "ncnn"), default="onnxruntime",
                      help="with --target-latency: the engine to measure latency in: onnxruntime (default) or ncnn "
                           "(the model converted by pnnx, fp32; needs the pnnx and ncnn packages)")
+    how.add_argument("--drop-blocks", type=int, metavar="N",
+                     help="remove the N residual blocks (x + f(x) -> x: a transformer's attention or MLP, a ResNet block "
+                          "with an identity shortcut) that change their input least on --data (ShortGPT's block "
+                          "influence); combines with the options above, which then prune channels of what is left")
     which = p.add_argument_group("which channels")
     which.add_argument("--criterion", choices=CRITERIA,
                        help="importance criterion; default: activation with --data, else scaled (filter norm times the "

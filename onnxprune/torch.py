@@ -127,6 +127,12 @@ class _Mapper:
             self._successors = _dataflow_successors(self.module, self.example_inputs)
         return self._successors.get(name, [])
 
+    def dataflow(self) -> dict[str, list[str]]:
+        """Module name -> the modules that consume its output (traced once on example_inputs)."""
+        if self._successors is None:
+            self._successors = _dataflow_successors(self.module, self.example_inputs)
+        return self._successors
+
     def target(self, member: Member) -> Target:
         """Where a plan member lands in the module."""
         if member.initializer in self.state:
@@ -368,13 +374,140 @@ def _cut_module(mod: nn.Module, cut: ModuleCut) -> None:
         tt.set_rmsnorm_eps(mod, eps, len(cut.out))
 
 
+class ZeroBranch(nn.Module):
+    """Stands for a residual branch the plan removed (`x + f(x)` became `x`): returns zeros shaped
+    like the input the branch module was called with (`source`: a positional index or a keyword),
+    inside a tuple of `outputs` entries when the module returned one (HF attention returns
+    `(output, weights)`; the others are None).  The block's sum then adds nothing, exactly."""
+
+    def __init__(self, replaced: str, source: int | str, outputs: int | None):
+        super().__init__()
+        self.replaced, self.source, self.outputs = replaced, source, outputs
+
+    def forward(self, *args, **kwargs):
+        x = args[self.source] if isinstance(self.source, int) else kwargs[self.source]
+        zero = torch.zeros_like(x)
+        return zero if self.outputs is None else (zero,) + (None,) * (self.outputs - 1)
+
+    def extra_repr(self) -> str:
+        return f"replaced={self.replaced!r}"
+
+
+def _branch_calls(module: nn.Module, names: list[str], example_inputs) -> dict[str, tuple]:
+    """Module name -> (args, kwargs, output) of its call in one traced forward (the last call)."""
+    calls: dict[str, tuple] = {}
+    modules = dict(module.named_modules())
+    handles = [modules[n].register_forward_hook(lambda _m, a, k, o, n=n: calls.__setitem__(n, (a, k, o)), with_kwargs=True)
+               for n in names]
+    try:
+        with torch.no_grad():
+            module(*example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _zero_branch(name: str, call: tuple | None, block, exit: bool) -> ZeroBranch:
+    """The ZeroBranch for module `name`, from its traced call.  The branch's last module (`exit`)
+    returns zeros of its output's shape, made from the first input of that shape and dtype; a
+    module before it returns zeros of its first tensor input: what it returns only feeds other
+    replaced modules, and keeping the input's shape lets them see the widths the plan leaves."""
+    where = f"plan: dropped block at node '{block.add}' (branch module '{name}')"
+    if call is None:
+        raise InputError(f"{where}: the module is not called on example_inputs")
+    args, kwargs, output = call
+    first = output[0] if isinstance(output, tuple) and output else output
+    if not isinstance(first, torch.Tensor):
+        raise InputError(f"{where}: the module does not return a tensor (or a tuple starting with one)")
+    same = (lambda v: isinstance(v, torch.Tensor) and v.shape == first.shape and v.dtype == first.dtype) if exit else \
+        (lambda v: isinstance(v, torch.Tensor))
+    sources = [k for k, v in enumerate(args) if same(v)] + [k for k, v in kwargs.items() if same(v)]
+    if not sources:
+        raise InputError(f"{where}: none of its inputs has the shape of its output {tuple(first.shape)}, so its "
+                         "zeros cannot be made without running it")
+    return ZeroBranch(name, sources[0], len(output) if isinstance(output, tuple) else None)
+
+
+def _folded_partners(mapper: _Mapper, names: set[str]) -> set[str]:
+    """The conv/linear and BatchNorm pairs that an exporter folded into one node, of which the
+    ONNX scope names only one: the BN after each conv/linear in `names`, the conv/linear before
+    each BN (each the other's only neighbour in the traced data flow)."""
+    successors = mapper.dataflow()
+    predecessors: dict[str, list[str]] = {}
+    for source, targets in successors.items():
+        for target in targets:
+            predecessors.setdefault(target, []).append(source)
+    found = set()
+    for name in names:
+        mod = mapper.modules[name]
+        if isinstance(mod, CONV + CONV_T + (nn.Linear,)):
+            follow = successors.get(name, [])
+            if len(follow) == 1 and isinstance(mapper.modules[follow[0]], NORM):
+                found.add(follow[0])
+        elif isinstance(mod, NORM):
+            before = predecessors.get(name, [])
+            if len(before) == 1 and isinstance(mapper.modules[before[0]], CONV + CONV_T + (nn.Linear,)) \
+                    and successors.get(before[0]) == [name]:
+                found.add(before[0])
+    return found - names
+
+
+def plan_branches(module: nn.Module, plan: Plan, example_inputs) -> dict[str, ZeroBranch]:
+    """Module name -> the ZeroBranch that replaces it, for every residual block the plan drops:
+    every outermost module of the branch that the exporter's scopes name (dynamo and the legacy
+    exporter name nodes by module path), with the conv or BatchNorm the exporter folded into one of
+    them.  The branch's last module (or the BatchNorm right after it, when folded) returns zeros
+    of the branch's shape; no module of the branch is left to see widths the plan prunes.  A block
+    whose branch is not one module raises InputError naming it; nothing changes here."""
+    if not plan.blocks:
+        return {}
+    if example_inputs is None:
+        raise InputError("plan: it drops residual blocks; pass example_inputs so onnxprune can trace how each "
+                         "branch module is called")
+    mapper = _Mapper(module, example_inputs)
+    exits, others = {}, {}
+    for block in plan.blocks:
+        where = f"plan: dropped block at node '{block.add}' ({block.origin or 'no layer name'})"
+        if not block.module:
+            raise InputError(f"{where}: its branch is not computed by one module of the exported model, so the hand-back "
+                             "cannot replace it by zeros")
+        for scope in dict.fromkeys([block.module] + list(block.modules)):
+            name = mapper.resolve_scope(scope)
+            if name is None:
+                raise InputError(f"{where}: no module of this model is named by its branch's scope '{scope}' "
+                                 "(plan for another model?)")
+            if scope == block.module and isinstance(mapper.modules[name], CONV + CONV_T + (nn.Linear,)):
+                follow = [n for n in mapper.successors(name, None) if isinstance(mapper.modules[n], NORM)]
+                if len(follow) == 1:  # the exporter folded this BN into the conv: the BN's output is the branch's
+                    others[name] = block
+                    name = follow[0]
+            (exits if scope == block.module else others)[name] = block
+        for name in _folded_partners(mapper, {n for n, b in {**exits, **others}.items() if b is block}):
+            others.setdefault(name, block)
+    others = {n: b for n, b in others.items() if n not in exits and not any(n.startswith(f"{e}.") for e in exits)}
+    calls = _branch_calls(module, list(exits) + list(others), example_inputs)
+    branches = {name: _zero_branch(name, calls.get(name), block, exit=True) for name, block in exits.items()}
+    branches.update({name: _zero_branch(name, calls.get(name), block, exit=False) for name, block in others.items()})
+    return branches
+
+
+def _replace_branches(module: nn.Module, branches: dict[str, ZeroBranch]) -> None:
+    for name, zero in branches.items():
+        owner, _, child = name.rpartition(".")
+        setattr(module.get_submodule(owner) if owner else module, child, copy.deepcopy(zero))
+
+
 def apply_plan(module: nn.Module, plan: Plan | str | Path, example_inputs=None) -> nn.Module:
     """Slice `module` in place to match the pruned ONNX model; returns it.  `example_inputs` (a
-    tuple) is needed only when the exporter folded BatchNorms under new names (legacy exporter)."""
+    tuple) is needed when the exporter folded BatchNorms under new names (legacy exporter) and
+    when the plan drops residual blocks (each branch module is replaced by a ZeroBranch)."""
     plan = Plan.read(plan) if isinstance(plan, (str, Path)) else plan
+    branches = plan_branches(module, plan, example_inputs)
     cuts = plan_cuts(module, plan, example_inputs)
     if example_inputs is not None:  # rehearse on a copy: a plan the code cannot follow leaves `module` untouched
         trial = copy.deepcopy(module)
+        _replace_branches(trial, branches)
         _apply_cuts(trial, cuts)
         try:
             with torch.no_grad():
@@ -382,6 +515,7 @@ def apply_plan(module: nn.Module, plan: Plan | str | Path, example_inputs=None) 
         except RuntimeError as exc:
             raise InputError(f"plan: the sliced module does not run ({str(exc).splitlines()[0]}); its code fixes a channel "
                              "count the plan changes (torch.chunk/split sizes, a hard-coded view?)") from None
+    _replace_branches(module, branches)
     _apply_cuts(module, cuts)
     return module
 
@@ -553,4 +687,5 @@ def iterative_prune(module: nn.Module, example_inputs, finetune, evaluate, targe
     return module, history
 
 
-__all__ = ["apply_plan", "apply_masks", "export", "iterative_prune", "plan_cuts", "prune", "IterationRecord", "MaskHandle"]
+__all__ = ["apply_plan", "apply_masks", "export", "iterative_prune", "plan_branches", "plan_cuts", "prune", "IterationRecord",
+           "MaskHandle", "ZeroBranch"]

@@ -48,12 +48,20 @@ class SumLike(Broadcasting):
 
 @register("Add", "Sub")
 class AddSub(SumLike, Folds):
-    """Also shape arithmetic (folded)."""
+    """Also shape arithmetic (folded).  A residual sum: `x + f(x)` and `f(x) + x` leave x without
+    f, `x - f(x)` leaves x (not `f(x) - x`)."""
+
+    def residual_pairs(self, ctx: NodeContext) -> list[tuple[int, int]]:
+        if ctx.n_inputs != 2:
+            return []
+        return [(0, 1)] if ctx.node.op_type == "Sub" else [(0, 1), (1, 0)]
 
 
 @register("Sum", "Max", "Min", "Mean")
 class Reducing(SumLike):
-    pass
+    def residual_pairs(self, ctx: NodeContext) -> list[tuple[int, int]]:
+        """A two-input Sum is `x + f(x)`; Max, Min and Mean of x and f(x) are not x without f."""
+        return [(0, 1), (1, 0)] if ctx.node.op_type == "Sum" and ctx.n_inputs == 2 else []
 
 
 class MulLike(Broadcasting):
