@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import torch
 import torch.nn.functional as F
 
@@ -338,6 +339,38 @@ def _resize(ctx, xs):
     coord = ctx.attr("coordinate_transformation_mode", b"half_pixel")
     coord = coord.decode() if isinstance(coord, bytes) else coord
     return F.interpolate(x, mode="bilinear" if x.dim() == 4 else "linear", align_corners=coord == "align_corners", **kwargs)
+
+
+
+@torch_op("Split")
+def _split(ctx, xs):
+    x = xs[0]
+    axis = int(ctx.attr("axis", 0)) % x.dim()
+    sizes = _ints(xs[1]) if len(xs) > 1 and xs[1] is not None else ctx.attr("split")
+    if sizes is None:  # equal parts, the last one smaller (opset 18 num_outputs) when they do not divide
+        parts = len(ctx.node.output)
+        sizes = [-(-x.shape[axis] // parts)] * (parts - 1)
+        sizes.append(x.shape[axis] - sum(sizes))
+    return list(torch.split(x, [int(s) for s in sizes], dim=axis))
+
+
+@torch_op("Expand")
+def _expand(ctx, xs):
+    x, shape = xs[0], _ints(xs[1])
+    return x * torch.ones(shape, dtype=x.dtype) if x.dtype != torch.bool else x & torch.ones(shape, dtype=torch.bool)
+
+
+@torch_op("ConstantOfShape")
+def _constant_of_shape(ctx, xs):
+    value = ctx.attr("value")
+    fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
+    return torch.full(_ints(xs[0]), fill[0].item(), dtype=torch.from_numpy(fill).dtype)
+
+
+@torch_op("Range")
+def _range(ctx, xs):
+    start, limit, delta = (x.item() for x in xs)
+    return torch.arange(start, limit, delta, dtype=xs[0].dtype)
 
 
 def float_constants(model: onnx.ModelProto, index) -> dict[str, np.ndarray]:
