@@ -407,6 +407,8 @@ class GraphModule(torch.nn.Module):
                                     "has no torch implementation in onnxprune.ops.torch_exec")
             self.nodes.append((NodeContext(index, i), TORCH_OPS[node.op_type]))
         self.outputs = [vi.name for vi in model.graph.output]
+        self.extra: list[str] = []
+        """Intermediate tensors returned after the outputs (feature distillation)."""
 
     def forward(self, **inputs: torch.Tensor) -> list[torch.Tensor]:
         values = dict(self.fixed)
@@ -417,7 +419,7 @@ class GraphModule(torch.nn.Module):
             out = fn(ctx, args)
             outs = out if isinstance(out, (list, tuple)) else [out]
             values.update((name, v) for name, v in zip(ctx.node.output, outs) if name)
-        return [values[n] for n in self.outputs]
+        return [values[n] for n in self.outputs + self.extra]
 
     def trained(self) -> dict[str, np.ndarray]:
         """The trainable constants' current values, in their ONNX dtype."""
