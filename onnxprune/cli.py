@@ -373,7 +373,7 @@ def cmd_sensitivity(args) -> int:
     except ValueError:
         raise InputError(f"options: --ratios '{args.ratios}' is not a comma-separated list of numbers") from None
     sens = analyse(model, feeds, labels, args.metric, ratios, args.criterion, args.workers, args.backend,
-                   args.batch, Path(args.output), progress=sys.stderr.isatty() and not args.json)
+                   args.batch, Path(args.output), progress=sys.stderr.isatty() and not args.json, reconstruct=args.reconstruct)
     if args.plot:
         plot(sens, Path(args.plot))
     if args.json:
@@ -665,6 +665,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("--backend", default="local", choices=["local", "ray"], help="run workers locally or on a Ray cluster")
     p.add_argument("--batch", type=int, default=32, help="samples per onnxruntime run (default 32)")
+    p.add_argument("--reconstruct", action="store_true", help="score each candidate after re-fitting the layers that read "
+                                                              "the group on --data (as prune --reconstruct leaves it), so "
+                                                              "allocation prunes harder where reconstruction repairs; slower "
+                                                              "(one fit and session per candidate, no --workers)")
     p.add_argument("-o", "--output", required=True, help="sensitivity file (JSON); an existing one is resumed")
     p.add_argument("--plot", metavar="PNG", help="also draw the curves")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
