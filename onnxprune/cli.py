@@ -328,7 +328,7 @@ def _feature_index(teacher, features: str | None, plan_path: str | None) -> dict
 
 def cmd_iterate(args) -> int:
     from .finetune import FinetuneOptions
-    from .iterative import IterativeOptions, iterative_prune
+    from .iterative import IterativeOptions, iterate
     from .quality import labels_for
     from .save import save_model
 
@@ -340,7 +340,7 @@ def cmd_iterate(args) -> int:
                                [n for n in (args.features or "").split(",") if n],
                                {"round_to": args.round_to, "max_ratio": args.max_ratio, "ignore": args.ignore or [],
                                 "protect_ends": args.protect_ends})
-    result = iterative_prune(model, feeds, options, labels_for(args.data, len(next(iter(feeds.values())))),
+    result = iterate(model, feeds, options, labels_for(args.data, len(next(iter(feeds.values())))),
                              progress=not args.json and sys.stderr.isatty())
     save_model(result.model, args.output, True if model.loaded.had_external_data else None)
     summary = {"input": str(args.model), "output": str(args.output), "steps": [vars(r) for r in result.steps]}

@@ -90,7 +90,7 @@ def step_targets(target_macs: float, steps: int, schedule: str = "linear") -> li
     return [1.0 - cut(k, steps, 1.0 - target_macs) for k in range(1, steps + 1)]
 
 
-def iterative_prune(model: "PrunableModel", feeds: dict[str, np.ndarray], options: IterativeOptions,
+def iterate(model: "PrunableModel", feeds: dict[str, np.ndarray], options: IterativeOptions,
                     labels: np.ndarray | None = None, progress: bool = False) -> IterativeResult:
     """Prune `model` to `options.target_macs` of its MACs in `options.steps` steps, recovering
     after each on `feeds` (calibration inputs, no labels needed; `labels` only add accuracy to

@@ -16,7 +16,7 @@ import pytest
 import onnxprune
 from onnxprune.errors import InputError
 from onnxprune.finetune import FinetuneOptions, compose, finetune, kept_channels
-from onnxprune.iterative import IterativeOptions, iterative_prune, step_targets
+from onnxprune.iterative import IterativeOptions, iterate, step_targets
 from onnxprune.plan import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def _run(model, x):
 def test_k_steps_reach_the_target_macs_and_run(digits):
     x, labels = digits
     model = onnxprune.load(MODEL)
-    result = iterative_prune(model, {"x": x[:160]}, IterativeOptions(target_macs=0.5, steps=3), labels[:160])
+    result = iterate(model, {"x": x[:160]}, IterativeOptions(target_macs=0.5, steps=3), labels[:160])
     assert [s.step for s in result.steps] == [1, 2, 3]
     for step, target in zip(result.steps, step_targets(0.5, 3)):
         assert abs(step.macs - target) <= 0.01, (step.macs, target)  # every step lands on its target within 1%
@@ -91,7 +91,7 @@ def test_iterative_with_distillation_and_features(digits):
     x, _ = digits
     options = IterativeOptions(target_macs=0.6, steps=2, reconstruct=False, distill=FinetuneOptions(epochs=2, lr=1e-3),
                                features=["relu_2"])
-    result = iterative_prune(onnxprune.load(MODEL), {"x": x[:96]}, options)
+    result = iterate(onnxprune.load(MODEL), {"x": x[:96]}, options)
     assert abs(result.steps[-1].macs - 0.6) <= 0.01
     assert np.all(np.isfinite(_run(result.model, x[96:])))
 
