@@ -350,8 +350,9 @@ def cmd_iterate(args) -> int:
         return 0
     for r in result.steps:
         top1 = f", top-1 agreement {r.top1_agreement:.2%}" if r.top1_agreement is not None else ""
-        print(f"step {r.step}/{options.steps}: {r.macs:.1%} of the MACs (aimed at {r.target_macs:.1%}), relative output "
-              f"error {r.rel_error:.3g}{top1} against the original on --data ({r.seconds:.0f} s)")
+        accuracy = f"; accuracy {r.accuracy:.2%}" if r.accuracy is not None else ""
+        print(f"step {r.step}/{options.steps}: {r.macs:.1%} of the MACs (aimed at {r.target_macs:.1%}); against the "
+              f"original on --data: relative output error {r.rel_error:.3g}{top1}{accuracy} ({r.seconds:.0f} s)")
     print(f"wrote {args.output}")
     return 0
 

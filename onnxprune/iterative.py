@@ -72,6 +72,8 @@ class StepReport:
     """Fraction of the original's MACs the model has after this step."""
     rel_error: float
     top1_agreement: float | None
+    accuracy: float | None
+    """With labels (classifiers): accuracy on the calibration data."""
     seconds: float
 
 
@@ -91,7 +93,7 @@ def step_targets(target_macs: float, steps: int, schedule: str = "linear") -> li
 
 
 def iterate(model: "PrunableModel", feeds: dict[str, np.ndarray], options: IterativeOptions,
-                    labels: np.ndarray | None = None, progress: bool = False) -> IterativeResult:
+            labels: np.ndarray | None = None, progress: bool = False) -> IterativeResult:
     """Prune `model` to `options.target_macs` of its MACs in `options.steps` steps, recovering
     after each on `feeds` (calibration inputs, no labels needed; `labels` only add accuracy to
     the report)."""
@@ -118,7 +120,7 @@ def iterate(model: "PrunableModel", feeds: dict[str, np.ndarray], options: Itera
         (fidelity,), _ = compare(original, [pruned], feeds, labels)
         current = PrunableModel(pruned, input_shapes=shapes)
         reports.append(StepReport(k, target, current.cost_model.base.macs / base, fidelity.rel_error,
-                                  fidelity.top1_agreement, time.perf_counter() - start))
+                                  fidelity.top1_agreement, fidelity.accuracy, time.perf_counter() - start))
     bar.close()
     return IterativeResult(current.model, reports, kept)
 

@@ -54,6 +54,7 @@ def test_k_steps_reach_the_target_macs_and_run(digits):
     model = onnxprune.load(MODEL)
     result = iterate(model, {"x": x[:160]}, IterativeOptions(target_macs=0.5, steps=3), labels[:160])
     assert [s.step for s in result.steps] == [1, 2, 3]
+    assert all(s.accuracy is not None and s.accuracy > 0.5 for s in result.steps)  # labels add accuracy to the report
     for step, target in zip(result.steps, step_targets(0.5, 3)):
         assert abs(step.macs - target) <= 0.01, (step.macs, target)  # every step lands on its target within 1%
     assert result.steps[-1].macs < result.steps[0].macs
