@@ -356,8 +356,8 @@ def _split(ctx, xs):
 
 @torch_op("Expand")
 def _expand(ctx, xs):
-    x, shape = xs[0], _ints(xs[1])
-    return x * torch.ones(shape, dtype=x.dtype) if x.dtype != torch.bool else x & torch.ones(shape, dtype=torch.bool)
+    x = xs[0]
+    return x.expand(torch.broadcast_shapes(x.shape, tuple(_ints(xs[1]))))
 
 
 @torch_op("ConstantOfShape")
