@@ -1,6 +1,7 @@
 """Knowledge distillation of a pruned ONNX model toward the original, on unlabeled inputs, with no
 training code: the pruned graph runs in PyTorch (onnxprune.ops.torch_exec), the teacher in
-onnxruntime, and the loss is the teacher-normalised squared error of every output.  Trained are
+onnxruntime, and the loss is the teacher-normalised squared error of every output (and of the
+intermediate tensors named in `FinetuneOptions.features`, through the kept channels).  Trained are
 the weights and biases of the layers that `NodeContext.rule.linear_view` can read (Conv, Gemm,
 MatMul and their bias Add); the result is the same ONNX graph with those constants replaced, by
 name, in their own dtype and shape, and nothing else changed.
@@ -171,10 +172,13 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto | str | Path, fe
     except UnsupportedOp as exc:
         raise InputError(f"finetune: {exc}") from None
     features = options.features
-    teacher_model = teacher if isinstance(teacher, onnx.ModelProto) else onnx.load(str(teacher))
-    _check_features(index, ModelIndex.build(teacher_model), features)
+    teacher_source = str(teacher) if isinstance(teacher, Path) else teacher
+    if features:  # the teacher also outputs the features (only then is it loaded and indexed here)
+        teacher_model = teacher if isinstance(teacher, onnx.ModelProto) else onnx.load(str(teacher))
+        _check_features(index, ModelIndex.build(teacher_model), features)
+        teacher_source = _with_outputs(teacher_model, list(features))
     net.extra = list(features)
-    teacher_run = make_session(_with_outputs(teacher_model, list(features)) if features else teacher_model)
+    teacher_run = make_session(teacher_source)
     n_out = len(student.graph.output)
     n = sample_count(feeds)
     per_epoch = -(-n // options.batch_size)
