@@ -10,6 +10,9 @@ the legacy exporter's constant folding) has no ONNX member of its own: it is fou
 node's scope (dynamo names the BN there) or from the module's data flow, traced with forward hooks
 on `example_inputs`, and sliced with the conv's output channels.
 
+Transformers (attention head counts, GPT-2's Conv1D, embedding columns, RMSNorm, the HF config) are
+handled by onnxprune.torch_transformers.
+
 Everything is worked out and checked before the first tensor changes, so a plan that does not fit
 the module raises `InputError` naming the first mismatch and leaves the module untouched.
 """
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import torch_transformers as tt
 from .errors import InputError
 from .ops import Role
 from .plan import Member, Plan
@@ -32,6 +36,16 @@ from .plan import Member, Plan
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def _is_layer(mod: nn.Module | None) -> bool:
+    """A layer with input and output channels (conv, linear, GPT-2's Conv1D)."""
+    return isinstance(mod, CONV + CONV_T + (nn.Linear,)) or (mod is not None and tt.is_conv1d(mod))
+
+
+def _is_channelwise(mod: nn.Module | None) -> bool:
+    """A module whose parameters all index its (output) channels: norms, PReLU, embedding columns."""
+    return isinstance(mod, NORM + (nn.PReLU, nn.LayerNorm)) or (mod is not None and tt.is_rmsnorm(mod))
 
 
 class Side(Enum):
@@ -120,9 +134,9 @@ class _Mapper:
             module = self.modules.get(owner)
             if self._shared_with_another_layer(owner, module, member):
                 return self._scope_target(member)
-            if isinstance(module, CONV + CONV_T + (nn.Linear,)) and attr in ("weight", "bias"):
+            if _is_layer(module) and attr in ("weight", "bias"):
                 return Target(owner, self._weight_side(module, member, attr))
-            if isinstance(module, NORM + (nn.PReLU, nn.LayerNorm)):
+            if _is_channelwise(module) or (isinstance(module, nn.Embedding) and member.axis == 1):
                 return Target(owner, Side.OUT)
             return Target(owner, Side.PARAM, member.initializer)
         return self._scope_target(member)
@@ -137,9 +151,9 @@ class _Mapper:
         if not user or user == owner or module is None or user.startswith(f"{owner}.") or owner.startswith(f"{user}."):
             return False
         other = self.modules[user]
-        if isinstance(other, NORM) and isinstance(module, CONV + CONV_T + (nn.Linear,)):
+        if isinstance(other, NORM) and _is_layer(module):
             return False
-        return isinstance(other, CONV + CONV_T + (nn.Linear,) + NORM + (nn.PReLU, nn.LayerNorm))
+        return _is_layer(other) or _is_channelwise(other) or isinstance(other, nn.Embedding)  # a tied LM head's name
 
     def _scope_target(self, member: Member) -> Target:
         """(module name, side) from the member's scope (its node's layer)."""
@@ -148,9 +162,10 @@ class _Mapper:
         if scope_module is None:
             raise InputError(f"plan: cannot map '{member.initializer}' (node {member.node}, scope {member.scope}) "
                              "to a parameter of this module: is it the module that was exported?")
-        if isinstance(scope_module, CONV + CONV_T + (nn.Linear,)):
+        if _is_layer(scope_module):
             return Target(scope, self._weight_side(scope_module, member, "bias" if member.role == Role.PARAM else "weight"))
-        if isinstance(scope_module, NORM + (nn.PReLU,)):
+        if (_is_channelwise(scope_module) and not isinstance(scope_module, nn.LayerNorm)) or \
+                (isinstance(scope_module, nn.Embedding) and member.axis == 1):
             return Target(scope, Side.OUT)
         raise InputError(f"plan: '{member.initializer}' (node {member.node}) maps to module '{member.scope}' "
                          f"({type(scope_module).__name__}), which onnxprune cannot slice")
@@ -181,6 +196,8 @@ class _Mapper:
 
     @staticmethod
     def _weight_side(module: nn.Module, member: Member, attr: str) -> Side:
+        if tt.is_conv1d(module) and attr == "weight" and member.role is not Role.PARAM:
+            return Side.OUT if member.axis == 1 else Side.IN  # Conv1D stores its weight [in, out]
         if attr == "bias" or member.role in (Role.OUT, Role.PARAM):
             return Side.OUT
         return Side.IN
@@ -203,6 +220,8 @@ class Cuts:
 
     modules: dict[str, ModuleCut] = field(default_factory=dict)
     params: dict[str, ModuleCut] = field(default_factory=dict)
+    heads: list[tt.HeadCut] = field(default_factory=list)
+    """Attention modules whose head counts change (their projections are in `modules`)."""
 
 
 def plan_cuts(module: nn.Module, plan: Plan, example_inputs=None) -> Cuts:
@@ -226,12 +245,13 @@ def plan_cuts(module: nn.Module, plan: Plan, example_inputs=None) -> Cuts:
             else:
                 cut.inp = _merge(cut.inp, kept, f"input channels of '{owner}'")
             cut.sources.append(member.initializer)
-            if target.side is Side.OUT and isinstance(mapper.modules[owner], CONV + CONV_T + (nn.Linear,)):
+            if target.side is Side.OUT and _is_layer(mapper.modules[owner]):
                 norm = mapper.fused_norm(owner, member)
                 if norm:
                     norm_cut = cuts.modules.setdefault(norm, ModuleCut())
                     norm_cut.out = _merge(norm_cut.out, kept, f"channels of '{norm}'")
     _check_sizes(mapper, cuts.modules, plan)
+    cuts.heads = tt.plan_heads(module, {name: cut.out for name, cut in cuts.modules.items() if cut.out is not None})
     return cuts
 
 
@@ -248,6 +268,12 @@ def _sizes(mod: nn.Module) -> tuple[int | None, int | None]:
         return mod.num_parameters, None
     if isinstance(mod, nn.LayerNorm):
         return mod.normalized_shape[0], None
+    if tt.is_conv1d(mod):
+        return mod.weight.shape[1], mod.weight.shape[0]
+    if isinstance(mod, nn.Embedding):
+        return mod.embedding_dim, None
+    if tt.is_rmsnorm(mod):
+        return mod.weight.shape[0], None
     return None, None
 
 
@@ -323,6 +349,23 @@ def _cut_module(mod: nn.Module, cut: ModuleCut) -> None:
             if getattr(mod, attr, None) is not None:
                 _set(mod, attr, _take(getattr(mod, attr), 0, cut.out))
         mod.normalized_shape = (len(cut.out),) + tuple(mod.normalized_shape[1:])
+    elif tt.is_conv1d(mod):
+        if cut.out is not None:
+            _set(mod, "weight", _take(mod.weight, 1, cut.out))
+            if mod.bias is not None:
+                _set(mod, "bias", _take(mod.bias, 0, cut.out))
+            mod.nf = len(cut.out)
+        if cut.inp is not None:
+            _set(mod, "weight", _take(mod.weight, 0, cut.inp))
+            if hasattr(mod, "nx"):
+                mod.nx = len(cut.inp)
+    elif isinstance(mod, nn.Embedding):
+        _set(mod, "weight", _take(mod.weight, 1, cut.out))
+        mod.embedding_dim = len(cut.out)
+    elif tt.is_rmsnorm(mod):
+        weight, eps = tt.rescaled_rmsnorm(mod, cut.out)
+        _set(mod, "weight", weight)
+        tt.set_rmsnorm_eps(mod, eps, len(cut.out))
 
 
 def apply_plan(module: nn.Module, plan: Plan | str | Path, example_inputs=None) -> nn.Module:
@@ -349,8 +392,33 @@ def _apply_cuts(module: nn.Module, cuts: Cuts) -> None:
         owner, _, attr = name.rpartition(".")
         target = modules[owner] if owner else module
         _set(target, attr, _take(getattr(target, attr), cut.axis, cut.out))
+    widths = {name: (_sizes(modules[name])[0], len(cut.out)) for name, cut in cuts.modules.items() if cut.out is not None}
+    shared = _shared_parameters(module)
     for name, cut in cuts.modules.items():
         _cut_module(modules[name], cut)
+    _retie(shared)
+    tt.apply_heads(module, cuts.heads)
+    tt.update_configs(module, cuts.heads, widths,
+                      [tt.rmsnorm_eps(modules[name]) for name in cuts.modules if tt.is_rmsnorm(modules[name])])
+
+
+def _shared_parameters(module: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+    """(module, attribute) pairs that hold one Parameter together (tied embedding and output
+    projection): slicing replaces each holder's Parameter, so the tie is restored afterwards."""
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    for mod in module.modules():
+        for attr, param in mod.named_parameters(recurse=False):
+            holders.setdefault(id(param), []).append((mod, attr))
+    return [h for h in holders.values() if len(h) > 1]
+
+
+def _retie(shared: list[list[tuple[nn.Module, str]]]) -> None:
+    for holders in shared:
+        first = getattr(*holders[0])
+        for mod, attr in holders[1:]:
+            other = getattr(mod, attr)
+            if other is not first and other.shape == first.shape and torch.equal(other, first):
+                setattr(mod, attr, first)
 
 
 def apply_masks(module: nn.Module, masks: dict[str, np.ndarray], optimizer: torch.optim.Optimizer | None = None) -> "MaskHandle":
