@@ -323,7 +323,8 @@ def cmd_finetune(args) -> int:
     check_output_paths(args.model, (args.output,), args.overwrite)
     student, teacher = load(args.model), load(args.teacher)
     feeds = student.calibration(args.data)
-    options = FinetuneOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, minutes=args.minutes)
+    options = FinetuneOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, minutes=args.minutes,
+                              features=_feature_index(teacher, args.features, args.plan))
     if min(options.epochs, options.batch_size) < 1 or options.lr <= 0:
         raise InputError("options: --epochs and --batch-size must be at least 1, --lr positive")
     result = finetune(student.model, teacher.model, feeds, options, progress=not args.json and sys.stderr.isatty())
@@ -341,6 +342,48 @@ def cmd_finetune(args) -> int:
     for label, f in (("before", before), ("after", after)):
         top1 = f", top-1 agreement {f.top1_agreement:.2%}" if f.top1_agreement is not None else ""
         print(f"{label}: relative output error {f.rel_error:.3g}{top1} (against the teacher, {f.samples} --data samples)")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _feature_index(teacher, features: str | None, plan_path: str | None) -> dict:
+    """--features NAME,... (and --plan, the plan that pruned the teacher): each tensor's kept channels."""
+    from .finetune import kept_channels
+    from .plan import Plan, resolve
+
+    names = [n for n in (features or "").split(",") if n]
+    if plan_path and not names:
+        raise InputError("options: --plan needs --features")
+    kept = kept_channels(teacher.depgraph, resolve(Plan.read(plan_path), teacher.depgraph, plan_path)) if plan_path else {}
+    return {n: kept.get(n, {}) for n in names}
+
+
+def cmd_iterate(args) -> int:
+    from .finetune import FinetuneOptions
+    from .iterative import IterativeOptions, iterate
+    from .quality import labels_for
+    from .save import save_model
+
+    check_output_paths(args.model, (args.output,), args.overwrite)
+    model = load(args.model, parse_input_shapes(args.input_shape))
+    feeds = model.calibration(args.data)
+    distill = FinetuneOptions(epochs=args.distill_epochs, lr=args.lr, batch_size=args.batch_size) if args.distill_epochs else None
+    options = IterativeOptions(args.target_macs, args.steps, args.schedule, args.criterion, args.reconstruct, distill,
+                               [n for n in (args.features or "").split(",") if n],
+                               {"round_to": args.round_to, "max_ratio": args.max_ratio, "ignore": args.ignore or [],
+                                "protect_ends": args.protect_ends})
+    result = iterate(model, feeds, options, labels_for(args.data, len(next(iter(feeds.values())))),
+                             progress=not args.json and sys.stderr.isatty())
+    save_model(result.model, args.output, True if model.loaded.had_external_data else None)
+    summary = {"input": str(args.model), "output": str(args.output), "steps": [vars(r) for r in result.steps]}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    for r in result.steps:
+        top1 = f", top-1 agreement {r.top1_agreement:.2%}" if r.top1_agreement is not None else ""
+        accuracy = f"; accuracy {r.accuracy:.2%}" if r.accuracy is not None else ""
+        print(f"step {r.step}/{options.steps}: {r.macs:.1%} of the MACs (aimed at {r.target_macs:.1%}); against the "
+              f"original on --data: relative output error {r.rel_error:.3g}{top1}{accuracy} ({r.seconds:.0f} s)")
     print(f"wrote {args.output}")
     return 0
 
@@ -363,7 +406,7 @@ def cmd_sensitivity(args) -> int:
     except ValueError:
         raise InputError(f"options: --ratios '{args.ratios}' is not a comma-separated list of numbers") from None
     sens = analyse(model, feeds, labels, args.metric, ratios, args.criterion, args.workers, args.backend,
-                   args.batch, Path(args.output), progress=sys.stderr.isatty() and not args.json)
+                   args.batch, Path(args.output), progress=sys.stderr.isatty() and not args.json, reconstruct=args.reconstruct)
     if args.plot:
         plot(sens, Path(args.plot))
     if args.json:
@@ -606,9 +649,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the cosine schedule (default 1e-4)")
     p.add_argument("--batch-size", type=int, default=16, help="samples per step (default 16)")
     p.add_argument("--minutes", type=float, help="stop after this much wall time (the schedule then spans it)")
+    p.add_argument("--features", metavar="NAME,...", help="also match these intermediate tensors (names in both graphs) "
+                                                         "to the teacher's, each one's normalised squared error added to the loss")
+    p.add_argument("--plan", help="the plan that pruned the teacher into the model (prune --plan-out): needed when a "
+                                  "--features tensor lost channels, to compare it with the teacher's kept channels")
     p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("iterate", help="prune in K steps, recovering on unlabeled data after each (reconstruct and/or distil)",
+                       description="The iterative prune-recover loop on the ONNX model alone: each step prunes a little more "
+                                   "(ranked and allocated on the current pruned model), then re-fits the layers on --data "
+                                   "(--reconstruct, the default) and/or distils toward the original (--distill-epochs N, needs "
+                                   "torch), until --target-macs. After step k of K the model keeps 1 - s(k) of the original's "
+                                   "MACs, s the --schedule of removed fractions. Every step is verified like prune's output.")
+    p.add_argument("model", help="ONNX model file (never modified)")
+    p.add_argument("--target-macs", type=float, required=True, help="keep this fraction of MACs at the end, e.g. 0.5")
+    p.add_argument("--steps", type=int, default=4, help="prune-recover steps (default 4)")
+    p.add_argument("--schedule", default="linear", choices=["linear", "geometric"],
+                   help="linear: equal cuts of the original's MACs; geometric: each step removes the same fraction of "
+                        "what is left (default linear)")
+    p.add_argument("--data", required=True, help="calibration inputs (.npy, or .npz keyed by input name; 'labels' in the "
+                                                 ".npz add accuracy to the report)")
+    p.add_argument("-o", "--output", required=True, help="where to write the pruned model (atomically)")
+    p.add_argument("--criterion", choices=CRITERIA, help="which channels go first (default: activation, on --data)")
+    p.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=True,
+                   help="re-fit the layers after each step's prune (default on; --no-reconstruct turns it off)")
+    p.add_argument("--distill-epochs", type=int, default=0, help="epochs of distillation toward the original after each "
+                                                                  "step (default 0: none; needs torch)")
+    p.add_argument("--lr", type=float, default=1e-4, help="with --distill-epochs: peak learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=16, help="with --distill-epochs: samples per step (default 16)")
+    p.add_argument("--features", metavar="NAME,...", help="with --distill-epochs: also match these intermediate tensors "
+                                                         "to the original's (through the channels kept over all steps)")
+    p.add_argument("--round-to", type=int, default=1, help="keep channel counts that are multiples of N")
+    p.add_argument("--max-ratio", type=float, default=0.9, help="never remove more than this fraction of a group (default 0.9)")
+    p.add_argument("--ignore", action="append", metavar="REGEX", help="leave groups alone whose initializer or node name matches")
+    p.add_argument("--protect-ends", action="store_true", help="leave the first and last layers' channels alone")
+    _add_input_shape(p)
+    p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_iterate)
 
     p = sub.add_parser("sensitivity", help="measure how much each group suffers when pruned alone",
                        description="For every group and ratio, prune that group alone and measure a metric on your data: "
@@ -625,6 +705,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("--backend", default="local", choices=["local", "ray"], help="run workers locally or on a Ray cluster")
     p.add_argument("--batch", type=int, default=32, help="samples per onnxruntime run (default 32)")
+    p.add_argument("--reconstruct", action="store_true", help="score each candidate after re-fitting the layers that read "
+                                                              "the group on --data (as prune --reconstruct leaves it), so "
+                                                              "allocation prunes harder where reconstruction repairs; slower "
+                                                              "(one fit and session per candidate, no --workers)")
     p.add_argument("-o", "--output", required=True, help="sensitivity file (JSON); an existing one is resumed")
     p.add_argument("--plot", metavar="PNG", help="also draw the curves")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
