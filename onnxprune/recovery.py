@@ -220,6 +220,7 @@ class _Stepper:
     def __init__(self, model: onnx.ModelProto, index: ModelIndex, feeds: list[dict[str, np.ndarray]],
                  folder: Path, name: str):
         self.model, self.elem_types, self.feeds, self.folder, self.name = model, index.elem_types, feeds, folder, name
+        self.external = index.external  # mapped weights whose initializers are stubs: handed to onnxruntime in place
         self.constant_nodes = index.constant_nodes  # copied into each segment that reads them, never carried
         self.position = 0  # nodes before this index have run
         self.last_use: dict[str, int] = {}
@@ -279,7 +280,9 @@ class _Stepper:
             produced |= {n for n in needed if n in self.constant_nodes}
             inputs = sorted(n for n in needed if n not in produced and n not in inits)
             outputs = sorted({n for n in produced if live(n)} | {n for n in want if n in produced and n not in self.constant_nodes})
-            session = make_session(_segment(self.model, nodes, inputs, outputs, needed, self.elem_types)) if outputs else None
+            mapped = {n: self.external[n] for n in sorted(needed) if n in self.external}
+            segment = _segment(self.model, nodes, inputs, outputs, needed, self.elem_types)
+            session = make_session(segment, arrays=mapped) if outputs else None
         for j in range(len(self.feeds)):
             state = self._state(j)
             values = dict(state)
@@ -393,10 +396,12 @@ def _fit(view, stats: _Stats, index: ModelIndex, writer: ModelWriter, options: R
 # --- quality ------------------------------------------------------------------------------------
 
 def compare(reference: onnx.ModelProto | bytes | str, candidates: list[onnx.ModelProto | bytes | str],
-            feeds: dict[str, np.ndarray], labels: np.ndarray | None = None, batch: int = 16) -> tuple[list[Fidelity], float | None]:
+            feeds: dict[str, np.ndarray], labels: np.ndarray | None = None, batch: int = 16,
+            reference_arrays: dict[str, np.ndarray] | None = None) -> tuple[list[Fidelity], float | None]:
     """Fidelity of each candidate to `reference` on `feeds`, streamed batch by batch (the
-    reference runs once), and the reference's own accuracy when labels are given."""
-    ref = make_session(reference, prepack=False)
+    reference runs once), and the reference's own accuracy when labels are given.
+    `reference_arrays` holds the data of reference initializers that are stubs (mapped weights)."""
+    ref = make_session(reference, prepack=False, arrays=reference_arrays)
     sessions = [make_session(c, prepack=False) for c in candidates]
     k = len(candidates)
     d2, a2 = np.zeros(k), 0.0
@@ -435,12 +440,13 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph, ke
     """The quality report of a prune with data, reconstructing first when `options` is given.
     Reconstruction that would make the model agree less with the original on the calibration data
     than plain pruning is dropped (the report says so: `reconstructed` is then None)."""
+    mapped = dg.index.external  # the original's weights, when they are mapped (its initializers are then stubs)
     if options is None:
-        (plain,), ref_acc = compare(original, [pruned], feeds, labels)
+        (plain,), ref_acc = compare(original, [pruned], feeds, labels, reference_arrays=mapped)
         return pruned, Recovery(plain, reference_accuracy=ref_acc)
     plain_bytes = pruned.SerializeToString()
     report = reconstruct(original, pruned, dg, keep, feeds, options, progress)
-    (plain, fitted), ref_acc = compare(original, [plain_bytes, pruned], feeds, labels)
+    (plain, fitted), ref_acc = compare(original, [plain_bytes, pruned], feeds, labels, reference_arrays=mapped)
     if fitted.rel_error > plain.rel_error:
         restored = onnx.ModelProto.FromString(plain_bytes)
         return restored, Recovery(plain, None, report, ref_acc)

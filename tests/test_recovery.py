@@ -218,6 +218,19 @@ def test_warning_when_weight_ranking_misjudges_the_model():
     assert PrunableModel(biased).plan(data={"x": np.zeros((2, 3, 6, 6), np.float32)}, ratio=0.25).warnings == []
 
 
+def test_warning_reusing_the_plans_ranking_is_the_same_warning():
+    from onnxprune.importance import structure_warning
+
+    plain = _with(conv_bn_chain(), bn_g=[1, 1, 1, 1])
+    for model in (plain, conv_bn_chain(), _with(plain, bn_b=[50, -40, 30, 60])):
+        pm = PrunableModel(model)
+        fresh = structure_warning(pm.depgraph)
+        for criterion in ("l1", "scaled"):
+            for normalize in ("mean", "none"):
+                known = {criterion: pm.importance(criterion, normalize=normalize)}
+                assert structure_warning(pm.depgraph, known=known) == fresh
+
+
 def test_scratch_cut_on_disk_gives_the_same_fit():
     """The cut between segments in RAM or in the scratch folder (memory_mb=0): same weights."""
     model = conv_chain(depthwise=True)

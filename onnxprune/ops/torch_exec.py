@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import torch
 import torch.nn.functional as F
 
@@ -317,39 +318,6 @@ def _slice(ctx, xs):
     return x[tuple(index)]
 
 
-@torch_op("Split")
-def _split(ctx, xs):
-    """Sizes from the `split` input (opset 13+) or attribute, else equal parts, one per output
-    (the last smaller when the axis does not divide evenly, as opset 18's num_outputs says)."""
-    x = xs[0]
-    axis = int(ctx.attr("axis", 0)) % x.dim()
-    sizes = xs[1] if len(xs) > 1 and xs[1] is not None else ctx.attr("split")
-    if sizes is None:
-        parts = len(ctx.node.output)
-        sizes = -(-x.shape[axis] // parts)
-        return list(torch.split(x, sizes, dim=axis))
-    return list(torch.split(x, _ints(sizes), dim=axis))
-
-
-@torch_op("Range")
-def _range(ctx, xs):
-    start, limit, delta = (x.reshape(()) for x in xs)
-    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
-
-
-@torch_op("Expand")
-def _expand(ctx, xs):
-    x, shape = xs[0], _ints(xs[1])
-    return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(shape)))
-
-
-@torch_op("ConstantOfShape")
-def _constant_of_shape(ctx, xs):
-    value = ctx.attr("value")
-    fill = torch.from_numpy(onnx.numpy_helper.to_array(value).copy()).reshape(()) if value is not None else torch.tensor(0.0)
-    return torch.full(_ints(xs[0]), fill.item(), dtype=fill.dtype)
-
-
 @torch_op("Gather")
 def _gather(ctx, xs):
     x, idx = xs
@@ -371,6 +339,38 @@ def _resize(ctx, xs):
     coord = ctx.attr("coordinate_transformation_mode", b"half_pixel")
     coord = coord.decode() if isinstance(coord, bytes) else coord
     return F.interpolate(x, mode="bilinear" if x.dim() == 4 else "linear", align_corners=coord == "align_corners", **kwargs)
+
+
+
+@torch_op("Split")
+def _split(ctx, xs):
+    x = xs[0]
+    axis = int(ctx.attr("axis", 0)) % x.dim()
+    sizes = _ints(xs[1]) if len(xs) > 1 and xs[1] is not None else ctx.attr("split")
+    if sizes is None:  # equal parts, the last one smaller (opset 18 num_outputs) when they do not divide
+        parts = len(ctx.node.output)
+        sizes = [-(-x.shape[axis] // parts)] * (parts - 1)
+        sizes.append(x.shape[axis] - sum(sizes))
+    return list(torch.split(x, [int(s) for s in sizes], dim=axis))
+
+
+@torch_op("Expand")
+def _expand(ctx, xs):
+    x = xs[0]
+    return x.expand(torch.broadcast_shapes(x.shape, tuple(_ints(xs[1]))))
+
+
+@torch_op("ConstantOfShape")
+def _constant_of_shape(ctx, xs):
+    value = ctx.attr("value")
+    fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
+    return torch.full(_ints(xs[0]), fill[0].item(), dtype=torch.from_numpy(fill).dtype)
+
+
+@torch_op("Range")
+def _range(ctx, xs):
+    start, limit, delta = (x.item() for x in xs)
+    return torch.arange(start, limit, delta, dtype=xs[0].dtype)
 
 
 def float_constants(model: onnx.ModelProto, index) -> dict[str, np.ndarray]:
@@ -407,6 +407,8 @@ class GraphModule(torch.nn.Module):
                                     "has no torch implementation in onnxprune.ops.torch_exec")
             self.nodes.append((NodeContext(index, i), TORCH_OPS[node.op_type]))
         self.outputs = [vi.name for vi in model.graph.output]
+        self.extra: list[str] = []
+        """Intermediate tensors returned after the outputs (feature distillation)."""
 
     def forward(self, **inputs: torch.Tensor) -> list[torch.Tensor]:
         values = dict(self.fixed)
@@ -417,7 +419,7 @@ class GraphModule(torch.nn.Module):
             out = fn(ctx, args)
             outs = out if isinstance(out, (list, tuple)) else [out]
             values.update((name, v) for name, v in zip(ctx.node.output, outs) if name)
-        return [values[n] for n in self.outputs]
+        return [values[n] for n in self.outputs + self.extra]
 
     def trained(self) -> dict[str, np.ndarray]:
         """The trainable constants' current values, in their ONNX dtype."""
