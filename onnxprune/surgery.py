@@ -19,17 +19,19 @@ from .groups import KeepMasks
 from .depgraph import DepGraph
 from .errors import OnnxPruneError
 from .graph import ModelIndex, copy_fields, infer_shapes, with_data
-from .ops import Dim, NodeContext, RewriteContext
+from .ops import Dim, NodeContext, RewriteContext, RewriteOptions
 
 
 class ModelWriter:
     """Collects edits to a copy of the model so rules never touch the original."""
 
-    def __init__(self, model: onnx.ModelProto, index: ModelIndex):
+    def __init__(self, model: onnx.ModelProto, index: ModelIndex, options: RewriteOptions | None = None):
         self.model = model
         self.index = index
+        self.options = options or RewriteOptions()
         self.inits = {t.name: t for t in model.graph.initializer}
         self.element_edits: dict[str, dict[int, int]] = defaultdict(dict)
+        self.replacements: dict[int, list[onnx.NodeProto]] = {}
 
     # --- constants -------------------------------------------------------------------------
     def _store(self, name: str, value: np.ndarray) -> None:
@@ -76,6 +78,15 @@ class ModelWriter:
             node.input.append("")
         node.input[slot] = new_name
 
+    def add_constant(self, name: str, value: np.ndarray) -> str:
+        """A new initializer (renamed if `name` is taken); returns the name it got."""
+        return self._add_initializer(name, value)
+
+    def replace_node(self, node_i: int, nodes: list[onnx.NodeProto]) -> None:
+        """Replace node `node_i` by `nodes` (in order, at its position) when the writer finishes, so
+        node indices stay those of the original while rules rewrite."""
+        self.replacements[node_i] = nodes
+
     def set_const_element(self, name: str, pos: int, value: int) -> None:
         previous = self.element_edits[name].get(pos)
         if previous is not None and previous != value:
@@ -102,6 +113,10 @@ class ModelWriter:
             for pos, new in edits.items():
                 flat[pos] = new
             self._store(name, value)
+        if self.replacements:
+            nodes = [n for i, node in enumerate(self.model.graph.node) for n in self.replacements.get(i, [node])]
+            del self.model.graph.node[:]
+            self.model.graph.node.extend(nodes)
 
 
 Spec = dict[int, np.ndarray]
@@ -240,15 +255,16 @@ def _drop_replaced_initializers(model: onnx.ModelProto, index: ModelIndex) -> No
     model.graph.input.extend(inputs)
 
 
-def apply_keep(dg: DepGraph, keep: KeepMasks) -> onnx.ModelProto:
-    """A new model in which group `g` keeps the channels where `keep[g]` is True."""
+def apply_keep(dg: DepGraph, keep: KeepMasks, options: RewriteOptions | None = None) -> onnx.ModelProto:
+    """A new model in which group `g` keeps the channels where `keep[g]` is True (`options`: how
+    rules may rewrite, e.g. the opt-in inexact LayerNorm)."""
     kept = kept_elements(dg, keep)
     model = onnx.ModelProto()
     copy_fields(dg.index.model, model, skip="graph")
     copy_fields(dg.index.model.graph, model.graph, skip="initializer")
     for tensor in dg.index.model.graph.initializer:  # data filled in by _fill_untouched
         model.graph.initializer.add(name=tensor.name)
-    writer = ModelWriter(model, dg.index)
+    writer = ModelWriter(model, dg.index, options)
     if kept:
         writer.slice_constants(plan_slicing(dg.index, kept))
         touched = {dg.index.producer.get(d.tensor) for d in kept if not d.is_const}
@@ -268,6 +284,19 @@ def apply_keep(dg: DepGraph, keep: KeepMasks) -> onnx.ModelProto:
         known = {vi.name for vi in model.graph.value_info}
     model.graph.value_info.extend(_carried_shapes(dg, kept, known))
     return model
+
+
+def inexact_rewrites(dg: DepGraph, keep: KeepMasks, options: RewriteOptions) -> list[str]:
+    """Labels of the nodes whose rewrite under `options` changes outputs even if only dead channels
+    go (OpRule.inexact: LayerNorm sliced with its statistics over the pruned width)."""
+    kept = kept_elements(dg, keep)
+    touched = {i for d in kept if not d.is_const for i, _ in dg.index.consumers.get(d.tensor, [])}
+    labels = []
+    for i in sorted(touched):
+        ctx = NodeContext(dg.index, i)
+        if ctx.rule.inexact(ctx, kept, options):
+            labels.append(ctx.label)
+    return labels
 
 
 def _as_specific(vi: onnx.ValueInfoProto, before) -> bool:

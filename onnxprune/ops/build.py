@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import onnx
 from onnx import helper
 
@@ -14,3 +16,42 @@ def channel_mask_nodes(tensor: str, mask: str, index: str, shape: str, out: str)
     return [helper.make_node("Gather", [mask, index], [elements]),
             helper.make_node("Reshape", [elements, shape], [spread]),
             helper.make_node("Mul", [tensor, spread], [out])]
+
+
+def layer_norm_over_width_nodes(x: str, scale: str, bias: str | None, consts: "LayerNormConstants", out: str,
+                                prefix: str) -> list[onnx.NodeProto]:
+    """LayerNormalization over the last axis of `x` whose statistics divide by the original width
+    N although `x` holds only N' of its channels (the others were exactly zero):
+        mean = sum(x) / N,   var = (sum((x - mean)^2) + (N - N') mean^2) / N,
+        out  = (x - mean) / sqrt(var + eps) * scale + bias
+    (the removed channels add 0 to sum(x) and (0 - mean)^2 each to the sum of squares).
+    `consts` names the constants: reduction axes [-1], 1/N, (N - N')/N and eps."""
+    t = lambda name: f"{prefix}{name}"  # noqa: E731
+    normed = t("scaled") if bias else out
+    nodes = [helper.make_node("ReduceSum", [x, consts.axes], [t("sum")], keepdims=1),
+             helper.make_node("Mul", [t("sum"), consts.inv_n], [t("mean")]),
+             helper.make_node("Sub", [x, t("mean")], [t("centred")]),
+             helper.make_node("Mul", [t("centred"), t("centred")], [t("squares")]),
+             helper.make_node("ReduceSum", [t("squares"), consts.axes], [t("sum_squares")], keepdims=1),
+             helper.make_node("Mul", [t("mean"), t("mean")], [t("mean_squared")]),
+             helper.make_node("Mul", [t("mean_squared"), consts.removed], [t("removed_squares")]),
+             helper.make_node("Mul", [t("sum_squares"), consts.inv_n], [t("kept_var")]),
+             helper.make_node("Add", [t("kept_var"), t("removed_squares")], [t("var")]),
+             helper.make_node("Add", [t("var"), consts.eps], [t("var_eps")]),
+             helper.make_node("Sqrt", [t("var_eps")], [t("std")]),
+             helper.make_node("Div", [t("centred"), t("std")], [t("normalized")]),
+             helper.make_node("Mul", [t("normalized"), scale], [normed])]
+    if bias:
+        nodes.append(helper.make_node("Add", [normed, bias], [out]))
+    for k, node in enumerate(nodes):
+        node.name = f"{prefix}{k}"
+    return nodes
+
+
+class LayerNormConstants(NamedTuple):
+    """Names of the constants `layer_norm_over_width_nodes` reads."""
+
+    axes: str
+    inv_n: str
+    removed: str
+    eps: str
