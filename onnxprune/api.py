@@ -33,11 +33,11 @@ from .inputs import ChosenInputs, check_input_shapes, choose_inputs, declared_di
 from .importance import (CRITERIA, NORMALIZATIONS, WEIGHT_CRITERIA, Criterion, ScoreStats, activation_criterion, importance,
                          structure_warning)
 from .load import LoadedModel, check_supported, load_model
-from .ops import OUT, PARAM, is_alias
+from .ops import OUT, PARAM, RewriteOptions, is_alias
 from .origin import alias_consumers, group_origins, layer_name
 from .plan import Plan, make_plan, resolve
 from .save import save_model
-from .surgery import apply_keep
+from .surgery import apply_keep, inexact_rewrites
 from .timings import Stage, Timings
 
 if TYPE_CHECKING:
@@ -301,12 +301,15 @@ class PrunableModel:
         misjudge the model (importance.structure_warning).  Options are those of `AllocationOptions` (ratio,
         threshold, target_macs, target_params, global_ranking, max_ratio, round_to, ignore,
         protect_ends), plus normalize ("mean", "max", "none": see importance.importance),
-        sensitivity / max_loss (allocation from a sensitivity analysis) and allocator: your own
+        sensitivity / max_loss (allocation from a sensitivity analysis), inexact_layernorm (opt in to
+        LayerNorm statistics over the pruned width, Torch-Pruning's behaviour: outputs change; kept
+        in the plan for surgery, see RewriteOptions) and allocator: your own
         strategy, called as allocator(depgraph, scores, options, cost_of) -> {group id: keep mask},
         where cost_of(keep) -> ModelCost(params, macs) prices a candidate without surgery."""
         sensitivity = options.pop("sensitivity", None)
         max_loss = options.pop("max_loss", None)
         normalize = options.pop("normalize", "mean")
+        inexact_layernorm = bool(options.pop("inexact_layernorm", False))
         allocator = options.pop("allocator", allocate)
         latency = self._latency_allocator(options)
         allocator = latency or allocator
@@ -324,6 +327,12 @@ class PrunableModel:
         plan = make_plan(self.depgraph, keep, {"file": self.path.name, "sha256": self.sha256},
                          {"criterion": criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom"),
                           "aggregate": aggregate, "normalize": normalize, **{k: v for k, v in vars(opts).items() if v not in (None, [], False)}})
+        if inexact_layernorm:
+            plan.options["inexact_layernorm"] = True
+            inexact = inexact_rewrites(self.depgraph, keep, RewriteOptions(inexact_layernorm=True))
+            plan.warnings += [f"inexact_layernorm: {len(inexact)} LayerNorm(s) ({', '.join(inexact[:3])}"
+                              f"{', ...' if len(inexact) > 3 else ''}) normalise over the pruned width: outputs change "
+                              "even where only dead channels go"] if inexact else []
         if latency is not None:
             plan.options.update(latency.options.plan_options(), measured_latency=latency.measured)
         if chosen is not None:
@@ -379,8 +388,10 @@ class PrunableModel:
         keep = resolve(plan, self.depgraph, source)
         if reconstruct and data is None:
             raise InputError("options: --reconstruct needs calibration data (--data FILE.npz)")
+        rewrite = RewriteOptions(inexact_layernorm=bool(plan.options.get("inexact_layernorm", False)))
         with self.timings.stage(Stage.VERIFICATION):
             exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
+            exact = exact and not (rewrite.inexact_layernorm and inexact_rewrites(self.depgraph, keep, rewrite))
             checked = self.check_runs(data)  # the original's outputs, computed before surgery
             chunks, quality_labels = self._quality_inputs(data)
             quality_reference = None
@@ -390,7 +401,7 @@ class PrunableModel:
                 quality_reference = first_output(self.model, chunks)
         before_layers = {c.node: c for c in cost.layer_costs(self.cost_index)}
         with self.timings.stage(Stage.SURGERY):
-            pruned, recovery = apply_keep(self.depgraph, keep), None
+            pruned, recovery = apply_keep(self.depgraph, keep, rewrite), None
         if reconstruct and not exact:
             from .recovery import ReconstructOptions, recover
 

@@ -151,7 +151,7 @@ def _allocation_args(args) -> dict:
             "target_params": args.target_params, "global_ranking": args.global_ranking, "max_ratio": args.max_ratio,
             "round_to": args.round_to, "ignore": args.ignore or [], "protect_ends": args.protect_ends,
             "normalize": args.normalize, "target_latency": args.target_latency, "latency_batch": args.latency_batch,
-            "latency_threads": args.latency_threads}
+            "latency_threads": args.latency_threads, "inexact_layernorm": getattr(args, "inexact_layernorm", False)}
 
 
 def _write_outputs(input_path: Path, result: "PruneResult", args, timings: Timings | None = None) -> dict:
@@ -543,6 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--round-to", type=int, default=1, help="keep channel counts that are multiples of N (4 or 8 suit ncnn)")
     which.add_argument("--ignore", action="append", metavar="REGEX", help="leave groups alone whose initializer or node name matches (repeatable)")
     which.add_argument("--protect-ends", action="store_true", help="leave the first and last layers' channels alone")
+    which.add_argument("--inexact-layernorm", action="store_true",
+                       help="slice LayerNorms on pruned residual channels and let their mean and variance run over the "
+                            "pruned width (Torch-Pruning's behaviour, a plain LayerNormalization node): outputs change, "
+                            "even under --threshold 0.  Default: exact, the statistics keep dividing by the original "
+                            "width (README, Transformers)")
     sens = p.add_argument_group("from a sensitivity analysis (see 'onnxprune sensitivity')")
     sens.add_argument("--sensitivity", metavar="SENS_JSON", help="choose per-group ratios from this analysis: the least "
                       "predicted loss that meets --target-macs/--target-params, or the smallest model within --max-loss")

@@ -211,6 +211,13 @@ def _pruned_layers(dg: DepGraph, keep: dict[int, np.ndarray]) -> tuple[set[int],
     return consumers, producers
 
 
+def _in_pruned(original: ModelIndex, pruned: ModelIndex, nodes: set[int]) -> set[int]:
+    """The pruned model's indices of these nodes of the original (surgery may replace a node by
+    several, e.g. an exact LayerNorm, which shifts the later ones): found by their first output."""
+    names = (original.model.graph.node[i].output[0] for i in nodes)
+    return {pruned.producer[name] for name in names if name in pruned.producer}
+
+
 class _Stepper:
     """Runs a model segment by segment over the calibration batches, keeping between segments
     only the tensors still needed later (the *cut*), one file per batch in a scratch folder: so a
@@ -315,7 +322,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph
     report = ReconstructReport()
     index = ModelIndex.build(pruned)
     writer = ModelWriter(pruned, index)
-    consumers, producers = _pruned_layers(dg, keep)
+    consumers, producers = (_in_pruned(dg.index, index, nodes) for nodes in _pruned_layers(dg, keep))
     views = []  # consumers of pruned groups, and grouped convs inside one (their groups see re-fitted inputs)
     for i in sorted(consumers | producers):
         ctx = NodeContext(index, i)

@@ -56,7 +56,7 @@ def exports(tmp_path_factory):
             target = root / f"{model}_{exporter}.onnx"
             if not target.exists():
                 partial = root / f".partial_{model}_{exporter}" / target.name
-                module, inputs = tz.MODELS[model]()
+                module, inputs = tz.BUILDERS[model]()
                 tz.export(module, inputs, partial, exporter)
                 data = partial.with_name(partial.name + ".data")
                 if data.exists():

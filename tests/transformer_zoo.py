@@ -105,6 +105,17 @@ def build_bert():
     return TextModel(T.BertModel(config, add_pooling_layer=False).eval(), logits=False).eval(), _ids()
 
 
+def build_bert_mlm():
+    """BERT with its masked-LM head (decoder tied to the word embeddings): the residual stream
+    ends in a Linear instead of the graph output, so it can be pruned."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    config = T.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=SEQ * 2, attn_implementation="sdpa")
+    return TextModel(T.BertForMaskedLM(config).eval(), logits=True).eval(), _ids()
+
+
 def build_gpt2():
     import transformers as T
 
@@ -130,6 +141,8 @@ def build_llama():
 
 
 MODELS: dict[str, Callable] = {"vit": build_vit, "bert": build_bert, "gpt2": build_gpt2, "llama": build_llama}
+BUILDERS: dict[str, Callable] = {**MODELS, "bert_mlm": build_bert_mlm}
+"""MODELS plus variants some tests need (BERT with a head: its residual stream is prunable)."""
 
 
 def export(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | pathlib.Path, exporter: str) -> pathlib.Path:
