@@ -31,7 +31,8 @@ from .errors import InputError
 from .graph import ModelIndex, weightless_copy
 from .inputs import ChosenInputs, check_input_shapes, choose_inputs, declared_dims
 from .importance import (CRITERIA, NORMALIZATIONS, WEIGHT_CRITERIA, Criterion, ScoreStats, activation_criterion, importance,
-                         structure_warning)
+                         structure_warning, wanda_criterion)
+from .names import DATA_CRITERION_NAMES
 from .load import LoadedModel, check_supported, load_model
 from .ops import OUT, PARAM, RewriteOptions, is_alias
 from .origin import alias_consumers, group_origins, layer_name
@@ -248,8 +249,13 @@ class PrunableModel:
             if feeds is None:
                 raise InputError(f"options: --criterion {criterion} needs calibration data (--data FILE.npz)")
             criterion = activation_criterion(self.depgraph, feeds, "mean" if criterion == "activation" else "nonzero")
+        elif criterion == "wanda":
+            feeds = self.calibration(data)
+            if feeds is None:
+                raise InputError("options: --criterion wanda needs calibration data (--data FILE.npz)")
+            criterion = wanda_criterion(self.depgraph, feeds)
         elif isinstance(criterion, str) and criterion not in CRITERIA:
-            raise InputError(f"options: unknown criterion '{criterion}' (choose from {', '.join(list(CRITERIA) + ['activation', 'apoz'])})")
+            raise InputError(f"options: unknown criterion '{criterion}' (choose from {', '.join(list(CRITERIA) + list(DATA_CRITERION_NAMES))})")
         if normalize not in NORMALIZATIONS:
             raise InputError(f"options: unknown --normalize '{normalize}' (choose from {', '.join(NORMALIZATIONS)})")
         groups = self.groups

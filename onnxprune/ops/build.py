@@ -18,6 +18,11 @@ def channel_mask_nodes(tensor: str, mask: str, index: str, shape: str, out: str)
             helper.make_node("Mul", [tensor, spread], [out])]
 
 
+def bias_add_node(x: str, bias: str, out: str, name: str) -> onnx.NodeProto:
+    """`out = x + bias`: the bias reconstruction attaches to a layer that has none."""
+    return helper.make_node("Add", [x, bias], [out], name=name)
+
+
 def layer_norm_over_width_nodes(x: str, scale: str, bias: str | None, consts: "LayerNormConstants", out: str,
                                 prefix: str) -> list[onnx.NodeProto]:
     """LayerNormalization over the last axis of `x` whose statistics divide by the original width
