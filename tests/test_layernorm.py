@@ -26,6 +26,7 @@ from test_transformers import RTOL, exports, plant, run  # noqa: E402,F401  (exp
 
 WIDTH = {"vit": 48, "gpt2": 32, "bert_mlm": 32}
 CASES = [("vit", "dynamo"), ("gpt2", "dynamo"), ("gpt2", "legacy"), ("bert_mlm", "dynamo"), ("bert_mlm", "legacy")]
+DECOMPOSED = [("gpt2", "legacy-opset16"), ("bert_mlm", "legacy-opset16")]
 LN = "LayerNormalization"
 
 
@@ -190,3 +191,60 @@ def test_inexact_layernorm_opt_in(exports, tmp_path):
     asked = subprocess.run(args + ["--inexact-layernorm", "--overwrite"], capture_output=True, text=True, cwd=TESTS.parent)
     assert asked.returncode == 0, asked.stderr
     assert "warning: inexact_layernorm" in asked.stderr
+
+
+# --- the decomposed LayerNorm of the legacy exporter below opset 17 ------------------------------
+
+def decomposed_residual_group(m: onnxprune.PrunableModel):
+    """The group holding the channel axis of the first ReduceMean's input (the first LayerNorm)."""
+    node = next(n for n in m.model.graph.node if n.op_type == "ReduceMean")
+    dim = Dim(node.input[0], len(m.index.shape(node.input[0])) - 1)
+    return next((g for g in m.groups if dim in g.dims), None)
+
+
+@pytest.mark.parametrize("case", DECOMPOSED, ids="-".join)
+def test_decomposed_layernorm_dead_residual_exact(exports, case):
+    """`ReduceMean -> Sub -> Pow -> ReduceMean -> Add -> Sqrt -> Div -> Mul -> Add` (no
+    LayerNormalization op at opset 16): both means are rewritten to the original width, so dead
+    residual channels go exactly; a live prune is valid; a channel whose gamma is non-zero in one
+    LayerNorm is not dead."""
+    original = onnx.load(str(exports(*case)))
+    assert not layer_norms(original)
+    m = onnxprune.PrunableModel(original)
+    group = decomposed_residual_group(m)
+    assert group is not None and group.n_channels == 32
+    chans = {1, 30}
+    planted = plant(original, m, {group.id: chans})
+    pm = onnxprune.PrunableModel(planted)
+    plan = pm.plan(threshold=0)
+    removed = {gp.id: set(range(gp.channels)) - set(gp.keep) for gp in plan.groups}
+    assert removed[group.id] == chans and all(not r for gid, r in removed.items() if gid != group.id)
+    result = pm.apply(plan)
+    assert result.exact
+    onnx.checker.check_model(result.model, full_check=True)
+    for batch in (2, 3):
+        for a, b in zip(run(planted, batch, seed=batch), run(result.model, batch, seed=batch)):
+            assert close(a, b)
+
+    inexact = pm.apply(pm.plan(threshold=0, inexact_layernorm=True))
+    assert not inexact.exact
+    assert not close(run(planted, 2, seed=2)[0], run(inexact.model, 2, seed=2)[0])
+
+    div = next(n for n in planted.graph.node if n.op_type == "Div" and n.input[0].endswith("Sub_output_0"))
+    mul = next(n for n in planted.graph.node if n.op_type == "Mul" and div.output[0] in n.input)
+    identity = {n.output[0]: n.input[0] for n in planted.graph.node if n.op_type == "Identity"}
+    gamma = next(identity.get(i, i) for i in mul.input if i != div.output[0])
+    value = numpy_helper.to_array(next(t for t in planted.graph.initializer if t.name == gamma)).copy()
+    assert value[1] == 0
+    value[1] = 0.5
+    keep = next(gp for gp in onnxprune.PrunableModel(with_values(planted, {gamma: value})).plan(threshold=0).groups
+                if gp.id == group.id).keep
+    assert 1 in keep and 30 not in keep
+
+    live = m.plan(ratio=0.3, criterion="random")
+    for gp in live.groups:
+        if gp.id != group.id:
+            gp.keep = list(range(gp.channels))
+    pruned = m.apply(live)
+    onnx.checker.check_model(pruned.model, full_check=True)
+    assert [x.shape for x in run(original, 2)] == [x.shape for x in run(pruned.model, 2)]

@@ -53,6 +53,36 @@ def layer_norm_over_width_nodes(x: str, scale: str, bias: str | None, consts: "L
     return nodes
 
 
+def _renamed_copy(node: onnx.NodeProto, output: str) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.output[0] = output
+    return copy
+
+
+def scaled_mean_nodes(mean: onnx.NodeProto, kept_fraction: str, prefix: str) -> list[onnx.NodeProto]:
+    """The ReduceMean `mean` over N' channels, times N'/N: the mean over the original N channels
+    when the removed ones were zero (same output name)."""
+    pruned = f"{prefix}pruned_mean"
+    return [_renamed_copy(mean, pruned),
+            helper.make_node("Mul", [pruned, kept_fraction], [mean.output[0]], name=f"{prefix}scale")]
+
+
+def variance_over_width_nodes(var: onnx.NodeProto, mean: str, kept_fraction: str, removed_fraction: str,
+                              prefix: str) -> list[onnx.NodeProto]:
+    """The ReduceMean `var` of (x - mean)^2 over N' channels rewritten to the original width N:
+    k * var' + (1 - k) * mean^2 (each removed zero channel adds mean^2), k = N'/N (same output name)."""
+    t = lambda name: f"{prefix}{name}"  # noqa: E731
+    nodes = [_renamed_copy(var, t("pruned_var")),
+             helper.make_node("Mul", [t("pruned_var"), kept_fraction], [t("kept_var")]),
+             helper.make_node("Mul", [mean, mean], [t("mean_squared")]),
+             helper.make_node("Mul", [t("mean_squared"), removed_fraction], [t("removed_var")]),
+             helper.make_node("Add", [t("kept_var"), t("removed_var")], [var.output[0]])]
+    for k, node in enumerate(nodes[1:]):
+        node.name = f"{prefix}{k}"
+    return nodes
+
+
 class LayerNormConstants(NamedTuple):
     """Names of the constants `layer_norm_over_width_nodes` reads."""
 
