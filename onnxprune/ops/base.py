@@ -352,6 +352,11 @@ class OpRule:
     def rewrite(self, ctx: "RewriteContext") -> None:
         """Update attributes and shape constants after the dims' sizes changed (default: nothing)."""
 
+    def added_params(self, ctx: NodeContext, kept: "Mapping[Dim, np.ndarray]") -> int:
+        """Parameters `rewrite` adds when these elements are kept (the scalars of an exact
+        LayerNorm's statistics over the original width), so cost's dry run counts them; default 0."""
+        return 0
+
     def inexact(self, ctx: NodeContext, kept: "Mapping[Dim, np.ndarray]", options: "RewriteOptions") -> bool:
         """Whether `rewrite` under `options` changes the node's outputs even when only dead channels
         go (an opt-in approximation such as RewriteOptions.inexact_layernorm); default False."""

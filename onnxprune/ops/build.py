@@ -64,8 +64,10 @@ def scaled_mean_nodes(mean: onnx.NodeProto, kept_fraction: str, prefix: str) -> 
     """The ReduceMean `mean` over N' channels, times N'/N: the mean over the original N channels
     when the removed ones were zero (same output name)."""
     pruned = f"{prefix}pruned_mean"
-    return [_renamed_copy(mean, pruned),
-            helper.make_node("Mul", [pruned, kept_fraction], [mean.output[0]], name=f"{prefix}scale")]
+    nodes = [_renamed_copy(mean, pruned),
+             helper.make_node("Mul", [pruned, kept_fraction], [mean.output[0]], name=f"{prefix}scale")]
+    nodes[1].metadata_props.extend(mean.metadata_props)
+    return nodes
 
 
 def variance_over_width_nodes(var: onnx.NodeProto, mean: str, kept_fraction: str, removed_fraction: str,
@@ -80,6 +82,7 @@ def variance_over_width_nodes(var: onnx.NodeProto, mean: str, kept_fraction: str
              helper.make_node("Add", [t("kept_var"), t("removed_var")], [var.output[0]])]
     for k, node in enumerate(nodes[1:]):
         node.name = f"{prefix}{k}"
+        node.metadata_props.extend(var.metadata_props)
     return nodes
 
 

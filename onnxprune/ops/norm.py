@@ -160,6 +160,10 @@ class LayerNormRule(OpRule):
     def inexact(self, ctx: NodeContext, kept, options: RewriteOptions) -> bool:
         return options.inexact_layernorm and self._pruned(ctx, kept) is not None
 
+    def added_params(self, ctx: NodeContext, kept) -> int:
+        """1/N, (N - N')/N and eps (the exact rewrite; the inexact one adds none)."""
+        return 3 if self._pruned(ctx, kept) is not None else 0
+
     def rewrite(self, ctx: RewriteContext) -> None:
         widths = self._pruned(ctx, ctx.kept)
         if widths is None or ctx.options.inexact_layernorm:
@@ -174,5 +178,9 @@ class LayerNormRule(OpRule):
                                     add(prefix + "removed", np.array((n - n_kept) / n, dtype=dtype)),
                                     add(prefix + "eps", np.array(ctx.attr("epsilon", 1e-5), dtype=dtype)))
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        ctx.writer.replace_node(ctx.i, layer_norm_over_width_nodes(node.input[0], node.input[1], bias, consts,
-                                                                   node.output[0], prefix))
+        nodes = layer_norm_over_width_nodes(node.input[0], node.input[1], bias, consts, node.output[0], prefix)
+        nodes[-1].name = node.name  # the node that writes the output keeps the name, and all the origin metadata
+        for new in nodes:
+            new.metadata_props.extend(node.metadata_props)
+            new.doc_string = node.doc_string
+        ctx.writer.replace_node(ctx.i, nodes)

@@ -185,6 +185,14 @@ class ReduceRule(OpRule):
         if layer_norm is not None and not ctx.options.inexact_layernorm:
             rewrite_decomposed_layer_norm(ctx, layer_norm)
 
+    def added_params(self, ctx: NodeContext, kept) -> int:
+        """A decomposed LayerNorm's mean gets k = N'/N, its variance k and 1 - k."""
+        norm = match_decomposed_layer_norm(ctx) if ctx.node.op_type == "ReduceMean" else None
+        idx = None if norm is None else kept.get(ctx.in_dim(0, norm.axis))
+        if idx is None or len(idx) == ctx.in_shape(0)[norm.axis]:
+            return 0
+        return 1 if norm.first else 2
+
     def inexact(self, ctx: NodeContext, kept, options: RewriteOptions) -> bool:
         """A decomposed LayerNorm left to average over the pruned width (inexact_layernorm)."""
         if not options.inexact_layernorm or ctx.node.op_type != "ReduceMean":
