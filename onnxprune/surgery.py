@@ -270,6 +270,7 @@ def apply_keep(dg: DepGraph, keep: KeepMasks, options: RewriteOptions | None = N
         touched = {dg.index.producer.get(d.tensor) for d in kept if not d.is_const}
         touched |= {i for d in kept if not d.is_const for i, _ in dg.index.consumers.get(d.tensor, [])}
         touched |= {d.use for d in kept if d.is_const}
+        touched |= _shape_sinks(dg.index)  # a target read from a pruned axis at run time (legacy `reshape(b, n, c)`)
         for i in sorted(t for t in touched if t is not None):
             ctx = RewriteContext(dg.index, i, kept, writer)
             ctx.rule.rewrite(ctx)
@@ -284,6 +285,17 @@ def apply_keep(dg: DepGraph, keep: KeepMasks, options: RewriteOptions | None = N
         known = {vi.name for vi in model.graph.value_info}
     model.graph.value_info.extend(_carried_shapes(dg, kept, known))
     return model
+
+
+def _shape_sinks(index: ModelIndex) -> set[int]:
+    """Nodes with a target-shape input (OpRule.shape_sink: Reshape, Expand): their rewrite fixes
+    target elements read from a pruned axis even when none of their own axes lose channels."""
+    sinks = set()
+    for i, node in enumerate(index.model.graph.node):
+        ctx = NodeContext(index, i)
+        if any(ctx.rule.shape_sink(ctx, slot) for slot in range(len(node.input))):
+            sinks.add(i)
+    return sinks
 
 
 def inexact_rewrites(dg: DepGraph, keep: KeepMasks, options: RewriteOptions) -> list[str]:

@@ -25,7 +25,8 @@ from onnxprune.ops import IN, OUT, Dim  # noqa: E402
 from test_transformers import RTOL, exports, plant, run  # noqa: E402,F401  (exports: the shared fixture)
 
 WIDTH = {"vit": 48, "gpt2": 32, "bert_mlm": 32}
-CASES = [("vit", "dynamo"), ("gpt2", "dynamo"), ("gpt2", "legacy"), ("bert_mlm", "dynamo"), ("bert_mlm", "legacy")]
+CASES = [("vit", "dynamo"), ("vit", "legacy"), ("gpt2", "dynamo"), ("gpt2", "legacy"), ("bert_mlm", "dynamo"),
+         ("bert_mlm", "legacy")]
 DECOMPOSED = [("gpt2", "legacy-opset16"), ("bert_mlm", "legacy-opset16")]
 LN = "LayerNormalization"
 
@@ -147,15 +148,6 @@ def test_embedding_and_tied_projection_follow(exports, case):
                                             for d in g.dims_with_role(IN))]
     assert len(consumers) == 1
     assert (consumers[0] is group) == (model == "gpt2")
-
-
-def test_vit_legacy_residual_blocked_elsewhere(exports):
-    """Under the legacy exporter ViT's residual stream is still blocked, by the attention's
-    `reshape(B, N, C)` shape arithmetic, not by its LayerNorms."""
-    m = onnxprune.PrunableModel(onnx.load(str(exports("vit", "legacy"))))
-    assert residual_group(m) is None
-    reasons = [r for g in m.depgraph.groups if g.has_weights and not g.prunable for r in g.blocked]
-    assert reasons and not [r for r in reasons if LN in r]
 
 
 def test_inexact_layernorm_opt_in(exports, tmp_path):
