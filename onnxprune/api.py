@@ -31,13 +31,14 @@ from .errors import InputError
 from .graph import ModelIndex, weightless_copy
 from .inputs import ChosenInputs, check_input_shapes, choose_inputs, declared_dims
 from .importance import (CRITERIA, NORMALIZATIONS, WEIGHT_CRITERIA, Criterion, ScoreStats, activation_criterion, importance,
-                         structure_warning)
+                         structure_warning, wanda_criterion)
+from .names import DATA_CRITERION_NAMES
 from .load import LoadedModel, check_supported, load_model
-from .ops import OUT, PARAM, is_alias
+from .ops import OUT, PARAM, RewriteOptions, is_alias
 from .origin import alias_consumers, group_origins, layer_name, scope_path
 from .plan import Plan, make_plan, resolve
 from .save import save_model
-from .surgery import apply_keep
+from .surgery import apply_keep, inexact_rewrites
 from .timings import Stage, Timings
 
 if TYPE_CHECKING:
@@ -279,8 +280,13 @@ class PrunableModel:
             if feeds is None:
                 raise InputError(f"options: --criterion {criterion} needs calibration data (--data FILE.npz)")
             criterion = activation_criterion(self.depgraph, feeds, "mean" if criterion == "activation" else "nonzero")
+        elif criterion == "wanda":
+            feeds = self.calibration(data)
+            if feeds is None:
+                raise InputError("options: --criterion wanda needs calibration data (--data FILE.npz)")
+            criterion = wanda_criterion(self.depgraph, feeds)
         elif isinstance(criterion, str) and criterion not in CRITERIA:
-            raise InputError(f"options: unknown criterion '{criterion}' (choose from {', '.join(list(CRITERIA) + ['activation', 'apoz'])})")
+            raise InputError(f"options: unknown criterion '{criterion}' (choose from {', '.join(list(CRITERIA) + list(DATA_CRITERION_NAMES))})")
         if normalize not in NORMALIZATIONS:
             raise InputError(f"options: unknown --normalize '{normalize}' (choose from {', '.join(NORMALIZATIONS)})")
         groups = self.groups
@@ -332,7 +338,9 @@ class PrunableModel:
         misjudge the model (importance.structure_warning).  Options are those of `AllocationOptions` (ratio,
         threshold, target_macs, target_params, global_ranking, max_ratio, round_to, ignore,
         protect_ends), plus normalize ("mean", "max", "none": see importance.importance),
-        sensitivity / max_loss (allocation from a sensitivity analysis) and allocator: your own
+        sensitivity / max_loss (allocation from a sensitivity analysis), inexact_layernorm (opt in to
+        LayerNorm statistics over the pruned width, Torch-Pruning's behaviour: outputs change; kept
+        in the plan for surgery, see RewriteOptions) and allocator: your own
         strategy, called as allocator(depgraph, scores, options, cost_of) -> {group id: keep mask},
         where cost_of(keep) -> ModelCost(params, macs) prices a candidate without surgery."""
         drop_blocks = options.pop("drop_blocks", None)
@@ -341,6 +349,7 @@ class PrunableModel:
         sensitivity = options.pop("sensitivity", None)
         max_loss = options.pop("max_loss", None)
         normalize = options.pop("normalize", "mean")
+        inexact_layernorm = bool(options.pop("inexact_layernorm", False))
         allocator = options.pop("allocator", allocate)
         latency = self._latency_allocator(options)
         allocator = latency or allocator
@@ -358,6 +367,12 @@ class PrunableModel:
         plan = make_plan(self.depgraph, keep, {"file": self.path.name, "sha256": self.sha256},
                          {"criterion": criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom"),
                           "aggregate": aggregate, "normalize": normalize, **{k: v for k, v in vars(opts).items() if v not in (None, [], False)}})
+        if inexact_layernorm:
+            plan.options["inexact_layernorm"] = True
+            inexact = inexact_rewrites(self.depgraph, keep, RewriteOptions(inexact_layernorm=True))
+            plan.warnings += [f"inexact_layernorm: {len(inexact)} LayerNorm(s) ({', '.join(inexact[:3])}"
+                              f"{', ...' if len(inexact) > 3 else ''}) normalise over the pruned width: outputs change "
+                              "even where only dead channels go"] if inexact else []
         if latency is not None:
             plan.options.update(latency.options.plan_options(), measured_latency=latency.measured)
         if chosen is not None:
@@ -513,8 +528,10 @@ class PrunableModel:
             raise InputError("options: --reconstruct needs calibration data (--data FILE.npz)")
         if reconstruct and plan.blocks:
             raise InputError("options: --reconstruct cannot be combined with dropped blocks yet")
+        rewrite = RewriteOptions(inexact_layernorm=bool(plan.options.get("inexact_layernorm", False)))
         with self.timings.stage(Stage.VERIFICATION):
             exact = not plan.blocks and all(self._all_dead(gid, mask) for gid, mask in keep.items())
+            exact = exact and not (rewrite.inexact_layernorm and inexact_rewrites(depgraph, keep, rewrite))
             checked = self.check_runs(data)  # the original's outputs, computed before surgery
             chunks, quality_labels = self._quality_inputs(data)
             quality_reference = None
@@ -530,7 +547,7 @@ class PrunableModel:
             sink = StagedOutput(output)
         try:
             with self.timings.stage(Stage.SURGERY):
-                pruned, recovery = apply_keep(depgraph, keep, sink), None
+                pruned, recovery = apply_keep(depgraph, keep, sink, rewrite), None
                 if sink is not None:
                     sink.write_header(pruned)
             if reconstruct and not exact:

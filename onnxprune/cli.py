@@ -175,7 +175,8 @@ def _allocation_args(args) -> dict:
             "round_to": args.round_to, "ignore": args.ignore or [], "protect_ends": args.protect_ends,
             "normalize": args.normalize, "target_latency": args.target_latency, "latency_batch": args.latency_batch,
             "latency_threads": args.latency_threads, "latency_engine": args.latency_engine,
-            "drop_blocks": getattr(args, "drop_blocks", None)}
+            "drop_blocks": getattr(args, "drop_blocks", None),
+            "inexact_layernorm": getattr(args, "inexact_layernorm", False)}
 
 
 def _write_outputs(input_path: Path, result: "PruneResult", args, timings: Timings | None = None) -> dict:
@@ -579,12 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     scores = p.add_argument_group("importance scores (to choose a --threshold)")
     scores.add_argument("--scores", action="store_true", help="also show each prunable group's score distribution (min, "
                         "quartiles, max, dead channels) as prune --threshold compares it")
-    scores.add_argument("--criterion", default="l1", choices=list(CRITERIA) + ["activation", "apoz"],
-                        help="importance criterion (default l1, as prune); activation and apoz need --data")
+    scores.add_argument("--criterion", default="l1", choices=CRITERIA,
+                        help="importance criterion (default l1, as prune); activation, apoz and wanda need --data")
     scores.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="as prune (default sum)")
     scores.add_argument("--normalize", default="mean", choices=["mean", "max", "none"],
                         help="as prune (default mean: scores divided by their group's mean, so T = 0.5 means half the mean)")
-    scores.add_argument("--data", help="calibration inputs for --criterion activation or apoz")
+    scores.add_argument("--data", help="calibration inputs for --criterion activation, apoz or wanda")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("prune", help="remove channels and write a smaller, verified model",
@@ -614,8 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_argument_group("which channels")
     which.add_argument("--criterion", choices=CRITERIA,
                        help="importance criterion; default: activation with --data, else scaled (filter norm times the "
-                            "per-channel scale after it, with its bias, times the consumers' weight norm); activation "
-                            "and apoz need --data")
+                            "per-channel scale after it, with its bias, times the consumers' weight norm); activation, "
+                            "apoz and wanda (|W| x ||X||, Wanda per channel or head) need --data")
     which.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="combine the scores of a group's layers (default sum)")
     _add_global_ranking(which, "rank channels across all groups instead of per group")
     which.add_argument("--normalize", default="mean", choices=["mean", "max", "none"],
@@ -625,6 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--round-to", type=int, default=1, help="keep channel counts that are multiples of N (4 or 8 suit ncnn)")
     which.add_argument("--ignore", action="append", metavar="REGEX", help="leave groups alone whose initializer or node name matches (repeatable)")
     which.add_argument("--protect-ends", action="store_true", help="leave the first and last layers' channels alone")
+    which.add_argument("--inexact-layernorm", action="store_true",
+                       help="slice LayerNorms on pruned residual channels and let their mean and variance run over the "
+                            "pruned width (Torch-Pruning's behaviour, a plain LayerNormalization node): outputs change, "
+                            "even under --threshold 0.  Default: exact, the statistics keep dividing by the original "
+                            "width (README, Transformers)")
     sens = p.add_argument_group("from a sensitivity analysis (see 'onnxprune sensitivity')")
     sens.add_argument("--sensitivity", metavar="SENS_JSON", help="choose per-group ratios from this analysis: the least "
                       "predicted loss that meets --target-macs/--target-params, or the smallest model within --max-loss")

@@ -19,7 +19,7 @@ import onnx
 
 from .groups import KeepMasks
 from .graph import ModelIndex
-from .ops import NodeContext
+from .ops import NodeContext, OpRule
 from .ops.registry import op_label
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
@@ -121,4 +121,14 @@ class CostModel:
         for slicing in plan_slicing(self.dg.index, kept):
             if _is_param(index, slicing.name):
                 params += sum(math.prod(s) for s in slicing.shapes_after()) - math.prod(slicing.shape)
+        for i in self._param_adding_nodes:
+            ctx = NodeContext(self.dg.index, i)
+            params += ctx.rule.added_params(ctx, kept)
         return ModelCost(int(params), int(macs))
+
+    @cached_property
+    def _param_adding_nodes(self) -> list[int]:
+        """Nodes whose rule may add parameters when rewritten (OpRule.added_params: an exact LayerNorm)."""
+        index = self.dg.index
+        return [i for i in range(len(index.model.graph.node))
+                if type(NodeContext(index, i).rule).added_params is not OpRule.added_params]

@@ -315,6 +315,51 @@ def activation_criterion(dg: DepGraph, feeds: dict[str, np.ndarray], statistic: 
     return criterion
 
 
+def wanda_criterion(dg: DepGraph, feeds: dict[str, np.ndarray], batch: int = 16) -> Criterion:
+    """Wanda (Sun et al. 2024), structured: a channel scores sum |W| x ||X||_2 over the weights
+    that consume it, where |W| sums the consuming weight's magnitudes on the channel and ||X||_2
+    is the L2 norm of the activation feeding that weight, over every calibration position.  A
+    channel read by large weights but always small (or the reverse) scores low, which weight
+    norms and activation means alone each miss.  Elements of a head group sum into their head.
+    Points where an activation-only computation reads the channel (Q.K^T, a norm's statistics)
+    count with ||X||_2 alone; a group without calibration points falls back to l1."""
+    from .runtime import batches, make_session, run_chunked, with_outputs
+
+    points = {g.id: consumption_points(dg, g) for g in dg.prunable_groups}
+    axes_of = {d.tensor: d.axis for dims in points.values() for d in dims}
+    names = sorted(axes_of)
+    session = make_session(with_outputs(dg.index, names))
+    squares: dict[str, np.ndarray] = {}
+    for chunk in batches(feeds, batch):
+        for name, value in zip(names, run_chunked(session, chunk, names)):
+            axis = axes_of[name]
+            moved = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1).astype(np.float64)
+            squares[name] = squares.get(name, 0) + (moved ** 2).sum(axis=1)
+    norms = {name: np.sqrt(v) for name, v in squares.items()}
+
+    def criterion(dg_: DepGraph, group: Group) -> list[np.ndarray]:
+        scores = []
+        for point in points.get(group.id, []):
+            if point.axis != axes_of[point.tensor]:
+                continue
+            x = norms[point.tensor]
+            weights = [w for w in dg_.graph.neighbors(point) if dg_.roles.get(w) == IN]
+            for w in weights:
+                value = dg_.index.const(w.tensor)
+                magnitude = np.abs(np.moveaxis(value, w.axis, 0).reshape(value.shape[w.axis], -1)).sum(axis=1, dtype=np.float64)
+                edge = dg_.graph.edges[point, w]["edges"][0]
+                if edge.is_identity:
+                    scores.append(_per_channel(group, point, magnitude * x))
+                    continue
+                ia, ib = (edge.a_idx, edge.b_idx) if edge.a == point else (edge.b_idx, edge.a_idx)
+                scores.append(_per_channel(group, point, np.bincount(ia, magnitude[ib] * x[ia], minlength=len(x))))
+            if not weights:
+                scores.append(_per_channel(group, point, x))
+        return scores or l1(dg_, group)
+
+    return criterion
+
+
 CRITERIA: dict[str, Criterion] = {"l1": l1, "l2": l2, "bn": bn_scale, "fpgm": fpgm, "lamp": lamp, "random": random,
                                   "scaled": scaled}
 WEIGHT_CRITERIA = ("l1", "l2", "bn", "fpgm", "lamp", "scaled")

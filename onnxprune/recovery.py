@@ -211,6 +211,71 @@ def _pruned_layers(dg: DepGraph, keep: dict[int, np.ndarray]) -> tuple[set[int],
     return consumers, producers
 
 
+def _in_pruned(original: ModelIndex, pruned: ModelIndex, nodes: set[int], renamed: dict[str, str] | None = None) -> set[int]:
+    """The pruned model's indices of these nodes of the original (surgery may replace a node by
+    several, e.g. an exact LayerNorm, which shifts the later ones): found by their first output,
+    under its new name where reconstruction attached a bias (`renamed`)."""
+    names = ((renamed or {}).get(n, n) for n in (original.model.graph.node[i].output[0] for i in nodes))
+    return {pruned.producer[name] for name in names if name in pruned.producer}
+
+
+@dataclass(frozen=True)
+class _AttachedBias:
+    """A zero bias added after a layer that had none, so its fit gets an intercept: the layer now
+    writes `unbiased`, and `node` adds `initializer` to it under the layer's old output name."""
+
+    node: str
+    initializer: str
+    output: str
+    unbiased: str
+
+
+def _attach_biases(model: onnx.ModelProto, index: ModelIndex, layers: set[int]) -> list[_AttachedBias]:
+    """Give every layer in `layers` that has no bias but can take one (LinearView.attachable_bias:
+    Llama's attention-output and MLP-down MatMuls) a zero bias node right after it, in place in
+    `model`; the fit then moves the removed channels' mean contribution there (FLAP-style)."""
+    from .ops.build import bias_add_node
+
+    attached, after = [], {}
+    for i in sorted(layers):
+        ctx = NodeContext(index, i)
+        view = ctx.rule.linear_view(ctx)
+        if view is None or view.bias is not None or not view.attachable_bias:
+            continue
+        node = model.graph.node[i]
+        weight = index.const(node.input[view.weight_slot])
+        out = node.output[0]
+        bias = ModelWriter(model, index).add_constant(f"{node.name or out}/compensation", np.zeros(weight.shape[1], weight.dtype))
+        item = _AttachedBias(f"{node.name or out}/compensation_add", bias, out, f"{out}/unbiased")
+        node.output[0] = item.unbiased
+        after[i] = bias_add_node(item.unbiased, bias, out, item.node)
+        attached.append(item)
+    if after:
+        nodes = [n for i, node in enumerate(model.graph.node) for n in ([node, after[i]] if i in after else [node])]
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return attached
+
+
+def _drop_unused_biases(model: onnx.ModelProto, attached: list[_AttachedBias]) -> None:
+    """Remove the attached biases that stayed zero (the fit was not kept): the layer writes its
+    old output again, and the model has no node it does not need."""
+    values = {t.name: t for t in model.graph.initializer}
+    unused = [b for b in attached if not np.any(onnx.numpy_helper.to_array(values[b.initializer]))]
+    if not unused:
+        return
+    drop = {b.node for b in unused}
+    restore = {b.unbiased: b.output for b in unused}
+    nodes = [n for n in model.graph.node if n.name not in drop]
+    for n in nodes:
+        n.output[:] = [restore.get(o, o) for o in n.output]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    inits = [t for t in model.graph.initializer if t.name not in {b.initializer for b in unused}]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+
+
 class _Stepper:
     """Runs a model segment by segment over the calibration batches, keeping between segments
     only the tensors still needed later (the *cut*), one file per batch in a scratch folder: so a
@@ -317,8 +382,14 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph
     start = time.perf_counter()
     report = ReconstructReport()
     index = ModelIndex.build(pruned)
+    layers = _pruned_layers(dg, keep)
+    consumers, producers = (_in_pruned(dg.index, index, nodes) for nodes in layers)
+    attached = _attach_biases(pruned, index, consumers)
+    if attached:  # the layers moved: index the model again (their outputs now come from the new Adds)
+        index = ModelIndex.build(pruned)
+        renamed = {b.output: b.unbiased for b in attached}
+        consumers, producers = (_in_pruned(dg.index, index, nodes, renamed) for nodes in layers)
     writer = ModelWriter(pruned, index)
-    consumers, producers = _pruned_layers(dg, keep)
     views = []  # consumers of pruned groups, and grouped convs inside one (their groups see re-fitted inputs)
     for i in sorted(consumers | producers):
         ctx = NodeContext(index, i)
@@ -364,6 +435,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph
             report.layers.append(_fit(view, stats, index, writer, options))
             bar.update(1)
     bar.close()
+    _drop_unused_biases(pruned, attached)
     report.seconds = time.perf_counter() - start
     return report
 

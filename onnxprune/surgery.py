@@ -20,7 +20,7 @@ from .groups import KeepMasks
 from .depgraph import DepGraph
 from .errors import OnnxPruneError
 from .graph import ModelIndex, copy_fields, infer_shapes, with_data
-from .ops import Dim, NodeContext, RewriteContext
+from .ops import Dim, NodeContext, RewriteContext, RewriteOptions
 
 if TYPE_CHECKING:
     from .staging import StagedOutput
@@ -31,12 +31,15 @@ class ModelWriter:
     (staging.StagedOutput), every large initializer goes to the output's data file as it is made
     and the model keeps a stub: the pruned weights are never all in memory."""
 
-    def __init__(self, model: onnx.ModelProto, index: ModelIndex, sink: StagedOutput | None = None):
+    def __init__(self, model: onnx.ModelProto, index: ModelIndex, sink: StagedOutput | None = None,
+                 options: RewriteOptions | None = None):
         self.model = model
         self.index = index
         self.sink = sink
+        self.options = options or RewriteOptions()
         self.inits = {t.name: t for t in model.graph.initializer}
         self.element_edits: dict[str, dict[int, int]] = defaultdict(dict)
+        self.replacements: dict[int, list[onnx.NodeProto]] = {}
 
     # --- constants -------------------------------------------------------------------------
     def tensor(self, name: str, value: np.ndarray, like: onnx.TensorProto | None = None) -> onnx.TensorProto:
@@ -91,6 +94,15 @@ class ModelWriter:
             node.input.append("")
         node.input[slot] = new_name
 
+    def add_constant(self, name: str, value: np.ndarray) -> str:
+        """A new initializer (renamed if `name` is taken); returns the name it got."""
+        return self._add_initializer(name, value)
+
+    def replace_node(self, node_i: int, nodes: list[onnx.NodeProto]) -> None:
+        """Replace node `node_i` by `nodes` (in order, at its position) when the writer finishes, so
+        node indices stay those of the original while rules rewrite."""
+        self.replacements[node_i] = nodes
+
     def set_const_element(self, name: str, pos: int, value: int) -> None:
         previous = self.element_edits[name].get(pos)
         if previous is not None and previous != value:
@@ -117,6 +129,10 @@ class ModelWriter:
             for pos, new in edits.items():
                 flat[pos] = new
             self._store(name, value)
+        if self.replacements:
+            nodes = [n for i, node in enumerate(self.model.graph.node) for n in self.replacements.get(i, [node])]
+            del self.model.graph.node[:]
+            self.model.graph.node.extend(nodes)
 
 
 Spec = dict[int, np.ndarray]
@@ -271,22 +287,25 @@ def _drop_replaced_initializers(model: onnx.ModelProto, index: ModelIndex) -> No
     model.graph.input.extend(inputs)
 
 
-def apply_keep(dg: DepGraph, keep: KeepMasks, sink: StagedOutput | None = None) -> onnx.ModelProto:
-    """A new model in which group `g` keeps the channels where `keep[g]` is True.  With a `sink`
-    its large initializers are written there as they are made and the model holds stubs
-    (ModelWriter); the model is the same either way, bar where its bytes live."""
+def apply_keep(dg: DepGraph, keep: KeepMasks, sink: StagedOutput | None = None,
+               options: RewriteOptions | None = None) -> onnx.ModelProto:
+    """A new model in which group `g` keeps the channels where `keep[g]` is True (`options`: how
+    rules may rewrite, e.g. the opt-in inexact LayerNorm).  With a `sink` its large initializers
+    are written there as they are made and the model holds stubs (ModelWriter); the model is the
+    same either way, bar where its bytes live."""
     kept = kept_elements(dg, keep)
     model = onnx.ModelProto()
     copy_fields(dg.index.model, model, skip="graph")
     copy_fields(dg.index.model.graph, model.graph, skip="initializer")
     for tensor in dg.index.model.graph.initializer:  # data filled in by _fill_untouched
         model.graph.initializer.add(name=tensor.name)
-    writer = ModelWriter(model, dg.index, sink)
+    writer = ModelWriter(model, dg.index, sink, options)
     if kept:
         writer.slice_constants(plan_slicing(dg.index, kept))
         touched = {dg.index.producer.get(d.tensor) for d in kept if not d.is_const}
         touched |= {i for d in kept if not d.is_const for i, _ in dg.index.consumers.get(d.tensor, [])}
         touched |= {d.use for d in kept if d.is_const}
+        touched |= _shape_sinks(dg.index)  # a target read from a pruned axis at run time (legacy `reshape(b, n, c)`)
         for i in sorted(t for t in touched if t is not None):
             ctx = RewriteContext(dg.index, i, kept, writer)
             ctx.rule.rewrite(ctx)
@@ -301,6 +320,30 @@ def apply_keep(dg: DepGraph, keep: KeepMasks, sink: StagedOutput | None = None) 
         known = {vi.name for vi in model.graph.value_info}
     model.graph.value_info.extend(_carried_shapes(dg, kept, known))
     return model
+
+
+def _shape_sinks(index: ModelIndex) -> set[int]:
+    """Nodes with a target-shape input (OpRule.shape_sink: Reshape, Expand): their rewrite fixes
+    target elements read from a pruned axis even when none of their own axes lose channels."""
+    sinks = set()
+    for i, node in enumerate(index.model.graph.node):
+        ctx = NodeContext(index, i)
+        if any(ctx.rule.shape_sink(ctx, slot) for slot in range(len(node.input))):
+            sinks.add(i)
+    return sinks
+
+
+def inexact_rewrites(dg: DepGraph, keep: KeepMasks, options: RewriteOptions) -> list[str]:
+    """Labels of the nodes whose rewrite under `options` changes outputs even if only dead channels
+    go (OpRule.inexact: LayerNorm sliced with its statistics over the pruned width)."""
+    kept = kept_elements(dg, keep)
+    touched = {i for d in kept if not d.is_const for i, _ in dg.index.consumers.get(d.tensor, [])}
+    labels = []
+    for i in sorted(touched):
+        ctx = NodeContext(dg.index, i)
+        if ctx.rule.inexact(ctx, kept, options):
+            labels.append(ctx.label)
+    return labels
 
 
 def _as_specific(vi: onnx.ValueInfoProto, before) -> bool:

@@ -20,6 +20,7 @@ the module raises `InputError` naming the first mismatch and leaves the module u
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -204,6 +205,11 @@ class _Mapper:
     def _weight_side(module: nn.Module, member: Member, attr: str) -> Side:
         if tt.is_conv1d(module) and attr == "weight" and member.role is not Role.PARAM:
             return Side.OUT if member.axis == 1 else Side.IN  # Conv1D stores its weight [in, out]
+        if attr == "weight" and member.role == Role.PARAM:
+            # a weight read through a run-time Transpose (dynamo without optimize): the MatMul sees an
+            # activation, so the plan has no role for it; its own axis says which side it is
+            first = Side.IN if isinstance(module, CONV_T) else Side.OUT
+            return first if member.axis == 0 else (Side.OUT if first is Side.IN else Side.IN)
         if attr == "bias" or member.role in (Role.OUT, Role.PARAM):
             return Side.OUT
         return Side.IN
@@ -309,7 +315,7 @@ def _set(mod: nn.Module, attr: str, value: torch.Tensor) -> None:
         setattr(mod, attr, value)
 
 
-def _cut_module(mod: nn.Module, cut: ModuleCut) -> None:
+def _cut_module(mod: nn.Module, cut: ModuleCut, exact_layernorm: bool = True) -> None:
     if isinstance(mod, CONV + CONV_T):
         transposed = isinstance(mod, CONV_T)
         out_axis, in_axis = (1, 0) if transposed else (0, 1)
@@ -351,10 +357,14 @@ def _cut_module(mod: nn.Module, cut: ModuleCut) -> None:
             _set(mod, "weight", _take(mod.weight, 0, cut.out))
             mod.num_parameters = len(cut.out)
     elif isinstance(mod, nn.LayerNorm):
+        width = getattr(mod, "original_width", mod.normalized_shape[0])
         for attr in ("weight", "bias"):
             if getattr(mod, attr, None) is not None:
                 _set(mod, attr, _take(getattr(mod, attr), 0, cut.out))
         mod.normalized_shape = (len(cut.out),) + tuple(mod.normalized_shape[1:])
+        if exact_layernorm and len(mod.normalized_shape) == 1 and len(cut.out) != width:
+            mod.__class__ = _original_width_class(type(mod))  # the statistics the pruned ONNX computes
+            mod.original_width = width
     elif tt.is_conv1d(mod):
         if cut.out is not None:
             _set(mod, "weight", _take(mod.weight, 1, cut.out))
@@ -498,6 +508,48 @@ def _replace_branches(module: nn.Module, branches: dict[str, ZeroBranch]) -> Non
         setattr(module.get_submodule(owner) if owner else module, child, copy.deepcopy(zero))
 
 
+def _calls_layer_norm_forward(cls: type) -> bool:
+    """`cls` (an nn.LayerNorm subclass) normalises through nn.LayerNorm.forward: it does not
+    override it, or its forward calls `super().forward` (ConvNeXt's permuting LayerNorm2d)."""
+    if cls.forward is nn.LayerNorm.forward or issubclass(cls, OriginalWidthLayerNorm):
+        return True
+    try:
+        return "super().forward(" in inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
+
+
+def _original_width_class(cls: type) -> type:
+    """`cls` with nn.LayerNorm.forward replaced by OriginalWidthLayerNorm.forward (for a subclass,
+    a class whose MRO puts it right after `cls`, so the subclass's own forward still runs)."""
+    if cls is nn.LayerNorm or issubclass(cls, OriginalWidthLayerNorm):
+        return OriginalWidthLayerNorm if cls is nn.LayerNorm else cls
+    if not _calls_layer_norm_forward(cls):
+        raise InputError(f"plan: {cls.__name__} computes its own LayerNorm statistics, which the hand-back cannot make "
+                         "divide by the original width as the pruned ONNX does; prune with inexact_layernorm "
+                         "(--inexact-layernorm) for a module that matches")
+    return type(f"OriginalWidth{cls.__name__}", (cls, OriginalWidthLayerNorm), {})
+
+
+class OriginalWidthLayerNorm(nn.LayerNorm):
+    """A LayerNorm whose mean and variance still divide by the width it had before pruning, as the
+    exactly pruned ONNX model's does (the removed channels count as zeros; see
+    onnxprune/ops/norm.py).  The hand-back turns a sliced nn.LayerNorm into one unless the plan
+    asked for `inexact_layernorm`; it stays an nn.LayerNorm (same parameters, state_dict keys)."""
+
+    original_width: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.original_width
+        mean = x.sum(-1, keepdim=True) / n
+        centred = x - mean
+        var = (centred.pow(2).sum(-1, keepdim=True) + (n - x.shape[-1]) * mean.pow(2)) / n
+        y = centred / torch.sqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight
+        return y + self.bias if self.bias is not None else y
+
+
 def apply_plan(module: nn.Module, plan: Plan | str | Path, example_inputs=None) -> nn.Module:
     """Slice `module` in place to match the pruned ONNX model; returns it.  `example_inputs` (a
     tuple) is needed when the exporter folded BatchNorms under new names (legacy exporter) and
@@ -505,10 +557,17 @@ def apply_plan(module: nn.Module, plan: Plan | str | Path, example_inputs=None) 
     plan = Plan.read(plan) if isinstance(plan, (str, Path)) else plan
     branches = plan_branches(module, plan, example_inputs)
     cuts = plan_cuts(module, plan, example_inputs)
+    exact_layernorm = not plan.options.get("inexact_layernorm", False)
+    modules = dict(module.named_modules())
+    for name, cut in cuts.modules.items():  # refuse a LayerNorm it cannot keep exact before any slicing
+        mod = modules[name]
+        if exact_layernorm and isinstance(mod, nn.LayerNorm) and cut.out is not None \
+                and len(cut.out) != getattr(mod, "original_width", mod.normalized_shape[0]):
+            _original_width_class(type(mod))
     if example_inputs is not None:  # rehearse on a copy: a plan the code cannot follow leaves `module` untouched
         trial = copy.deepcopy(module)
         _replace_branches(trial, branches)
-        _apply_cuts(trial, cuts)
+        _apply_cuts(trial, cuts, exact_layernorm)
         try:
             with torch.no_grad():
                 trial.eval()(*example_inputs)
@@ -516,11 +575,11 @@ def apply_plan(module: nn.Module, plan: Plan | str | Path, example_inputs=None) 
             raise InputError(f"plan: the sliced module does not run ({str(exc).splitlines()[0]}); its code fixes a channel "
                              "count the plan changes (torch.chunk/split sizes, a hard-coded view?)") from None
     _replace_branches(module, branches)
-    _apply_cuts(module, cuts)
+    _apply_cuts(module, cuts, exact_layernorm)
     return module
 
 
-def _apply_cuts(module: nn.Module, cuts: Cuts) -> None:
+def _apply_cuts(module: nn.Module, cuts: Cuts, exact_layernorm: bool = True) -> None:
     modules = dict(module.named_modules())
     for name, cut in cuts.params.items():
         owner, _, attr = name.rpartition(".")
@@ -529,7 +588,7 @@ def _apply_cuts(module: nn.Module, cuts: Cuts) -> None:
     widths = {name: (_sizes(modules[name])[0], len(cut.out)) for name, cut in cuts.modules.items() if cut.out is not None}
     shared = _shared_parameters(module)
     for name, cut in cuts.modules.items():
-        _cut_module(modules[name], cut)
+        _cut_module(modules[name], cut, exact_layernorm)
     _retie(shared)
     tt.apply_heads(module, cuts.heads)
     tt.update_configs(module, cuts.heads, widths,

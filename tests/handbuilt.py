@@ -253,7 +253,7 @@ def instancenorm() -> onnx.ModelProto:
 
 
 def layernorm(over: str = "channel") -> onnx.ModelProto:
-    """LayerNormalization over the channel axis (NHWC, axis=-1: blocked) or over W of an NCHW
+    """LayerNormalization over the channel axis (NHWC, axis=-1: rewritten exactly) or over W of an NCHW
     tensor (channels untouched: prunable)."""
     n = Net(f"layernorm_{over}", opset=17)
     y = n.conv("x", 3, 8, "c1")

@@ -24,7 +24,7 @@ from onnxprune.plan import resolve
 from conftest import case_by_id, check_runnable, float_params, input_feeds, load_full, run_cli
 
 REPRESENTATIVE = ["resnet-dynamo", "mobilenetv3-legacy", "densenet-dynamo_noopt", "fixture-tf_cnn", "fixture-paddle_cnn"]
-CRITERIA = ["l1", "l2", "bn", "fpgm", "lamp", "random", "scaled", "activation", "apoz"]
+CRITERIA = ["l1", "l2", "bn", "fpgm", "lamp", "random", "scaled", "activation", "apoz", "wanda"]
 MODES = {"uniform": {"ratio": 0.3}, "global": {"ratio": 0.3, "global_ranking": True}, "threshold": {"threshold": 0.5}}
 TARGET_MODELS = ["resnet-dynamo", "mobilenetv2-dynamo", "vgg-dynamo", "fixture-tf_cnn"]
 
@@ -80,7 +80,7 @@ def node_input_value(model: onnx.ModelProto, node_name: str, initializer: str, o
 def test_criterion_and_mode(case_id, mode, criterion, loaded, calibration, tmp_path):
     pm = loaded(case_id)
     assert pm.groups, f"{case_id} has no prunable group"
-    data = calibration(case_id) if criterion in ("activation", "apoz") else None
+    data = calibration(case_id) if criterion in ("activation", "apoz", "wanda") else None
     options = MODES[mode]
     plan = pm.plan(criterion=criterion, data=data, **options)
     scores = pm.importance(criterion, data)

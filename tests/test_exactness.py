@@ -70,6 +70,10 @@ def _kills(model: onnx.ModelProto, group, dim) -> bool:
         return True
     if role == PARAM and op in BIAS_OPS:
         return True
+    if role == PARAM and op == "LayerNormalization":  # gamma and beta: a LayerNorm writes beta - mean/std * gamma
+        return True
+    if role is None and op == "Transpose":  # a weight transposed at run time (dynamo without optimize): the
+        return True                         # MatMul reads it as an activation, on both of its sides
     return role == PARAM and op == "BatchNormalization" and dim.slot == 2  # beta
 
 
@@ -183,21 +187,32 @@ def test_dead_channels_removed_exactly(case, planted_model, tmp_path, capsys):
     pruned = check_runnable(planted_model_proto, out)
     assert io_signature(pruned) == io_signature(original.model)
 
-    # every weight use is sliced to exactly the kept elements of its groups
-    assert len(pruned.graph.node) == len(planted_model_proto.graph.node)
+    # every weight use is sliced to exactly the kept elements of its groups.  Nodes keep their
+    # names; a LayerNorm on pruned channels is rewritten into several nodes (its statistics over
+    # the original width), the one writing its output under its name, its gamma and beta as inputs
+    pruned_nodes = {n.name: n for n in pruned.graph.node}
+    assert set(pruned_nodes) >= {n.name for n in planted_model_proto.graph.node}
+    rewritten = {n.name for n in planted_model_proto.graph.node if pruned_nodes[n.name].op_type != n.op_type}
+    assert all(planted_model_proto.graph.node[i].op_type == "LayerNormalization" for i, n in
+               enumerate(planted_model_proto.graph.node) if n.name in rewritten)
+    assert len(pruned.graph.node) == len(planted_model_proto.graph.node) + 13 * len(rewritten)  # 14 nodes, or 13 without beta
     shapes = _const_shapes(pruned)
+    read = {name for n in pruned.graph.node for name in n.input}
     keep = {gp.id: np.isin(np.arange(gp.channels), gp.keep) for gp in plan.groups}
     for group in pm.groups:
         for dim in group.const_dims:
-            node = pruned.graph.node[dim.use]
-            shape = shapes[node.input[dim.slot]]
+            original = planted_model_proto.graph.node[dim.use]
+            node = pruned_nodes[original.name]
+            name = node.input[dim.slot] if original.name not in rewritten else \
+                next(c for c in (f"{original.input[dim.slot]}__{original.name}", original.input[dim.slot]) if c in read)
+            shape = shapes[name]
             assert shape[dim.axis] == len(group.kept_elements(dim, keep[group.id])), f"{dim} at {node.name}"
 
     # parameter counts, counted independently of the engine: every float constant shrinks to its
     # kept elements, with one copy per distinct slicing its (non-Shape) uses need, and nothing else
     before, after = float_params(planted_model_proto), float_params(pruned)
     assert summary["params"] == [before, after]
-    assert after == expected_float_params(planted_model_proto, pm, keep)
+    assert after == expected_float_params(planted_model_proto, pm, keep) + 3 * len(rewritten)  # 1/N, (N-N')/N, eps
     assert (after < before) == bool(planted)
 
     # outputs unchanged at batch 2 and 3

@@ -155,6 +155,15 @@ class Spec:
 
 # --- per-case checks of sliced parameters ----------------------------------------------------
 
+def _check_layernorm(planted, pruned):
+    """The LayerNorm is rewritten with its statistics over the original 8 channels."""
+    assert not [n for n in pruned.graph.node if n.op_type == "LayerNormalization"]
+    scalars = [float(numpy_helper.to_array(t).reshape(-1)[0]) for t in pruned.graph.initializer
+               if int(np.prod(t.dims)) == 1 and t.data_type == 1]
+    assert any(np.isclose(v, 1 / 8) for v in scalars)
+    assert value(pruned, "ln.scale").shape[0] < 8
+
+
 def _check_tf_flatten(computed: bool, planted, pruned):
     kept = survivors(planted, pruned, "c1.w")
     rows = np.nonzero(np.isin(np.arange(512) % 8, kept))[0]  # NHWC flatten: row r is channel r % C
@@ -347,7 +356,7 @@ SPECS: list[Spec] = [
          check=_check_rows([(("c1.w", 0), [("bn1.scale", 0), ("bn1.bias", 0), ("bn1.mean", 0), ("bn1.var", 0)])])),
     Spec("instancenorm", hb.instancenorm, [("c1.w", 0)],
          check=_check_rows([(("c1.w", 0), [("in1.scale", 0), ("in1.bias", 0), ("c1.b", 0)])])),
-    Spec("layernorm_channel", partial(hb.layernorm, "channel"), [], [("c1.w", 0, "LayerNormalization")]),
+    Spec("layernorm_channel", partial(hb.layernorm, "channel"), [("c1.w", 0), ("ln.scale", 0)], check=_check_layernorm),
     Spec("layernorm_spatial", partial(hb.layernorm, "spatial"), [("c1.w", 0)], alive=["c1.w"]),
     Spec("prelu", hb.prelu, [("c1.w", 0)], check=_check_prelu),
     Spec("sub_reversed", hb.sub_reversed, [("c1.w", 0)], check=_check_rows([(("c1.w", 0), [("perchan", 0)])])),

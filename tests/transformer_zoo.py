@@ -21,6 +21,9 @@ from zoo import _quiet
 SEQ = 8
 VOCAB = 96
 EXPORTERS = ("dynamo", "legacy")
+LEGACY_OPSET16 = "legacy-opset16"
+"""The legacy exporter at opset 16, which has no LayerNormalization op and writes LayerNorm out as
+ReduceMean -> Sub -> Pow -> ReduceMean -> Add -> Sqrt -> Div (tests/test_layernorm.py)."""
 
 
 class Attention(nn.Module):
@@ -105,6 +108,17 @@ def build_bert():
     return TextModel(T.BertModel(config, add_pooling_layer=False).eval(), logits=False).eval(), _ids()
 
 
+def build_bert_mlm():
+    """BERT with its masked-LM head (decoder tied to the word embeddings): the residual stream
+    ends in a Linear instead of the graph output, so it can be pruned."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    config = T.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=SEQ * 2, attn_implementation="sdpa")
+    return TextModel(T.BertForMaskedLM(config).eval(), logits=True).eval(), _ids()
+
+
 def build_gpt2():
     import transformers as T
 
@@ -152,8 +166,8 @@ def build_hf_vit():
 
 
 MODELS: dict[str, Callable] = {"vit": build_vit, "bert": build_bert, "gpt2": build_gpt2, "llama": build_llama}
-BUILDERS: dict[str, Callable] = {**MODELS, "hf_vit": build_hf_vit}
-"""MODELS and the models only some tests use."""
+BUILDERS: dict[str, Callable] = {**MODELS, "hf_vit": build_hf_vit, "bert_mlm": build_bert_mlm}
+"""MODELS plus the models only some tests use (HF ViT; BERT with a head: its residual stream is prunable)."""
 
 
 def export(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | pathlib.Path, exporter: str) -> pathlib.Path:
@@ -166,9 +180,9 @@ def export(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | path
         if exporter == "dynamo":
             torch.onnx.export(module, inputs, str(path), dynamo=True, optimize=True,
                               dynamic_shapes=({0: torch.export.Dim("batch")},), **common)
-        elif exporter == "legacy":
-            torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=17, do_constant_folding=True,
-                              dynamic_axes={name: {0: "batch"}, "y": {0: "batch"}}, **common)
+        elif exporter in ("legacy", LEGACY_OPSET16):
+            torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=17 if exporter == "legacy" else 16,
+                              do_constant_folding=True, dynamic_axes={name: {0: "batch"}, "y": {0: "batch"}}, **common)
         else:
-            raise ValueError(f"unknown exporter {exporter!r}; expected one of {EXPORTERS}")
+            raise ValueError(f"unknown exporter {exporter!r}; expected one of {EXPORTERS + (LEGACY_OPSET16,)}")
     return path

@@ -10,10 +10,10 @@ the nodes onnxprune inserts.
 """
 
 from . import attention, conv, elementwise, layout, linear, norm, quantized, recurrent, spatial  # noqa: F401  (they fill the registry)
-from .base import (BN_SCALE, IN, OUT, PARAM, Coupling, Dim, Edge, NodeContext, OpRule, RewriteContext, Role,
+from .base import (BN_SCALE, IN, OUT, PARAM, Coupling, Dim, Edge, NodeContext, OpRule, RewriteContext, RewriteOptions, Role,
                    WeightSlot, ZeroView)
 from .elementwise import is_alias
 from .registry import REGISTRY, model_opset, op_label, register, rule_for
 
 __all__ = ["BN_SCALE", "IN", "OUT", "PARAM", "Coupling", "Dim", "Edge", "NodeContext", "OpRule",
-           "RewriteContext", "Role", "WeightSlot", "ZeroView", "REGISTRY", "is_alias", "model_opset", "op_label", "register", "rule_for"]
+           "RewriteContext", "RewriteOptions", "Role", "WeightSlot", "ZeroView", "REGISTRY", "is_alias", "model_opset", "op_label", "register", "rule_for"]

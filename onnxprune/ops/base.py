@@ -358,6 +358,16 @@ class OpRule:
         block removal (onnxprune.blocks) rewrites.  Default: none."""
         return []
 
+    def added_params(self, ctx: NodeContext, kept: "Mapping[Dim, np.ndarray]") -> int:
+        """Parameters `rewrite` adds when these elements are kept (the scalars of an exact
+        LayerNorm's statistics over the original width), so cost's dry run counts them; default 0."""
+        return 0
+
+    def inexact(self, ctx: NodeContext, kept: "Mapping[Dim, np.ndarray]", options: "RewriteOptions") -> bool:
+        """Whether `rewrite` under `options` changes the node's outputs even when only dead channels
+        go (an opt-in approximation such as RewriteOptions.inexact_layernorm); default False."""
+        return False
+
     def channel_affine(self, ctx: NodeContext) -> "tuple[np.ndarray, np.ndarray] | None":
         """(scale, shift) per channel of a node that maps each channel affinely (BatchNormalization),
         None for every other node: what scale-aware importance multiplies a filter by."""
@@ -379,6 +389,16 @@ def numel(shape: Sequence[Size] | None) -> int:
     return n
 
 
+@dataclass(frozen=True)
+class RewriteOptions:
+    """Choices surgery passes to every rule's `rewrite` (they come from the plan's options)."""
+
+    inexact_layernorm: bool = False
+    """Slice LayerNormalization and let its mean and variance run over the pruned width
+    (Torch-Pruning's behaviour: one plain LayerNormalization node, but outputs change even when the
+    removed channels were dead).  Off: the statistics keep dividing by the original width (exact)."""
+
+
 class RewriteContext(NodeContext):
     """A NodeContext during surgery: knows the new size and kept elements of every pruned dim."""
 
@@ -386,6 +406,10 @@ class RewriteContext(NodeContext):
         super().__init__(index, node_index)
         self.kept = kept
         self.writer = writer
+
+    @property
+    def options(self) -> RewriteOptions:
+        return getattr(self.writer, "options", None) or RewriteOptions()
 
     def kept_of(self, dim: Dim) -> np.ndarray | None:
         return self.kept.get(dim)

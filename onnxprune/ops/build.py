@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import onnx
 from onnx import helper
 
@@ -19,3 +21,80 @@ def channel_mask_nodes(tensor: str, mask: str, index: str, shape: str, out: str)
 def identity_node(source: str, out: str, name: str) -> onnx.NodeProto:
     """`out = source` (block removal: a removed residual sum that was a graph output keeps its name)."""
     return helper.make_node("Identity", [source], [out], name=name)
+
+
+def bias_add_node(x: str, bias: str, out: str, name: str) -> onnx.NodeProto:
+    """`out = x + bias`: the bias reconstruction attaches to a layer that has none."""
+    return helper.make_node("Add", [x, bias], [out], name=name)
+
+
+def layer_norm_over_width_nodes(x: str, scale: str, bias: str | None, consts: "LayerNormConstants", out: str,
+                                prefix: str) -> list[onnx.NodeProto]:
+    """LayerNormalization over the last axis of `x` whose statistics divide by the original width
+    N although `x` holds only N' of its channels (the others were exactly zero):
+        mean = sum(x) / N,   var = (sum((x - mean)^2) + (N - N') mean^2) / N,
+        out  = (x - mean) / sqrt(var + eps) * scale + bias
+    (the removed channels add 0 to sum(x) and (0 - mean)^2 each to the sum of squares).
+    `consts` names the constants: reduction axes [-1], 1/N, (N - N')/N and eps."""
+    t = lambda name: f"{prefix}{name}"  # noqa: E731
+    normed = t("scaled") if bias else out
+    nodes = [helper.make_node("ReduceSum", [x, consts.axes], [t("sum")], keepdims=1),
+             helper.make_node("Mul", [t("sum"), consts.inv_n], [t("mean")]),
+             helper.make_node("Sub", [x, t("mean")], [t("centred")]),
+             helper.make_node("Mul", [t("centred"), t("centred")], [t("squares")]),
+             helper.make_node("ReduceSum", [t("squares"), consts.axes], [t("sum_squares")], keepdims=1),
+             helper.make_node("Mul", [t("mean"), t("mean")], [t("mean_squared")]),
+             helper.make_node("Mul", [t("mean_squared"), consts.removed], [t("removed_squares")]),
+             helper.make_node("Mul", [t("sum_squares"), consts.inv_n], [t("kept_var")]),
+             helper.make_node("Add", [t("kept_var"), t("removed_squares")], [t("var")]),
+             helper.make_node("Add", [t("var"), consts.eps], [t("var_eps")]),
+             helper.make_node("Sqrt", [t("var_eps")], [t("std")]),
+             helper.make_node("Div", [t("centred"), t("std")], [t("normalized")]),
+             helper.make_node("Mul", [t("normalized"), scale], [normed])]
+    if bias:
+        nodes.append(helper.make_node("Add", [normed, bias], [out]))
+    for k, node in enumerate(nodes):
+        node.name = f"{prefix}{k}"
+    return nodes
+
+
+def _renamed_copy(node: onnx.NodeProto, output: str) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.output[0] = output
+    return copy
+
+
+def scaled_mean_nodes(mean: onnx.NodeProto, kept_fraction: str, prefix: str) -> list[onnx.NodeProto]:
+    """The ReduceMean `mean` over N' channels, times N'/N: the mean over the original N channels
+    when the removed ones were zero (same output name)."""
+    pruned = f"{prefix}pruned_mean"
+    nodes = [_renamed_copy(mean, pruned),
+             helper.make_node("Mul", [pruned, kept_fraction], [mean.output[0]], name=f"{prefix}scale")]
+    nodes[1].metadata_props.extend(mean.metadata_props)
+    return nodes
+
+
+def variance_over_width_nodes(var: onnx.NodeProto, mean: str, kept_fraction: str, removed_fraction: str,
+                              prefix: str) -> list[onnx.NodeProto]:
+    """The ReduceMean `var` of (x - mean)^2 over N' channels rewritten to the original width N:
+    k * var' + (1 - k) * mean^2 (each removed zero channel adds mean^2), k = N'/N (same output name)."""
+    t = lambda name: f"{prefix}{name}"  # noqa: E731
+    nodes = [_renamed_copy(var, t("pruned_var")),
+             helper.make_node("Mul", [t("pruned_var"), kept_fraction], [t("kept_var")]),
+             helper.make_node("Mul", [mean, mean], [t("mean_squared")]),
+             helper.make_node("Mul", [t("mean_squared"), removed_fraction], [t("removed_var")]),
+             helper.make_node("Add", [t("kept_var"), t("removed_var")], [var.output[0]])]
+    for k, node in enumerate(nodes[1:]):
+        node.name = f"{prefix}{k}"
+        node.metadata_props.extend(var.metadata_props)
+    return nodes
+
+
+class LayerNormConstants(NamedTuple):
+    """Names of the constants `layer_norm_over_width_nodes` reads."""
+
+    axes: str
+    inv_n: str
+    removed: str
+    eps: str

@@ -1,12 +1,15 @@
 """Normalisation layers.  BatchNormalization and InstanceNormalization treat channels
 independently, so they prune exactly; LayerNormalization over the channel axis mixes channels
-(the mean and variance change when one is removed) and is left pinned with that reason."""
+(the mean and variance change when one is removed): it prunes exactly by being rewritten so its
+statistics divide by the original width (see LayerNormRule)."""
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
-from .base import BN_SCALE, PARAM, Coupling, NodeContext, OpRule, ZeroView
+from .base import BN_SCALE, PARAM, Coupling, NodeContext, OpRule, RewriteContext, RewriteOptions, ZeroView
+from .build import LayerNormConstants, layer_norm_over_width_nodes
 from .registry import register
 
 
@@ -65,9 +68,31 @@ class InstanceNormRule(OpRule):
         return ((gamma == 0) | x_zero) & (beta == 0)
 
 
+_EXACT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
+
+
+def _layer_norm_axis(ctx: NodeContext) -> int | None:
+    """The normalised axis when it is the last one only (what the exact rewrite handles), else None."""
+    rank = ctx.in_rank(0)
+    if rank is None or int(ctx.attr("axis", -1)) % rank != rank - 1:
+        return None
+    return rank - 1
+
+
 @register("LayerNormalization")
 class LayerNormRule(OpRule):
-    """Axes before `axis` are independent rows; the normalised axes are pinned."""
+    """y = (x - mean(x)) / sqrt(var(x) + eps) * gamma + beta over the last axis.
+
+    The channel axis is coupled from input to output with gamma and beta (per-channel parameters),
+    and the input's channels are *consumed* (each enters the mean and the variance).  After
+    pruning, surgery rewrites the node so its statistics still divide by the original width N
+    (build.layer_norm_over_width_nodes): a removed channel that was exactly zero adds nothing to
+    either sum, so removing dead channels keeps every output.  An output channel is zero only
+    where gamma and beta both are (otherwise it is -mean/std * gamma + beta), which is what makes a
+    residual channel dead.  With RewriteOptions.inexact_layernorm the node is only sliced
+    (statistics over the pruned width, Torch-Pruning's behaviour), which changes outputs.
+    Normalising over several axes, extra outputs (Mean, InvStdDev) or a type other than float32 /
+    float64 keep the normalised axes pinned."""
 
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()
@@ -77,7 +102,20 @@ class LayerNormRule(OpRule):
         axis = int(ctx.attr("axis", -1)) % rank
         for k in range(axis):
             c.link(ctx.in_dim(0, k), ctx.out_dim(0, k))
-        why = f"{ctx.label} normalises over this axis (removing a channel changes mean and variance)"
+        last = _layer_norm_axis(ctx)
+        why = self._blocked(ctx, last)
+        if why is None:
+            c.link(ctx.in_dim(0, last), ctx.out_dim(0, last))
+            c.consume(ctx.in_dim(0, last))  # every channel enters mean and variance
+            for slot in (1, 2):
+                if ctx.input(slot):
+                    dims = ctx.in_dims(slot)
+                    for dim in dims[:-1]:
+                        c.free(dim)
+                    c.link(dims[-1], ctx.in_dim(0, last))
+                    if dims[-1].is_const:  # else a constant computed from one (legacy's Identity of a shared one)
+                        c.role(dims[-1], PARAM)
+            return c
         for k in range(axis, rank):
             c.pin(ctx.in_dim(0, k), why)
             c.pin(ctx.out_dim(0, k), why)
@@ -85,3 +123,64 @@ class LayerNormRule(OpRule):
             for dim in ctx.in_dims(slot) if ctx.input(slot) else []:
                 c.pin(dim, why)
         return c
+
+    @staticmethod
+    def _blocked(ctx: NodeContext, last: int | None) -> str | None:
+        if last is None:
+            return f"{ctx.label} normalises over several axes (removing a channel changes mean and variance)"
+        if len([o for o in ctx.node.output if o]) != 1:
+            return f"{ctx.label} also outputs its mean or inverse std (only the plain output is rewritten exactly)"
+        if ctx.index.elem_types.get(ctx.input(0)) not in _EXACT_TYPES:
+            return f"{ctx.label} is not float32 or float64 (the exact rewrite of its statistics computes in the input's type)"
+        for slot in (1, 2):
+            shape = ctx.in_shape(slot) if ctx.input(slot) else None
+            if ctx.input(slot) and (ctx.const(slot) is None or not shape or any(s != 1 for s in shape[:-1])):
+                return f"{ctx.label}'s scale or bias is not a per-channel constant"
+        return None
+
+    def zero(self, ctx: NodeContext, views: dict[int, ZeroView], n: int) -> np.ndarray:
+        """Zero exactly where gamma and beta are both zero: a zero input channel gives
+        -mean/std * gamma + beta, not zero."""
+        gamma = ctx.const(1)
+        beta = ctx.const(2) if ctx.input(2) else np.zeros_like(gamma) if gamma is not None else None
+        if gamma is None or beta is None:
+            return np.zeros(n, dtype=bool)
+        gamma, beta = (np.broadcast_to(v.reshape(-1), (n,)) if v.size in (1, n) else np.ones(n) for v in (gamma, beta))
+        return (gamma == 0) & (beta == 0)
+
+    def _pruned(self, ctx: NodeContext, kept) -> tuple[int, int] | None:
+        """(N, N') when the normalised axis loses channels, else None."""
+        last = _layer_norm_axis(ctx)
+        if last is None:
+            return None
+        n = ctx.in_shape(0)[last]
+        idx = kept.get(ctx.in_dim(0, last))
+        return None if idx is None or not isinstance(n, int) or len(idx) == n else (n, len(idx))
+
+    def inexact(self, ctx: NodeContext, kept, options: RewriteOptions) -> bool:
+        return options.inexact_layernorm and self._pruned(ctx, kept) is not None
+
+    def added_params(self, ctx: NodeContext, kept) -> int:
+        """1/N, (N - N')/N and eps (the exact rewrite; the inexact one adds none)."""
+        return 3 if self._pruned(ctx, kept) is not None else 0
+
+    def rewrite(self, ctx: RewriteContext) -> None:
+        widths = self._pruned(ctx, ctx.kept)
+        if widths is None or ctx.options.inexact_layernorm:
+            return  # inexact: the sliced gamma and beta are all the node needs
+        n, n_kept = widths
+        dtype = _EXACT_TYPES[ctx.index.elem_types[ctx.input(0)]]
+        node = ctx.writer.model.graph.node[ctx.i]
+        prefix = f"{node.name or node.output[0]}/over_width_{n}/"
+        add = ctx.writer.add_constant
+        consts = LayerNormConstants(add(prefix + "axes", np.array([-1], dtype=np.int64)),
+                                    add(prefix + "inv_n", np.array(1.0 / n, dtype=dtype)),
+                                    add(prefix + "removed", np.array((n - n_kept) / n, dtype=dtype)),
+                                    add(prefix + "eps", np.array(ctx.attr("epsilon", 1e-5), dtype=dtype)))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        nodes = layer_norm_over_width_nodes(node.input[0], node.input[1], bias, consts, node.output[0], prefix)
+        nodes[-1].name = node.name  # the node that writes the output keeps the name, and all the origin metadata
+        for new in nodes:
+            new.metadata_props.extend(node.metadata_props)
+            new.doc_string = node.doc_string
+        ctx.writer.replace_node(ctx.i, nodes)

@@ -56,6 +56,9 @@ class LinearView:
     groups: int
     bias: BiasSlot | None
     """None: the layer has no bias and none can be created; the fit then has no intercept."""
+    attachable_bias: bool = False
+    """No bias, but one can be added by a new node after the layer (`bias_add_node`): a MatMul
+    without a following Add (Llama's projections), whose fit then gets an intercept too."""
 
     def positions(self, y_shape: tuple[int, ...], per_sample: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         """Indices of sampled output positions (all but the channel axis)."""
@@ -225,4 +228,6 @@ def matmul_view(ctx: NodeContext) -> LinearView | None:
             if value is not None and value.size == n and value.shape[-1] == n and out_shape is not None \
                     and len(out_shape) == rank:
                 bias, output = BiasSlot(user_i, other, value), user.output[0]
-    return DenseView(ctx, False, 1.0, bias, output)
+    view = DenseView(ctx, False, 1.0, bias, output)
+    view.attachable_bias = bias is None and output not in ctx.index.graph_outputs and weight.dtype.kind == "f"
+    return view

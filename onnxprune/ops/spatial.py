@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Coupling, NodeContext, OpRule, RewriteContext, ZeroView
+from .base import Coupling, NodeContext, OpRule, RewriteContext, RewriteOptions, ZeroView
 from .registry import register
+from .decomposed_layernorm import match_decomposed_layer_norm, rewrite_decomposed_layer_norm
 from .rmsnorm import match_rms_norm, rewrite_rms_norm
 from .values import DimEntry, rewrite_const_entries
 
@@ -149,8 +150,13 @@ class ReduceRule(OpRule):
         if axes is None:
             return c
         norm = match_rms_norm(ctx) if ctx.node.op_type == "ReduceMean" else None
-        if norm is not None:  # RMSNorm: the mean is rescaled after pruning (see ops/rmsnorm.py)
-            c.consume(ctx.in_dim(0, norm.axis))  # x^2 of every channel enters the mean
+        layer_norm = match_decomposed_layer_norm(ctx) if ctx.node.op_type == "ReduceMean" and norm is None else None
+        if norm is not None or layer_norm is not None:
+            # RMSNorm or a decomposed LayerNorm: the means are rescaled to the original width after
+            # pruning (ops/rmsnorm.py, ops/decomposed_layernorm.py)
+            norm = norm or layer_norm
+            if layer_norm is None or layer_norm.first:
+                c.consume(ctx.in_dim(0, norm.axis))  # x (or x^2) of every channel enters the mean
             for k in range(rank):
                 if k == norm.axis:
                     c.free(ctx.in_dim(0, k), ctx.out_dim(0, k))
@@ -174,6 +180,26 @@ class ReduceRule(OpRule):
         norm = match_rms_norm(ctx) if ctx.node.op_type == "ReduceMean" else None
         if norm is not None:
             rewrite_rms_norm(ctx, norm)
+            return
+        layer_norm = match_decomposed_layer_norm(ctx) if ctx.node.op_type == "ReduceMean" else None
+        if layer_norm is not None and not ctx.options.inexact_layernorm:
+            rewrite_decomposed_layer_norm(ctx, layer_norm)
+
+    def added_params(self, ctx: NodeContext, kept) -> int:
+        """A decomposed LayerNorm's mean gets k = N'/N, its variance k and 1 - k."""
+        norm = match_decomposed_layer_norm(ctx) if ctx.node.op_type == "ReduceMean" else None
+        idx = None if norm is None else kept.get(ctx.in_dim(0, norm.axis))
+        if idx is None or len(idx) == ctx.in_shape(0)[norm.axis]:
+            return 0
+        return 1 if norm.first else 2
+
+    def inexact(self, ctx: NodeContext, kept, options: RewriteOptions) -> bool:
+        """A decomposed LayerNorm left to average over the pruned width (inexact_layernorm)."""
+        if not options.inexact_layernorm or ctx.node.op_type != "ReduceMean":
+            return False
+        norm = match_decomposed_layer_norm(ctx)
+        idx = None if norm is None else kept.get(ctx.in_dim(0, norm.axis))
+        return idx is not None and len(idx) != ctx.in_shape(0)[norm.axis]
 
 
 
