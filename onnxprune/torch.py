@@ -171,8 +171,7 @@ class _Mapper:
                              "to a parameter of this module: is it the module that was exported?")
         if _is_layer(scope_module):
             return Target(scope, self._weight_side(scope_module, member, "bias" if member.role == Role.PARAM else "weight"))
-        if (_is_channelwise(scope_module) and not isinstance(scope_module, nn.LayerNorm)) or \
-                (isinstance(scope_module, nn.Embedding) and member.axis == 1):
+        if _is_channelwise(scope_module) or (isinstance(scope_module, nn.Embedding) and member.axis == 1):
             return Target(scope, Side.OUT)
         raise InputError(f"plan: '{member.initializer}' (node {member.node}) maps to module '{member.scope}' "
                          f"({type(scope_module).__name__}), which onnxprune cannot slice")
@@ -241,6 +240,8 @@ def plan_cuts(module: nn.Module, plan: Plan, example_inputs=None) -> Cuts:
     mapper = _Mapper(module, example_inputs)
     cuts = Cuts()
     for group in plan.groups:
+        if len(group.keep) == group.channels:
+            continue  # nothing to cut: its members need not map (a constant the exporter folded may not)
         keep = set(group.keep)
         for member in group.members:
             kept = member.kept(keep)
