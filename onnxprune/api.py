@@ -331,12 +331,20 @@ class PrunableModel:
             if max_loss is not None:
                 plan.options["max_loss"] = max_loss
         if isinstance(criterion, str) and criterion in WEIGHT_CRITERIA:
-            warning = structure_warning(self.depgraph)
+            warning = structure_warning(self.depgraph, self._synthetic_feeds())
             plan.warnings += [warning] if warning else []
         estimate = self.cost(keep)
         base = self.cost_model.base
         plan.summary = {"params": [base.params, estimate.params], "macs": [base.macs, estimate.macs]}
         return plan
+
+    def _synthetic_feeds(self) -> dict[str, np.ndarray] | None:
+        """The inputs verification runs the model on (computed once, verification reuses them),
+        for the structure warning's activation check; None for models above FILE_ROUTE_ABOVE,
+        where a run with every channel's activation as an output costs too much at plan time."""
+        from .runtime import FILE_ROUTE_ABOVE, weights_size
+
+        return self.check_runs().feeds if weights_size(self.model) <= FILE_ROUTE_ABOVE else None
 
     def _latency_allocator(self, options: dict):
         """The latency-budget strategy (onnxprune.latency) when `target_latency` is among the options

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from .depgraph import DepGraph
 from .graph import ModelIndex, copy_fields
 from .ops import IN, OUT, NodeContext
-from .runtime import batches, make_session, sample_count
+from .runtime import batches, make_session, sample_count, with_outputs
 from .ops import Dim
 from .surgery import ModelWriter, kept_elements
 
@@ -153,13 +153,11 @@ class _Stats:
         self.n += x.shape[1]
         self.sx += x.sum(axis=1, dtype=np.float64)
         self.sy += y.sum(axis=1, dtype=np.float64)
-        if x.shape[0] == 1:  # a 2-D product reaches BLAS
-            self.xx[0] += x[0].T @ x[0]
-            self.xy[0] += x[0].T @ y[0]
-        else:  # many small groups (depthwise): one einsum beats a loop of tiny products
-            self.xx += np.einsum("gsf,gsh->gfh", x, x)
-            self.xy += np.einsum("gsf,gso->gfo", x, y)
-        self.yy += np.einsum("gso,gso->g", y, y, dtype=np.float64)
+        xt = x.transpose(0, 2, 1)
+        self.xx += np.matmul(xt, x)  # batched float32 BLAS products (one per group), float64 sums
+        self.xy += np.matmul(xt, y)
+        flat = y.reshape(y.shape[0], -1)
+        self.yy += np.einsum("gk,gk->g", flat, flat)
 
     def compensate(self, w: np.ndarray) -> np.ndarray:
         """The bias that makes `w`'s mean residual zero: the removed channels' mean contribution
@@ -305,6 +303,59 @@ def _segment(model: onnx.ModelProto, nodes: list, inputs: list[str], outputs: li
     return copy
 
 
+class _Spill:
+    """Values kept for later, in RAM up to `budget` bytes and in the scratch folder beyond."""
+
+    def __init__(self, folder: Path, name: str, budget: int):
+        self.folder, self.name, self.budget = folder, name, budget
+        self.memory: dict[tuple[int, int], object] = {}
+        self.bytes = 0
+
+    def _path(self, key: tuple[int, int]) -> Path:
+        return self.folder / f"{self.name}-{key[0]}-{key[1]}.pkl"
+
+    def put(self, key: tuple[int, int], value: tuple[tuple[np.ndarray, ...], np.ndarray]) -> None:
+        size = value[1].nbytes + sum(a.nbytes for a in value[0])
+        if self.bytes + size <= self.budget:
+            self.memory[key] = value
+            self.bytes += size
+            return
+        with open(self._path(key), "wb") as f:
+            pickle.dump(value, f, protocol=5)
+
+    def pop(self, key: tuple[int, int]):
+        if key in self.memory:
+            value = self.memory.pop(key)
+            self.bytes -= value[1].nbytes + sum(a.nbytes for a in value[0])
+            return value
+        path = self._path(key)
+        with open(path, "rb") as f:
+            value = pickle.load(f)  # our own scratch file, written by put() above
+        path.unlink()
+        return value
+
+
+def _original_targets(dg: DepGraph, keep: dict[int, np.ndarray], views: list,
+                      per_sample: list[int], parts: list[dict[str, np.ndarray]], store: _Spill,
+                      rng: np.random.Generator) -> None:
+    """What each layer must reproduce: one run of the whole original model per batch (one
+    onnxruntime session that also returns every layer's output, so the original is not cut into
+    segments), keeping for layer k and batch j only the sampled positions and the original's
+    outputs there, restricted to the channels the pruned layer still makes."""
+    kept = kept_elements(dg, keep)
+    names = list(dict.fromkeys(view.output for view in views))
+    session = make_session(with_outputs(dg.index, names))
+    for j, part in enumerate(parts):
+        values = dict(zip(names, session.run(names, part)))
+        for k, view in enumerate(views):
+            y = values[view.output]
+            axis = view.channel_axis % y.ndim
+            if Dim(view.output, axis) in kept:
+                y = np.take(y, kept[Dim(view.output, axis)], axis=axis)
+            pos = view.positions(y.shape, per_sample[k], rng)
+            store.put((k, j), (pos, np.ascontiguousarray(view.targets(y, pos), dtype=np.float32)))
+
+
 def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph, keep: dict[int, np.ndarray],
                 feeds: dict[str, np.ndarray], options: ReconstructOptions | None = None,
                 progress: bool = False) -> ReconstructReport:
@@ -329,35 +380,28 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph
     if not views:
         report.seconds = time.perf_counter() - start
         return report
-    kept = kept_elements(dg, keep)  # the original's outputs lose the channels the pruned layer no longer makes
     parts = list(batches(feeds, options.batch))
     n_samples = sample_count(feeds)
-    rng = np.random.default_rng(options.seed)
-    producer_of = {o: i for i, node in enumerate(original.graph.node) for o in node.output if o}
-    bar = tqdm(total=len(views), desc="reconstruct", unit="layer", disable=not progress, leave=False)
+    per_sample = []
+    for view in views:
+        features = view.matrices(index.const(pruned.graph.node[view.node].input[view.weight_slot])).shape[1]
+        per_sample.append(int(min(options.positions, max(1, -(-options.rows_wanted * features // n_samples)))))
+    bar = tqdm(total=len(views) + 1, desc="reconstruct", unit="layer", disable=not progress, leave=False)
     with tempfile.TemporaryDirectory(prefix="onnxprune-reconstruct-") as scratch:
         folder = Path(scratch)
+        budget = options.memory_mb << 19  # half for the targets, half for the pruned model's cut
+        targets = _Spill(folder, "targets", budget)
+        _original_targets(dg, keep, views, per_sample, parts, targets, np.random.default_rng(options.seed))
+        bar.update(1)
         ours = _Stepper(pruned, index, parts, folder, "pruned")
-        theirs = _Stepper(original, dg.index, parts, folder, "original")
-        ours.budget = theirs.budget = options.memory_mb << 19  # half each
+        ours.budget = budget
         for k, view in enumerate(views):
-            pending = {v.output for v in views[k + 1:]}
-            target_end = max(theirs.position, producer_of[view.output] + 1)
             stats = None
-            features = view.matrices(index.const(pruned.graph.node[view.node].input[view.weight_slot])).shape[1]
-            per_sample = int(min(options.positions, max(1, -(-options.rows_wanted * features // n_samples))))
-            original_parts = theirs.advance(target_end, [view.output], pending)
-            for x_part in ours.advance(view.node, [view.input], {v.input for v in views[k:]}):
-                y = next(original_parts)[view.output]
-                axis = view.channel_axis % y.ndim
-                if Dim(view.output, axis) in kept:
-                    y = np.take(y, kept[Dim(view.output, axis)], axis=axis)
-                pos = view.positions(y.shape, per_sample, rng)
-                rows, targets = view.rows(x_part[view.input], pos), view.targets(y, pos)
-                stats = stats or _Stats(rows.shape[0], rows.shape[2], targets.shape[2])
-                stats.add(rows, targets)
-            for _ in original_parts:  # let the original's stepper finish its cut
-                pass
+            for j, x_part in enumerate(ours.advance(view.node, [view.input], {v.input for v in views[k:]})):
+                pos, y = targets.pop((k, j))
+                rows = view.rows(x_part[view.input], pos)
+                stats = stats or _Stats(rows.shape[0], rows.shape[2], y.shape[2])
+                stats.add(rows, y)
             report.layers.append(_fit(view, stats, index, writer, options))
             bar.update(1)
     bar.close()

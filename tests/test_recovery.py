@@ -218,6 +218,24 @@ def test_warning_when_weight_ranking_misjudges_the_model():
     assert PrunableModel(biased).plan(data={"x": np.zeros((2, 3, 6, 6), np.float32)}, ratio=0.25).warnings == []
 
 
+def test_warning_fires_on_ppocrv4_rec_and_not_on_the_digits_cnn():
+    """PP-OCRv4 rec (paddle2onnx, folded BN, scalar affine blocks): l1 is uncorrelated with what
+    the channels carry, and neither the filters nor the biases show it; the check on the
+    verification run does.  The shipped digits CNN (torch, trained), where l1 works: no warning."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import realmodels
+
+    digits = onnxprune.load(ROOT / "models" / "digits_cnn.onnx")
+    assert digits.plan("l1", ratio=0.25).warnings == []
+    path = realmodels.locate("ppocrv4-rec")
+    if path is None:
+        pytest.skip("rapidocr-onnxruntime is not installed (pip install '.[test]')")
+    warnings = onnxprune.load(path).plan("l1", ratio=0.05).warnings
+    assert any("the filter norms misjudge this model" in w and "on synthetic inputs it correlates" in w for w in warnings), warnings
+
+
 def test_scratch_cut_on_disk_gives_the_same_fit():
     """The cut between segments in RAM or in the scratch folder (memory_mb=0): same weights."""
     model = conv_chain(depthwise=True)
