@@ -391,6 +391,7 @@ class PrunableModel:
             exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
             checked = self.check_runs(data)  # the original's outputs, computed before surgery
             chunks, quality_labels = self._quality_inputs(data)
+            quality_labels = labels if labels is not None else quality_labels
             quality_reference = None
             if chunks is not None and not self.path.is_file():
                 from .quality import first_output
@@ -404,7 +405,7 @@ class PrunableModel:
 
             options = reconstruct if isinstance(reconstruct, ReconstructOptions) else ReconstructOptions()
             pruned, recovery = recover(self.model, pruned, self.depgraph, keep, self.calibration(data), options,
-                                       labels if labels is not None else quality_labels, self.show_progress)
+                                       quality_labels, self.show_progress)
         return Pruning(pruned, plan, weightless_copy(self.model), checked.feeds, exact,
                        self.cost_model.base, before_layers, self.path, checked.outputs, self.loaded.had_external_data,
                        self.cost_shapes, recovery, self.origins(), chunks, quality_labels, quality_reference, self.timings)

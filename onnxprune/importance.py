@@ -275,7 +275,7 @@ def activation_criterion(dg: DepGraph, feeds: dict[str, np.ndarray], statistic: 
 
     points = {g.id: consumption_points(dg, g) for g in dg.prunable_groups}
     names = sorted({d.tensor for dims in points.values() for d in dims})
-    session = make_session(with_outputs(dg.index, names))
+    session = make_session(with_outputs(dg.index, names), arrays=dg.index.external or None)  # mapped external data too
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     axes_of = {d.tensor: d.axis for dims in points.values() for d in dims}

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from .depgraph import DepGraph
 from .graph import ModelIndex, copy_fields
 from .ops import IN, OUT, NodeContext
+from .quality import QUALITY_BATCH, Quality, measure_all
 from .runtime import batches, make_session, sample_count, with_outputs
 from .ops import Dim
 from .surgery import ModelWriter, kept_elements
@@ -92,31 +93,16 @@ class ReconstructReport:
 
 
 @dataclass
-class Fidelity:
-    """Agreement of a model with the original on the calibration data.  `top1_agreement` compares
-    the argmax over the last axis of the first output (every position of a sequence model), None
-    when that axis has one element; `rel_error` is ||y - y_original|| / ||y_original|| over all
-    outputs; `accuracy` needs labels."""
-
-    samples: int
-    rel_error: float
-    top1_agreement: float | None
-    accuracy: float | None = None
-
-
-@dataclass
 class Recovery:
-    """The quality report of a prune with data: the plain pruned model and, with reconstruction,
-    the reconstructed one."""
+    """The quality report of a prune with data (onnxprune.quality, against the original): the
+    plain pruned model and, with reconstruction, the reconstructed one."""
 
-    plain: Fidelity
-    reconstructed: Fidelity | None = None
+    plain: Quality
+    reconstructed: Quality | None = None
     reconstruction: ReconstructReport | None = None
-    reference_accuracy: float | None = None
 
     def to_json(self) -> dict:
-        return {"plain": vars(self.plain), "reconstructed": vars(self.reconstructed) if self.reconstructed else None,
-                "reference_accuracy": self.reference_accuracy,
+        return {"plain": self.plain.to_json(), "reconstructed": self.reconstructed.to_json() if self.reconstructed else None,
                 "reconstruction": self.reconstruction.to_json() if self.reconstruction else None}
 
 
@@ -434,58 +420,29 @@ def _fit(view, stats: _Stats, index: ModelIndex, writer: ModelWriter, options: R
                     before, after if fitted else before, fitted, w is w0)
 
 
-# --- quality ------------------------------------------------------------------------------------
-
-def compare(reference: onnx.ModelProto | bytes | str, candidates: list[onnx.ModelProto | bytes | str],
-            feeds: dict[str, np.ndarray], labels: np.ndarray | None = None, batch: int = 16) -> tuple[list[Fidelity], float | None]:
-    """Fidelity of each candidate to `reference` on `feeds`, streamed batch by batch (the
-    reference runs once), and the reference's own accuracy when labels are given."""
-    ref = make_session(reference, prepack=False)
-    sessions = [make_session(c, prepack=False) for c in candidates]
-    k = len(candidates)
-    d2, a2 = np.zeros(k), 0.0
-    agree, total, correct, ref_correct = np.zeros(k), 0, np.zeros(k), 0
-    classifier = None
-    offset = 0
-    for part in batches(feeds, batch):
-        expected = ref.run(None, part)
-        first = np.asarray(expected[0])
-        classifier = first.ndim >= 2 and first.shape[-1] > 1 if classifier is None else classifier
-        a2 += sum(float(np.sum(np.asarray(e, dtype=np.float64) ** 2)) for e in expected)
-        top_ref = first.argmax(axis=-1) if classifier else None
-        n = sample_count(part)
-        if labels is not None and classifier:
-            ref_correct += int(np.sum(top_ref.reshape(n, -1)[:, 0] == labels[offset:offset + n]))
-        for j, session in enumerate(sessions):
-            got = session.run(None, part)
-            d2[j] += sum(float(np.sum((np.asarray(g, dtype=np.float64) - np.asarray(e, dtype=np.float64)) ** 2))
-                         for g, e in zip(got, expected))
-            if classifier:
-                top = np.asarray(got[0]).argmax(axis=-1)
-                agree[j] += int(np.sum(top == top_ref))
-                if labels is not None:
-                    correct[j] += int(np.sum(top.reshape(n, -1)[:, 0] == labels[offset:offset + n]))
-        total += top_ref.size if classifier else 0
-        offset += n
-    results = [Fidelity(offset, float(np.sqrt(d2[j] / max(a2, 1e-30))),
-                        float(agree[j] / total) if classifier and total else None,
-                        float(correct[j] / offset) if labels is not None and classifier else None) for j in range(k)]
-    return results, (ref_correct / offset if labels is not None and classifier else None)
-
-
 def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph, keep: dict[int, np.ndarray],
             feeds: dict[str, np.ndarray], options: ReconstructOptions | None, labels: np.ndarray | None = None,
             progress: bool = False) -> tuple[onnx.ModelProto, Recovery]:
     """The quality report of a prune with data, reconstructing first when `options` is given.
     Reconstruction that would make the model agree less with the original on the calibration data
     than plain pruning is dropped (the report says so: `reconstructed` is then None)."""
+    parts = list(batches(feeds, QUALITY_BATCH))
     if options is None:
-        (plain,), ref_acc = compare(original, [pruned], feeds, labels)
-        return pruned, Recovery(plain, reference_accuracy=ref_acc)
+        (plain,) = measure_all(original, [pruned], parts, labels)
+        return pruned, Recovery(plain)
     plain_bytes = pruned.SerializeToString()
     report = reconstruct(original, pruned, dg, keep, feeds, options, progress)
-    (plain, fitted), ref_acc = compare(original, [plain_bytes, pruned], feeds, labels)
-    if fitted.rel_error > plain.rel_error:
+    plain, fitted = measure_all(original, [plain_bytes, pruned], parts, labels)
+    if _worse(fitted, plain):
         restored = onnx.ModelProto.FromString(plain_bytes)
-        return restored, Recovery(plain, None, report, ref_acc)
-    return pruned, Recovery(plain, fitted, report, ref_acc)
+        return restored, Recovery(plain, None, report)
+    return pruned, Recovery(plain, fitted, report)
+
+
+def _worse(fitted: Quality, plain: Quality) -> bool:
+    """Whether the reconstructed model agrees less with the original: by top-1 agreement where the
+    output is classifier-like (a largest-difference measure can rise while every decision
+    improves), else by the relative error."""
+    if fitted.top1_agreement is not None and plain.top1_agreement is not None:
+        return fitted.top1_agreement < plain.top1_agreement
+    return fitted.rel_error > plain.rel_error
