@@ -348,16 +348,21 @@ class PrunableModel:
 
     def _latency_allocator(self, options: dict):
         """The latency-budget strategy (onnxprune.latency) when `target_latency` is among the options
-        (with `latency_batch`, `latency_threads`, `latency_cache`), else None."""
+        (with `latency_batch`, `latency_threads`, `latency_cache`, `latency_engine`), else None."""
+        names = ("latency_batch", "latency_threads", "latency_cache", "latency_engine")
         if options.get("target_latency") is None:
-            for name in ("target_latency", "latency_batch", "latency_threads", "latency_cache"):
+            for name in ("target_latency", *names):
                 options.pop(name, None)
             return None
-        from .latency import LatencyAllocator, LatencyOptions
+        from .latency import Engine, LatencyAllocator, LatencyOptions
 
-        batch, threads, cache = (options.pop(k, None) for k in ("latency_batch", "latency_threads", "latency_cache"))
+        batch, threads, cache, engine = (options.pop(k, None) for k in names)
+        try:
+            engine = Engine(engine or Engine.ONNXRUNTIME)
+        except ValueError:
+            raise InputError(f"options: --latency-engine {engine!r} is not one of {', '.join(e.value for e in Engine)}") from None
         lat = LatencyOptions(options.pop("target_latency"), 1 if batch is None else batch, threads or 0,
-                             cache_dir=Path(cache) if cache else None)
+                             cache_dir=Path(cache) if cache else None, engine=engine)
         lat.validate()
         if any(options.get(k) is not None for k in ("ratio", "threshold", "target_macs", "target_params")):
             raise InputError("options: --target-latency cannot be combined with --ratio, --threshold, --target-macs or --target-params")

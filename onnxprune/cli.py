@@ -87,7 +87,8 @@ def _result_json(result: "PruneResult", output: Path, input_path: Path) -> dict:
             "layers": [{"node": c.node, "origin": c.origin, "op": c.op, "channels": list(c.channels), "params": list(c.params),
                         "macs": list(c.macs)} for c in result.layers],
             "recovery": result.recovery.to_json() if result.recovery else None,
-            "measured_latency": result.plan.options.get("measured_latency")}
+            "measured_latency": result.plan.options.get("measured_latency"),
+            "latency_engine": result.plan.options.get("latency_engine", "onnxruntime")}
 
 
 def _size(path: Path) -> int:
@@ -109,7 +110,7 @@ def _print_result(summary: dict) -> None:
     print(f"MACs:       {si(m[0])} -> {si(m[1])} ({m[1] / max(m[0], 1):.1%})")
     print(f"file size:  {si(f[0])}B -> {si(f[1])}B")
     if summary.get("measured_latency") is not None:
-        print(f"latency:    {summary['measured_latency']:.1%} of the original's (onnxruntime on this machine)")
+        print(f"latency:    {summary['measured_latency']:.1%} of the original's ({summary['latency_engine']} on this machine)")
     if summary["channels_removed"] == 0:
         kind = "nothing removed: the plan keeps every channel, so the output is a verified copy"
     else:
@@ -149,7 +150,7 @@ def _allocation_args(args) -> dict:
             "target_params": args.target_params, "global_ranking": args.global_ranking, "max_ratio": args.max_ratio,
             "round_to": args.round_to, "ignore": args.ignore or [], "protect_ends": args.protect_ends,
             "normalize": args.normalize, "target_latency": args.target_latency, "latency_batch": args.latency_batch,
-            "latency_threads": args.latency_threads}
+            "latency_threads": args.latency_threads, "latency_engine": args.latency_engine}
 
 
 def _write_outputs(input_path: Path, result: "PruneResult", args, timings: Timings | None = None) -> dict:
@@ -525,7 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "(per-layer latency table, cached; then the result is timed and refined; see README)")
     how.add_argument("--latency-batch", type=int, default=1, help="with --target-latency: batch size to time (default 1)")
     how.add_argument("--latency-threads", type=int, default=0,
-                     help="with --target-latency: onnxruntime threads to time with (default 0: all cores)")
+                     help="with --target-latency: threads to time with (default 0: all cores)")
+    how.add_argument("--latency-engine", "--engine", choices=("onnxruntime", "ncnn"), default="onnxruntime",
+                     help="with --target-latency: the engine to measure latency in: onnxruntime (default) or ncnn "
+                          "(the model converted by pnnx, fp32; needs the pnnx and ncnn packages)")
     which = p.add_argument_group("which channels")
     which.add_argument("--criterion", choices=CRITERIA,
                        help="importance criterion; default: activation with --data, else scaled (filter norm times the "

@@ -25,6 +25,10 @@ allocation works from a latency table measured on this machine, in onnxruntime:
    `refinements` times).  The candidate whose measurement came closest to the target is kept; its
    measured fraction is recorded in the plan (`options.measured_latency`).
 
+Timing happens in onnxruntime or, with `Engine.NCNN`, in ncnn on the pnnx conversion of each
+one-node layer and each candidate (`deploy.ncnn.NcnnSession`): the same table, calibration and
+refinement, only the thing timed differs.
+
 The table and the calibration are cached (JSON) under `$ONNXPRUNE_CACHE` or
 `~/.cache/onnxprune/latency`, keyed by the model's sha256, the CPU, the onnxruntime version, the
 batch, the thread count and `round_to`: a second run on the same machine skips the measuring.
@@ -38,6 +42,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Callable
 
@@ -58,6 +63,14 @@ TOLERANCE = 0.02
 """Refinement stops once the measured fraction is within this (relative) of the target."""
 
 
+class Engine(str, Enum):
+    """Where latency is measured: what the model will be deployed with."""
+
+    ONNXRUNTIME = "onnxruntime"
+    NCNN = "ncnn"
+    """ncnn through pnnx (optional extras `pnnx` and `ncnn`), fp32, one extraction per sample."""
+
+
 @dataclass
 class LatencyOptions:
     target: float
@@ -69,10 +82,12 @@ class LatencyOptions:
     cache_dir: Path | None = None
     rounds: int = 5
     """Sets how many alternating runs a whole-model comparison makes (see latency_ratio)."""
+    engine: Engine = Engine.ONNXRUNTIME
 
     def plan_options(self) -> dict:
         """What the plan records, spelled as the API's options."""
-        return {"target_latency": self.target, "latency_batch": self.batch, **({"latency_threads": self.threads} if self.threads else {})}
+        return {"target_latency": self.target, "latency_batch": self.batch, **({"latency_threads": self.threads} if self.threads else {}),
+                **({"latency_engine": self.engine.value} if self.engine is not Engine.ONNXRUNTIME else {})}
 
     def validate(self) -> None:
         if not 0 < self.target <= 1:
@@ -85,8 +100,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ONNXPRUNE_CACHE") or Path.home() / ".cache" / "onnxprune") / "latency"
 
 
-def machine_key() -> str:
-    """CPU model and count and onnxruntime version: what a latency table is only valid for."""
+def machine_key(engine: Engine = Engine.ONNXRUNTIME) -> str:
+    """CPU model and count and the engine's version: what a latency table is only valid for."""
     import onnxruntime
 
     cpu = ""
@@ -97,7 +112,24 @@ def machine_key() -> str:
         pass
     import platform
 
-    return f"{cpu or platform.processor() or platform.machine()} x{os.cpu_count()} ort {onnxruntime.__version__}"
+    key = f"{cpu or platform.processor() or platform.machine()} x{os.cpu_count()} ort {onnxruntime.__version__}"
+    if engine is Engine.NCNN:
+        from importlib.metadata import version
+
+        key += f" ncnn {version('ncnn')} pnnx {version('pnnx')}"
+    return key
+
+
+def timed_session(model: onnx.ModelProto, threads: int, engine: Engine, feeds: dict[str, np.ndarray],
+                  arrays: dict[str, np.ndarray] | None = None):
+    """Something with onnxruntime's `run(None, feeds)` that runs `model` the way deployment would:
+    an onnxruntime session with all optimisations and prepacked weights, or the model converted
+    by pnnx and run in ncnn (fp32).  Raises InputError when the engine cannot run the model."""
+    if engine is Engine.NCNN:
+        from .deploy.ncnn import NcnnSession
+
+        return NcnnSession(model, {k: v.shape for k, v in feeds.items()}, threads or (os.cpu_count() or 1), arrays)
+    return _ort_session(model, threads)
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -167,11 +199,12 @@ def _time_session(session, feeds: dict[str, np.ndarray], budget: float = 0.03, m
 
 
 def layer_latencies(index: ModelIndex, nodes: list[int], batch: int, threads: int,
-                    memo: dict[str, float]) -> dict[int, float]:
+                    memo: dict[str, float], engine: Engine = Engine.ONNXRUNTIME) -> dict[int, float]:
     """Seconds per run of each node alone.  Identical layers (same op, attributes and shapes, as
-    in repeated blocks) are timed once: `memo` is keyed by the layer's weightless description."""
+    in repeated blocks) are timed once: `memo` is keyed by the layer's weightless description.
+    A layer the engine cannot run alone (pnnx refuses a lone node) is left out of the table: the
+    calibration line and the refinement account for it with everything between the layers."""
     from .graph import weightless_copy
-    from .runtime import make_session
 
     result = {}
     for node_i in nodes:
@@ -187,8 +220,12 @@ def layer_latencies(index: ModelIndex, nodes: list[int], batch: int, threads: in
             feeds = _feeds(index, names, batch)
             if feeds is None:
                 continue
-            memo[key] = _time_session(make_session(model, threads=threads), feeds)
-        result[node_i] = memo[key]
+            try:
+                memo[key] = _time_session(timed_session(model, threads, engine, feeds), feeds)
+            except InputError:
+                memo[key] = math.nan
+        if not math.isnan(memo[key]):
+            result[node_i] = memo[key]
     return result
 
 
@@ -302,18 +339,21 @@ class Measurer:
         if self.feeds is None:
             raise InputError("options: --target-latency needs the model's input shapes (all but the batch axis known)")
         model = index.model
-        self.original = make_session(model.SerializeToString() if index.external else model, threads=options.threads,
-                                     arrays=index.external or None)
+        if options.engine is Engine.NCNN:
+            self.original = timed_session(model, options.threads, options.engine, self.feeds, index.external)
+        else:
+            self.original = make_session(model.SerializeToString() if index.external else model, threads=options.threads,
+                                         arrays=index.external or None)
 
     def ratio(self, keep: dict[int, np.ndarray]) -> float:
         """Measured latency of the model pruned to `keep`, as a fraction of the original's."""
         from .surgery import apply_keep
 
-        session = _timed_session(apply_keep(self.dg, keep), self.options.threads)
+        session = timed_session(apply_keep(self.dg, keep), self.options.threads, self.options.engine, self.feeds)
         return latency_ratio(session, self.original, self.feeds, self.options.rounds)
 
 
-def _timed_session(model: onnx.ModelProto, threads: int):
+def _ort_session(model: onnx.ModelProto, threads: int):
     """A session as deployment would build it (all optimisations, prepacked weights), fed its
     weights in place (runtime.weightless_session without the one-off settings)."""
     from .graph import weightless_copy
@@ -342,7 +382,7 @@ def measure_table(dg: DepGraph, groups: list[Group], scores: dict[int, np.ndarra
         keep = by_ratio(groups, scores, 1 - f, _uniform(alloc)) if f < 1 else {}
         model = dg.index.model if not keep else apply_keep(dg, keep)
         index = dg.index if not keep else ModelIndex.build(model)
-        seconds = layer_latencies(index, nodes, options.batch, options.threads, memo)
+        seconds = layer_latencies(index, nodes, options.batch, options.threads, memo, options.engine)
         for t in terms:
             if t.node in seconds:
                 table.points.setdefault(t.node, []).append((t.fraction(keep), seconds[t.node]))
@@ -483,7 +523,7 @@ class LatencyAllocator:
         if not self.model_sha256:
             return None
         o = self.options
-        key = f"{self.model_sha256} {machine_key()} b{o.batch} t{o.threads} r{alloc.round_to} m{alloc.max_ratio} " \
+        key = f"{self.model_sha256} {machine_key(o.engine)} b{o.batch} t{o.threads} r{alloc.round_to} m{alloc.max_ratio} " \
               f"i{alloc.ignore} p{alloc.protect_ends}"
         return (o.cache_dir or default_cache_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
 

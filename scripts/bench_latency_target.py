@@ -16,6 +16,7 @@
 Not a test: prints markdown tables.  Time is bounded by few rounds; the machine is shared.
 
     python scripts/bench_latency_target.py [--rounds 7] [--workdir /tmp/onnxprune_bench] [--threads 0]
+        [--engine ncnn] [--models resnet50 mobilenetv2_full] [--batches 1 8]
 """
 
 from __future__ import annotations
@@ -32,33 +33,34 @@ sys.path.insert(0, str(REPO / "scripts"))
 from benchlib import ensure_exported  # noqa: E402
 
 
-def measured_fraction(pruned, original_path: Path, batch: int, threads: int, rounds: int) -> float:
+def measured_fraction(pruned, original_path: Path, batch: int, threads: int, rounds: int, engine: str = "onnxruntime") -> float:
     """Independent re-measurement: pruned vs original, fresh sessions, interleaved rounds."""
     import onnxprune
-    from onnxprune.latency import _feeds, _timed_session, latency_ratio
-    from onnxprune.runtime import make_session
+    from onnxprune.latency import Engine, _feeds, latency_ratio, timed_session
 
-    original = make_session(str(original_path), threads=threads)
-    index = onnxprune.load(original_path).index
+    loaded = onnxprune.load(original_path)
+    index = loaded.index
     feeds = _feeds(index, sorted(index.graph_inputs), batch)
-    return latency_ratio(_timed_session(pruned, threads), original, feeds, rounds)
+    engine = Engine(engine)
+    original = timed_session(loaded.model, threads, engine, feeds, index.external)
+    return latency_ratio(timed_session(pruned, threads, engine, feeds), original, feeds, rounds)
 
 
 def table_one(args) -> list[dict]:
     import onnxprune
 
     rows = []
-    for name in ("resnet50", "mobilenetv2_full"):
+    for name in args.models:
         path = ensure_exported(args.workdir, name, "dynamo")
-        for batch in (1, 8):
+        for batch in args.batches:
             for target in (0.5, 0.7):
                 model = onnxprune.load(path, mapped=True)
                 start = time.perf_counter()
                 plan = model.plan(target_latency=target, latency_batch=batch, latency_threads=args.threads,
-                                  latency_cache=args.workdir / "cache", round_to=8)
+                                  latency_cache=args.workdir / "cache", round_to=8, latency_engine=args.engine)
                 seconds = time.perf_counter() - start
                 result = model.apply(plan)
-                achieved = measured_fraction(result.model, path, batch, args.threads, args.rounds)
+                achieved = measured_fraction(result.model, path, batch, args.threads, args.rounds, args.engine)
                 rows.append({"model": name, "batch": batch, "target": target, "achieved": achieved,
                              "allocator": plan.options["measured_latency"], "seconds": seconds,
                              "macs": result.after.macs / result.before.macs})
@@ -85,14 +87,14 @@ def table_two(args) -> list[dict]:
     for target in (0.5, 0.7):
         model = onnxprune.load(path)
         plan = model.plan(target_latency=target, latency_batch=batch, latency_threads=args.threads,
-                          latency_cache=args.workdir / "cache", round_to=8)
+                          latency_cache=args.workdir / "cache", round_to=8, latency_engine=args.engine)
         by_latency = model.apply(plan).model
-        lat = measured_fraction(by_latency, path, batch, args.threads, args.rounds)
+        lat = measured_fraction(by_latency, path, batch, args.threads, args.rounds, args.engine)
         low, high, tries = 0.05, 1.0, []
         for _ in range(7):
             macs = (low + high) / 2
             candidate = onnxprune.load(path).prune(target_macs=macs, round_to=8).model
-            got = measured_fraction(candidate, path, batch, args.threads, args.rounds)
+            got = measured_fraction(candidate, path, batch, args.threads, args.rounds, args.engine)
             tries.append((abs(got - lat), macs, got, candidate))
             if abs(got - lat) <= 0.03 * lat:
                 break
@@ -112,6 +114,10 @@ def main() -> None:
                         "alternating pairs of runs (more while under 3 s)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1: on a shared "
                         "machine, several threads wait on each other whenever another process takes a core)")
+    parser.add_argument("--engine", choices=("onnxruntime", "ncnn"), default="onnxruntime",
+                        help="where latency is measured (--latency-engine); ncnn: pnnx-converted, fp32")
+    parser.add_argument("--models", nargs="+", default=["resnet50", "mobilenetv2_full"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument("--skip-models", action="store_true")
     args = parser.parse_args()

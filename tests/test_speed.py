@@ -111,6 +111,36 @@ def test_target_latency_plan_records_the_measurement_and_caches_the_table(sample
     onnxprune.load(sample).plan(target_latency=0.6, latency_batch=16, latency_threads=1, latency_cache=cache, round_to=4)
 
 
+def test_target_latency_in_ncnn_times_the_converted_model(sample: Path, tmp_path: Path, monkeypatch):
+    """--latency-engine ncnn: layers and candidates are converted by pnnx and timed in ncnn; the
+    plan records the engine, and the table is cached apart from onnxruntime's."""
+    from onnxprune.deploy import ncnn
+
+    converted = []
+    real_init = ncnn.NcnnSession.__init__
+
+    def counting(self, model, *args, **kwargs):
+        converted.append(len(model.graph.node))
+        real_init(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(ncnn.NcnnSession, "__init__", counting)
+    cache = tmp_path / "cache"
+    model = onnxprune.load(sample, mapped=True)
+    plan = model.plan(target_latency=0.6, latency_batch=2, latency_threads=1, latency_cache=cache, round_to=4,
+                      latency_engine="ncnn")
+    assert plan.options["latency_engine"] == "ncnn" and 0 < plan.options["measured_latency"] <= 1.5
+    assert 1 in converted and max(converted) == len(model.index.model.graph.node)  # layers alone and whole models
+    onnx.checker.check_model(model.apply(plan).model)
+    onnxruntime_plan = model.plan(target_latency=0.6, latency_batch=2, latency_threads=1, latency_cache=cache, round_to=4)
+    assert "latency_engine" not in onnxruntime_plan.options
+    assert len(list(cache.glob("*.json"))) == 2
+
+
+def test_an_unknown_latency_engine_is_refused(sample: Path):
+    with pytest.raises(onnxprune.InputError, match="--latency-engine 'tensorrt' is not one of onnxruntime, ncnn"):
+        onnxprune.load(sample).plan(target_latency=0.6, latency_engine="tensorrt")
+
+
 def test_greedy_meets_the_predicted_budget(sample: Path):
     model = onnxprune.load(sample)
     dg = model.depgraph

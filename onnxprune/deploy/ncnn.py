@@ -175,6 +175,38 @@ def compare(model: onnx.ModelProto, net, feeds: dict[str, np.ndarray]) -> float:
                for r, g in zip(reference, got))
 
 
+class NcnnSession:
+    """`model` converted by pnnx and loaded in ncnn (fp32), behind onnxruntime's `run(None, feeds)`
+    so that latency measurement times either engine the same way.  `shapes` are the feeds' shapes
+    (batch first); ncnn runs a batch as one extraction per sample, as deployment on it does."""
+
+    def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], threads: int = 1,
+                 arrays: dict[str, np.ndarray] | None = None):
+        """`arrays`: the data of initializers that are stubs in `model` (a memory-mapped original)."""
+        if arrays:
+            from ..graph import with_data
+
+            model = _with_arrays(model, arrays, with_data)
+        names = [vi.name for vi in graph_inputs(model)]
+        self._order = names
+        with tempfile.TemporaryDirectory(prefix="onnxprune-ncnn-") as folder:
+            files = convert(model, Path(folder), [(1,) + tuple(shapes[n][1:]) for n in names])
+            self._net = load_net(files, fp16=False, threads=threads)
+
+    def run(self, _outputs, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return run_net(self._net, [feeds[n] for n in self._order])
+
+
+def _with_arrays(model: onnx.ModelProto, arrays: dict[str, np.ndarray], with_data) -> onnx.ModelProto:
+    """A self-contained copy of `model`: pnnx reads the file, not our memory maps."""
+    full = onnx.ModelProto()
+    full.CopyFrom(model)
+    for k, tensor in enumerate(full.graph.initializer):
+        if tensor.name in arrays:
+            full.graph.initializer[k].CopyFrom(with_data(tensor, arrays[tensor.name]))
+    return full
+
+
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """The inputs fed at run time (old exporters also list initializers as inputs)."""
     inits = {t.name for t in model.graph.initializer}
