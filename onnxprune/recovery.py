@@ -9,14 +9,17 @@ exact in expectation); a bias is created where the layer has none and can take o
 
 The inputs of each layer are the *pruned* model's own activations, with the layers before it
 already re-fitted, so later layers correct the error left by earlier ones (fully sequential, as
-He et al.).  That costs one pass of the data through each model all the same: both models run
-segment by segment, from one layer to fit to the next, over the calibration batches, and what a
-segment leaves for later segments (the cut) waits in a scratch folder, one file per batch.
+He et al.).  That still costs one pass of the data through each model: the original runs first,
+as a whole model (one onnxruntime session that also returns every layer's output), and keeps for
+each layer and batch only the sampled output positions and its outputs there (`_Spill`); then the
+pruned model runs segment by segment, from one layer to fit to the next, and what a segment
+leaves for later segments (the cut) waits in RAM or a scratch folder, one file per batch.
 
 Memory does not grow with the number of samples: per layer and conv group only the sums
 X^T X, X^T Y, X, Y and |Y|^2 are kept (shapes set by the layer's widths), accumulated batch by
 batch over a fixed number of sampled output positions per sample (`positions`); RAM holds one
-batch of activations (the scratch folder on disk holds the cut for every batch).
+batch of activations and, up to `memory_mb`, the sampled targets and the cut (beyond that they
+go to the scratch folder on disk, which does grow with the data).
 
 Op knowledge (patches of a conv, which input is the weight, where a bias goes) comes from the op
 rules (`NodeContext.rule.linear_view`, onnxprune/ops/reconstruct.py).
