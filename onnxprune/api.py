@@ -483,10 +483,12 @@ class Pruning:
             report = verification.verify(self.original, self.model, self.feeds, exact=self.exact, reference=reference)
             measured = None
             if self.quality_batches is not None:
-                from .quality import compare, first_output
+                from .quality import compare, first_output, measure_all
 
-                before = self.quality_reference if self.quality_reference is not None else first_output(str(self.path), self.quality_batches)
-                measured = compare(before, first_output(self.model, self.quality_batches), self.labels)
+                if self.quality_reference is not None:
+                    measured = compare(self.quality_reference, first_output(self.model, self.quality_batches), self.labels)
+                else:  # streamed: one batch of outputs at a time
+                    (measured,) = measure_all(str(self.path), [self.model], self.quality_batches, self.labels)
         after_index = ModelIndex.build(self.model, self.input_shapes)
         after = cost.model_cost(after_index)
         self.plan.summary = {"params": [self.before.params, after.params], "macs": [self.before.macs, after.macs]}
