@@ -34,13 +34,15 @@ from .importance import (CRITERIA, NORMALIZATIONS, WEIGHT_CRITERIA, Criterion, S
                          structure_warning)
 from .load import LoadedModel, check_supported, load_model
 from .ops import OUT, PARAM, is_alias
-from .origin import alias_consumers, group_origins, layer_name
+from .origin import alias_consumers, group_origins, layer_name, scope_path
 from .plan import Plan, make_plan, resolve
 from .save import save_model
 from .surgery import apply_keep
 from .timings import Stage, Timings
 
 if TYPE_CHECKING:
+    from .staging import StagedOutput
+    from .blocks import Block, BlockSearch
     from .quality import Quality
     from .recovery import ReconstructOptions, Recovery
     from .verify import VerifyReport
@@ -79,17 +81,41 @@ class PruneResult:
     recovery: Recovery | None = None
     """With reconstruction: agreement with the original before and after it (onnxprune.recovery)."""
 
+    staged: StagedOutput | None = None
+    """Where the pruned weights were written as surgery made them (`PrunableModel.surgery` with
+    `output`): `model` then holds stubs for them, and saving to that output renames the staged
+    files into place."""
+
     def save(self, path: str | Path) -> Path:
         """Save the pruned model atomically, its weights stored as the original's were."""
+        if self.staged is not None and Path(path).resolve() == self.staged.target.resolve():
+            return self.staged.commit()  # `model`'s stubs name the data file relative to it: still right
+        self.materialize()
         return save_model(self.model, path, self.external_data)
+
+    def materialize(self) -> None:
+        """Read the staged weights into `model` (for code that edits it, such as --simplify) and
+        drop the staged files; a no-op when nothing is staged."""
+        if self.staged is None:
+            return
+        model = onnx.load(str(self.staged.header_path))  # with its external data
+        self.staged.discard()
+        self.staged, self.model = None, model
+
+    def discard(self) -> None:
+        """Remove staged files that were not saved (nothing of them is left behind)."""
+        if self.staged is not None and not self.staged.committed:
+            self.staged.discard()
+            self.staged = None
 
     def weights(self) -> dict[str, np.ndarray]:
         """Every float initializer of the pruned model by name: the original initializer names (a
         copy made for one use of a shared initializer is named `<name>__<node>`)."""
         from onnx import numpy_helper
 
-        return {t.name: numpy_helper.to_array(t) for t in self.model.graph.initializer
-                if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"}
+        mapped = self.staged.arrays(self.model) if self.staged is not None else {}
+        return {t.name: np.array(mapped[t.name]) if t.name in mapped else numpy_helper.to_array(t)
+                for t in self.model.graph.initializer if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).kind == "f"}
 
     def write_weights(self, path: str | Path) -> None:
         """Save `weights()` as an .npz (atomically), for loading back into the origin framework."""
@@ -141,6 +167,7 @@ class PrunableModel:
         self.show_progress = show_progress
         self.input_shapes = dict(input_shapes) if input_shapes else None
         self._checked: tuple[object, ChosenInputs] | None = None
+        self._without_blocks: dict[tuple[str, ...], PrunableModel] = {}
         self.timings = Timings()
         """Time spent per stage so far (`onnxprune prune --timings`)."""
 
@@ -204,7 +231,11 @@ class PrunableModel:
                 "control_flow": control_flow,
                 "prunable_params": sum(l["params"] for l in layers if l["prunable"]) / max(params, 1),
                 "prunable_macs": sum(l["macs"] for l in layers if l["prunable"]) / max(macs, 1),
-                "groups": groups, "layers": layers}
+                "groups": groups, "layers": layers,
+                "blocks": [{"id": b.id, "node": b.add, "origin": b.origin, "module": scope_path(b.module), "macs": b.macs,
+                            "params": b.params}
+                           for b in self.residual_blocks.blocks],
+                "blocks_refused": [{"node": r.add, "origin": r.origin, "reason": r.reason} for r in self.residual_blocks.refused]}
 
     def origins(self) -> dict[str, str | None]:
         """ONNX node name -> origin-framework layer name (onnxprune.origin.layer_name), for every node."""
@@ -304,6 +335,9 @@ class PrunableModel:
         sensitivity / max_loss (allocation from a sensitivity analysis) and allocator: your own
         strategy, called as allocator(depgraph, scores, options, cost_of) -> {group id: keep mask},
         where cost_of(keep) -> ModelCost(params, macs) prices a candidate without surgery."""
+        drop_blocks = options.pop("drop_blocks", None)
+        if drop_blocks:
+            return self._plan_dropping_blocks(drop_blocks, criterion, data, aggregate, options)
         sensitivity = options.pop("sensitivity", None)
         max_loss = options.pop("max_loss", None)
         normalize = options.pop("normalize", "mean")
@@ -331,7 +365,9 @@ class PrunableModel:
             if max_loss is not None:
                 plan.options["max_loss"] = max_loss
         if isinstance(criterion, str) and criterion in WEIGHT_CRITERIA:
-            warning = structure_warning(self.depgraph, self._synthetic_feeds())
+            # the ranking just made is one of the two compared (ranks: normalisation does not matter)
+            warning = structure_warning(self.depgraph, known={criterion: scores} if aggregate == "sum" else None,
+                                        feeds=self._synthetic_feeds())
             plan.warnings += [warning] if warning else []
         estimate = self.cost(keep)
         base = self.cost_model.base
@@ -345,6 +381,91 @@ class PrunableModel:
         from .runtime import FILE_ROUTE_ABOVE, weights_size
 
         return self.check_runs().feeds if weights_size(self.model) <= FILE_ROUTE_ABOVE else None
+
+    # --- depth: whole residual blocks (onnxprune.blocks) ------------------------------------
+    @cached_property
+    def residual_blocks(self) -> "BlockSearch":
+        """The removable residual blocks, and the sums that look like one but are not (why)."""
+        from .blocks import find_blocks
+
+        return find_blocks(self.index, {c.node: (c.params, c.macs) for c in cost.layer_costs(self.cost_index)})
+
+    def block_influence(self, data=None) -> dict[int, float]:
+        """ShortGPT's block influence of every removable block (block id -> 1 - mean cosine between
+        its input and output): on every sample of `data`, else on the inputs verification uses
+        (synthesized so that the model runs: a weaker ranking, which `plan` warns about)."""
+        from .blocks import block_influence, channel_axis
+
+        blocks = self.residual_blocks.blocks
+        feeds = self.calibration(data) if data is not None else self.check_runs().feeds
+        return block_influence(self.index, blocks, {b.id: channel_axis(self.depgraph, b) for b in blocks}, feeds)
+
+    def without_blocks(self, blocks: "list[Block]") -> "PrunableModel":
+        """The model with these blocks removed, as a PrunableModel (for its channel groups and
+        costs); costs are counted at this model's sizes."""
+        from .blocks import remove_blocks
+
+        key = tuple(b.add for b in blocks)
+        cache = self._without_blocks
+        if key not in cache:
+            loaded = LoadedModel(remove_blocks(self.index, blocks), self.path, self.loaded.had_external_data, self.sha256)
+            cache[key] = PrunableModel(loaded, self.show_progress, self.input_shapes or self.cost_shapes)
+        return cache[key]
+
+    def _plan_dropping_blocks(self, n, criterion, data, aggregate: str, options: dict) -> Plan:
+        """`plan(drop_blocks=n, ...)`: remove the n least influential residual blocks, then prune
+        channels of what is left with the other options (targets stay fractions of this model)."""
+        from .blocks import least_influential
+        from .plan import BlockPlan
+
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise InputError(f"options: --drop-blocks must be a whole number of blocks, not {n!r}")
+        for name in ("target_latency", "sensitivity", "max_loss", "allocator"):
+            if options.get(name) is not None:
+                raise InputError(f"options: --drop-blocks cannot be combined with --{name.replace('_', '-')} yet")
+        blocks = self.residual_blocks.blocks
+        if n > len(blocks):
+            raise InputError(f"{self.path}: --drop-blocks {n}: the model has {len(blocks)} removable residual block(s)"
+                             + (f" ({self.residual_blocks.refused[0].reason})" if self.residual_blocks.refused else ""))
+        influence = self.block_influence(data)
+        chosen = least_influential(blocks, influence, n)
+        if len(chosen) < n:
+            raise InputError(f"{self.path}: --drop-blocks {n}: only {len(chosen)} of the blocks are not nested in one another")
+        inner = self.without_blocks(chosen)
+        base, rest = self.cost_model.base, inner.cost_model.base
+        for target, total, left in (("target_macs", base.macs, rest.macs), ("target_params", base.params, rest.params)):
+            if options.get(target) is not None:  # a fraction of this model, met by what is left
+                options[target] = options[target] * total / max(left, 1)
+                if options[target] >= 1:
+                    options[target] = None
+        if any(options.get(k) is not None for k in ("ratio", "threshold", "target_macs", "target_params")):
+            plan = inner.plan(criterion, data, aggregate, **options)
+        else:
+            plan = make_plan(inner.depgraph, {}, options={"drop_blocks": n})
+        plan.model = {"file": self.path.name, "sha256": self.sha256}
+        plan.options["drop_blocks"] = n
+        plan.blocks = [BlockPlan(b.add, b.shortcut, b.branch, b.output, b.module, list(b.modules), b.origin, b.macs,
+                                 round(influence[b.id], 6))
+                       for b in chosen]
+        estimate = inner.cost(resolve(plan, inner.depgraph))
+        plan.summary = {"params": [base.params, estimate.params], "macs": [base.macs, estimate.macs]}
+        if data is None:
+            plan.warnings.append("blocks were ranked on synthesized inputs (no --data): block influence says most about "
+                                 "a model on inputs like the ones it serves; pass --data CALIB.npz")
+        return plan
+
+    def plan_blocks(self, plan: Plan, source: str = "plan") -> "list[Block]":
+        """The model's blocks a plan removes, matched by their sum's node and tensors; a plan for
+        another model is refused, naming the first block that does not match."""
+        by_add = {b.add: b for b in self.residual_blocks.blocks}
+        found = []
+        for bp in plan.blocks:
+            block = by_add.get(bp.add)
+            if block is None or (block.shortcut, block.branch, block.output) != (bp.shortcut, bp.branch, bp.output):
+                raise InputError(f"{source}: block at node '{bp.add}' is not a removable residual block of this model "
+                                 "(plan for another model?)")
+            found.append(block)
+        return found
 
     def _latency_allocator(self, options: dict):
         """The latency-budget strategy (onnxprune.latency) when `target_latency` is among the options
@@ -379,7 +500,7 @@ class PrunableModel:
 
     # --- surgery -------------------------------------------------------------------------
     def surgery(self, plan: Plan, data=None, source: str = "plan", reconstruct: bool | ReconstructOptions = False,
-                labels: np.ndarray | None = None) -> "Pruning":
+                labels: np.ndarray | None = None, output: str | Path | None = None) -> "Pruning":
         """Apply a plan: the pruned model, not yet verified.  What `Pruning.verify` needs of the
         original travels with it (its inputs and outputs, its outputs on the verification inputs
         or the file to compute them from), so this object may be dropped before verifying: the
@@ -388,12 +509,21 @@ class PrunableModel:
         (`quality`: agreement with the original on all of the data, accuracy with labels);
         `reconstruct` (True or ReconstructOptions) first re-fits the layers that consume pruned
         channels on that data (onnxprune.recovery, which needs the original's weights here) and
-        reports agreement before and after it (`recovery`)."""
-        keep = resolve(plan, self.depgraph, source)
+        reports agreement before and after it (`recovery`).
+
+        `output`, the file the result will be saved to, lets a model with external data be
+        written as it goes (onnxprune.staging): each pruned weight goes to a staged data file
+        beside `output` as surgery makes it, verification reads the staged files, and
+        `PruneResult.save(output)` renames them into place.  Reconstruction, which re-fits the
+        pruned weights in memory, keeps the whole pruned model in memory instead."""
+        depgraph = self.without_blocks(self.plan_blocks(plan, source)).depgraph if plan.blocks else self.depgraph
+        keep = resolve(plan, depgraph, source)
         if reconstruct and data is None:
             raise InputError("options: --reconstruct needs calibration data (--data FILE.npz)")
+        if reconstruct and plan.blocks:
+            raise InputError("options: --reconstruct cannot be combined with dropped blocks yet")
         with self.timings.stage(Stage.VERIFICATION):
-            exact = all(self._all_dead(gid, mask) for gid, mask in keep.items())
+            exact = not plan.blocks and all(self._all_dead(gid, mask) for gid, mask in keep.items())
             checked = self.check_runs(data)  # the original's outputs, computed before surgery
             chunks, quality_labels = self._quality_inputs(data)
             quality_labels = labels if labels is not None else quality_labels
@@ -403,17 +533,30 @@ class PrunableModel:
 
                 quality_reference = first_output(self.model, chunks)
         before_layers = {c.node: c for c in cost.layer_costs(self.cost_index)}
-        with self.timings.stage(Stage.SURGERY):
-            pruned, recovery = apply_keep(self.depgraph, keep), None
-        if reconstruct and not exact:
-            from .recovery import ReconstructOptions, recover
+        sink = None
+        if output is not None and self.loaded.had_external_data and not (reconstruct and not exact):
+            from .staging import StagedOutput
 
-            options = reconstruct if isinstance(reconstruct, ReconstructOptions) else ReconstructOptions()
-            pruned, recovery = recover(self.model, pruned, self.depgraph, keep, self.calibration(data), options,
-                                       quality_labels, self.show_progress)
-        return Pruning(pruned, plan, weightless_copy(self.model), checked.feeds, exact,
-                       self.cost_model.base, before_layers, self.path, checked.outputs, self.loaded.had_external_data,
-                       self.cost_shapes, recovery, self.origins(), chunks, quality_labels, quality_reference, self.timings)
+            sink = StagedOutput(output)
+        try:
+            with self.timings.stage(Stage.SURGERY):
+                pruned, recovery = apply_keep(depgraph, keep, sink), None
+                if sink is not None:
+                    sink.write_header(pruned)
+            if reconstruct and not exact:
+                from .recovery import ReconstructOptions, recover
+
+                options = reconstruct if isinstance(reconstruct, ReconstructOptions) else ReconstructOptions()
+                pruned, recovery = recover(self.model, pruned, self.depgraph, keep, self.calibration(data), options,
+                                           quality_labels, self.show_progress)
+            return Pruning(pruned, plan, weightless_copy(self.model), checked.feeds, exact,
+                           self.cost_model.base, before_layers, self.path, checked.outputs, self.loaded.had_external_data,
+                           self.cost_shapes, recovery, self.origins(), chunks, quality_labels, quality_reference,
+                           self.timings, sink)
+        except BaseException:
+            if sink is not None:
+                sink.discard()
+            raise
 
     def _quality_inputs(self, data) -> tuple[list[dict[str, np.ndarray]] | None, np.ndarray | None]:
         """Every sample of the user's data in batches, and its labels, for PruneResult.quality
@@ -473,23 +616,41 @@ class Pruning:
     """The original's first output on `quality_batches`; None: computed from the file at `path`."""
     timings: Timings = field(default_factory=Timings)
     """The stages so far (PrunableModel.timings); verification adds itself."""
+    staged: StagedOutput | None = None
+    """The pruned weights as written so far (see PrunableModel.surgery's `output`); `model` holds stubs."""
+
+    def discard(self) -> None:
+        """Remove the staged files of a pruning that is not saved (a failed check, an error)."""
+        if self.staged is not None and not self.staged.committed:
+            self.staged.discard()
 
     def verify(self) -> PruneResult:
-        """Check the pruned model against the original (verify.verify) and summarise the change."""
+        """Check the pruned model against the original (verify.verify) and summarise the change.
+        On failure the staged files are removed: nothing of them is written."""
+        try:
+            return self._verify()
+        except BaseException:
+            self.discard()
+            raise
+
+    def _verify(self) -> PruneResult:
         from . import verify as verification
 
+        staged = str(self.staged.header_path) if self.staged is not None else None
         with self.timings.stage(Stage.VERIFICATION):
             reference = self.reference if self.reference is not None else verification.reference_outputs(str(self.path), self.feeds)
-            report = verification.verify(self.original, self.model, self.feeds, exact=self.exact, reference=reference)
+            report = verification.verify(self.original, self.model, self.feeds, exact=self.exact, reference=reference,
+                                         source=staged)
             measured = None
             if self.quality_batches is not None:
                 from .quality import compare, first_output, measure_all
 
                 if self.quality_reference is not None:
-                    measured = compare(self.quality_reference, first_output(self.model, self.quality_batches), self.labels)
+                    measured = compare(self.quality_reference, first_output(staged or self.model, self.quality_batches), self.labels)
                 else:  # streamed: one batch of outputs at a time
-                    (measured,) = measure_all(str(self.path), [self.model], self.quality_batches, self.labels)
-        after_index = ModelIndex.build(self.model, self.input_shapes)
+                    (measured,) = measure_all(str(self.path), [staged or self.model], self.quality_batches, self.labels)
+        mapped = self.staged.arrays(self.model) if self.staged is not None else None  # stubs' data: the staged file
+        after_index = ModelIndex.build(self.model, self.input_shapes, mapped)
         after = cost.model_cost(after_index)
         self.plan.summary = {"params": [self.before.params, after.params], "macs": [self.before.macs, after.macs]}
         old = self.before_layers
@@ -497,4 +658,4 @@ class Pruning:
                               (old[c.node].macs, c.macs), self.origins.get(c.node))
                   for c in cost.layer_costs(after_index) if c.node in old]
         return PruneResult(self.model, self.plan, report, self.before, after, layers, self.exact,
-                           True if self.external_data else None, measured, self.recovery)
+                           True if self.external_data else None, measured, self.recovery, self.staged)

@@ -63,10 +63,23 @@ def _print_inspect(info: dict) -> None:
         print(f"{g['id']:>5} {g['channels']:>8}  {status:<9} {layers}")
         if not g["prunable"]:
             print(f"{'':>26}{g['blocked']}")
+    _print_blocks(info)
     print(f"\n{'layer':<40} {'op':<14} {'channels':>8} {'params':>10} {'MACs':>10}  onnx node")
     for layer in info["layers"]:
         print(f"{_layer(layer):<40} {layer['op']:<14} {layer['channels'] or '':>8} {si(layer['params']):>10} "
               f"{si(layer['macs']):>10}  {layer['node']}")
+
+
+def _print_blocks(info: dict) -> None:
+    """The residual blocks `prune --drop-blocks` can remove, and the ones it cannot (why)."""
+    if not info["blocks"] and not info["blocks_refused"]:
+        return
+    print(f"\n{'block':>5} {'MACs':>10}  {'status':<9} layer / branch / reason")
+    for b in info["blocks"]:
+        print(f"{b['id']:>5} {si(b['macs']):>10}  {'removable':<9} {b['origin'] or b['node']} / {b['module'] or '-'}")
+    for r in info["blocks_refused"]:
+        print(f"{'-':>5} {'':>10}  {'kept':<9} {r['origin'] or r['node']} ({r['node']})")
+        print(f"{'':>29}{r['reason']}")
 
 
 def _layer(layer: dict, width: int = 40) -> str:
@@ -77,6 +90,8 @@ def _layer(layer: dict, width: int = 40) -> str:
 
 
 def _result_json(result: "PruneResult", output: Path, input_path: Path) -> dict:
+    from .origin import scope_path
+
     return {"input": str(input_path), "output": str(output), "exact": result.exact,
             "params": [result.before.params, result.after.params],
             "macs": [result.before.macs, result.after.macs],
@@ -88,7 +103,9 @@ def _result_json(result: "PruneResult", output: Path, input_path: Path) -> dict:
                         "macs": list(c.macs)} for c in result.layers],
             "recovery": result.recovery.to_json() if result.recovery else None,
             "measured_latency": result.plan.options.get("measured_latency"),
-            "latency_engine": result.plan.options.get("latency_engine", "onnxruntime")}
+            "latency_engine": result.plan.options.get("latency_engine", "onnxruntime"),
+            "blocks_dropped": [{"node": b.add, "origin": b.origin, "module": scope_path(b.module), "macs": b.macs, "influence": b.influence}
+                               for b in result.plan.blocks]}
 
 
 def _size(path: Path) -> int:
@@ -105,13 +122,18 @@ def _print_result(summary: dict) -> None:
             channels = "-" if ch[0] is None and ch[1] is None else f"{ch[0]} -> {ch[1]}"
             print(f"{_layer(layer):<40} {layer['op']:<14} {channels:>13} "
                   f"{si(layer['params'][0]) + ' -> ' + si(layer['params'][1]):>19}  {layer['node']}")
+    for block in summary.get("blocks_dropped", []):
+        print(f"dropped block {block['origin'] or block['node']} (branch {block['module'] or '-'}, {si(block['macs'])} MACs, "
+              f"influence {block['influence']:.4g})")
     print(f"\nchannels removed: {summary['channels_removed']}")
     print(f"parameters: {si(p[0])} -> {si(p[1])} ({p[1] / max(p[0], 1):.1%})")
     print(f"MACs:       {si(m[0])} -> {si(m[1])} ({m[1] / max(m[0], 1):.1%})")
     print(f"file size:  {si(f[0])}B -> {si(f[1])}B")
     if summary.get("measured_latency") is not None:
         print(f"latency:    {summary['measured_latency']:.1%} of the original's ({summary['latency_engine']} on this machine)")
-    if summary["channels_removed"] == 0:
+    if summary.get("blocks_dropped"):
+        kind = "outputs differ as expected: residual blocks removed"
+    elif summary["channels_removed"] == 0:
         kind = "nothing removed: the plan keeps every channel, so the output is a verified copy"
     else:
         kind = "exact (only dead channels removed)" if summary["exact"] else "outputs differ as expected"
@@ -150,7 +172,8 @@ def _allocation_args(args) -> dict:
             "target_params": args.target_params, "global_ranking": args.global_ranking, "max_ratio": args.max_ratio,
             "round_to": args.round_to, "ignore": args.ignore or [], "protect_ends": args.protect_ends,
             "normalize": args.normalize, "target_latency": args.target_latency, "latency_batch": args.latency_batch,
-            "latency_threads": args.latency_threads, "latency_engine": args.latency_engine}
+            "latency_threads": args.latency_threads, "latency_engine": args.latency_engine,
+            "drop_blocks": getattr(args, "drop_blocks", None)}
 
 
 def _write_outputs(input_path: Path, result: "PruneResult", args, timings: Timings | None = None) -> dict:
@@ -174,23 +197,24 @@ def _pruned(args) -> "Pruning":
     """Load, plan (or read the plan) and cut.  The loaded original goes out of scope when this
     returns, so verifying the Pruning afterwards never holds the original's weights, the pruned
     model and an onnxruntime session at once (PrunableModel.surgery)."""
-    # External data is mapped, not read, unless --data brings work that runs the original in
-    # memory (the activation criteria, the default with data, and reconstruction)
-    model = load(args.model, parse_input_shapes(args.input_shape), mapped=not args.data)
+    # External data is mapped, not read; with external data the pruned model is written as it
+    # goes, to staged files beside the output that saving renames into place (api.surgery)
+    model = load(args.model, parse_input_shapes(args.input_shape), mapped=True)
     if getattr(args, "plan", None):
         from .plan import Plan
 
         plan = Plan.read(args.plan)
         model.check_runs(args.data)  # the original must run on the verification inputs before any work
-        return model.surgery(plan, args.data, source=str(args.plan), reconstruct=args.reconstruct)
+        return model.surgery(plan, args.data, source=str(args.plan), reconstruct=args.reconstruct, output=args.output)
     model.show_progress = not args.json and sys.stderr.isatty()
     options = _allocation_args(args)
     if args.sensitivity or args.max_loss is not None:
         options.update(sensitivity=args.sensitivity, max_loss=args.max_loss)
     elif args.plot:
         raise InputError("options: --plot needs --sensitivity")
-    elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params", "target_latency")):
-        raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs, --target-params or --target-latency")
+    elif all(options[k] is None for k in ("ratio", "threshold", "target_macs", "target_params", "target_latency", "drop_blocks")):
+        raise InputError("options: say how much to prune: --ratio, --threshold, --target-macs, --target-params, "
+                         "--target-latency or --drop-blocks")
     if args.plot:
         from .sensitivity import plotting
 
@@ -204,7 +228,7 @@ def _pruned(args) -> "Pruning":
 
         plot(Sensitivity.read(Path(args.sensitivity)), Path(args.plot),
              {int(g): r for g, r in plan.options["sensitivity_ratios"].items()})
-    return model.surgery(plan, args.data, reconstruct=args.reconstruct)
+    return model.surgery(plan, args.data, reconstruct=args.reconstruct, output=args.output)
 
 
 def cmd_inspect(args) -> int:
@@ -245,11 +269,14 @@ def cmd_prune(args) -> int:
     check_output_paths(args.model, (args.output, args.plan_out, args.weights_out), args.overwrite)
     pruning = _pruned(args)
     gc.collect()  # the original's index and its value cache refer to each other: free its weights now
-    result = pruning.verify()
+    try:
+        result = pruning.verify()
+        if args.simplify:
+            _simplify(result, pruning.feeds)
+        summary = _write_outputs(Path(args.model), result, args, pruning.timings)
+    finally:
+        pruning.discard()  # staged files that were not saved (an error): nothing is left behind
     plan = result.plan
-    if args.simplify:
-        _simplify(result, pruning.feeds)
-    summary = _write_outputs(Path(args.model), result, args, pruning.timings)
     _print_timings(pruning.timings, args)
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -265,6 +292,7 @@ def _simplify(result: "PruneResult", feeds) -> None:
     """Replace the pruned model by its onnxslim-simplified form, checked on the verification inputs."""
     from .deploy.simplify import simplify_checked
 
+    result.materialize()  # onnxslim edits a model held in memory
     result.model = simplify_checked(result.model, feeds)
 
 
@@ -272,8 +300,11 @@ def cmd_apply(args) -> int:
     check_output_paths(args.model, (args.output, args.weights_out), args.overwrite)
     pruning = _pruned(args)
     gc.collect()  # the original's index and its value cache refer to each other: free its weights now
-    result = pruning.verify()
-    summary = _write_outputs(Path(args.model), result, args, pruning.timings)
+    try:
+        result = pruning.verify()
+        summary = _write_outputs(Path(args.model), result, args, pruning.timings)
+    finally:
+        pruning.discard()  # staged files that were not saved (an error): nothing is left behind
     _print_timings(pruning.timings, args)
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -291,7 +322,8 @@ def cmd_finetune(args) -> int:
     check_output_paths(args.model, (args.output,), args.overwrite)
     student, teacher = load(args.model), load(args.teacher)
     feeds = student.calibration(args.data)
-    options = FinetuneOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, minutes=args.minutes)
+    options = FinetuneOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, minutes=args.minutes,
+                              features=_feature_index(teacher, args.features, args.plan))
     if min(options.epochs, options.batch_size) < 1 or options.lr <= 0:
         raise InputError("options: --epochs and --batch-size must be at least 1, --lr positive")
     result = finetune(student.model, teacher.model, feeds, options, progress=not args.json and sys.stderr.isatty())
@@ -307,6 +339,48 @@ def cmd_finetune(args) -> int:
           f"loss {result.first_loss:.4g} -> {result.losses[-1]:.4g} (epoch means: {', '.join(f'{v:.3g}' for v in result.losses)})")
     for label, f in (("before", before), ("after", after)):
         print(f"{label}: against the teacher {f.describe()}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _feature_index(teacher, features: str | None, plan_path: str | None) -> dict:
+    """--features NAME,... (and --plan, the plan that pruned the teacher): each tensor's kept channels."""
+    from .finetune import kept_channels
+    from .plan import Plan, resolve
+
+    names = [n for n in (features or "").split(",") if n]
+    if plan_path and not names:
+        raise InputError("options: --plan needs --features")
+    kept = kept_channels(teacher.depgraph, resolve(Plan.read(plan_path), teacher.depgraph, plan_path)) if plan_path else {}
+    return {n: kept.get(n, {}) for n in names}
+
+
+def cmd_iterate(args) -> int:
+    from .finetune import FinetuneOptions
+    from .iterative import IterativeOptions, iterate
+    from .quality import labels_for
+    from .save import save_model
+
+    check_output_paths(args.model, (args.output,), args.overwrite)
+    model = load(args.model, parse_input_shapes(args.input_shape))
+    feeds = model.calibration(args.data)
+    distill = FinetuneOptions(epochs=args.distill_epochs, lr=args.lr, batch_size=args.batch_size) if args.distill_epochs else None
+    options = IterativeOptions(args.target_macs, args.steps, args.schedule, args.criterion, args.reconstruct, distill,
+                               [n for n in (args.features or "").split(",") if n],
+                               {"round_to": args.round_to, "max_ratio": args.max_ratio, "ignore": args.ignore or [],
+                                "protect_ends": args.protect_ends})
+    result = iterate(model, feeds, options, labels_for(args.data, len(next(iter(feeds.values())))),
+                             progress=not args.json and sys.stderr.isatty())
+    save_model(result.model, args.output, True if model.loaded.had_external_data else None)
+    summary = {"input": str(args.model), "output": str(args.output), "steps": [vars(r) for r in result.steps]}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    for r in result.steps:
+        top1 = f", top-1 agreement {r.top1_agreement:.2%}" if r.top1_agreement is not None else ""
+        accuracy = f"; accuracy {r.accuracy:.2%}" if r.accuracy is not None else ""
+        print(f"step {r.step}/{options.steps}: {r.macs:.1%} of the MACs (aimed at {r.target_macs:.1%}); against the "
+              f"original on --data: relative output error {r.rel_error:.3g}{top1}{accuracy} ({r.seconds:.0f} s)")
     print(f"wrote {args.output}")
     return 0
 
@@ -329,7 +403,7 @@ def cmd_sensitivity(args) -> int:
     except ValueError:
         raise InputError(f"options: --ratios '{args.ratios}' is not a comma-separated list of numbers") from None
     sens = analyse(model, feeds, labels, args.metric, ratios, args.criterion, args.workers, args.backend,
-                   args.batch, Path(args.output), progress=sys.stderr.isatty() and not args.json)
+                   args.batch, Path(args.output), progress=sys.stderr.isatty() and not args.json, reconstruct=args.reconstruct)
     if args.plot:
         plot(sens, Path(args.plot))
     if args.json:
@@ -530,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--latency-engine", "--engine", choices=("onnxruntime", "ncnn"), default="onnxruntime",
                      help="with --target-latency: the engine to measure latency in: onnxruntime (default) or ncnn "
                           "(the model converted by pnnx, fp32; needs the pnnx and ncnn packages)")
+    how.add_argument("--drop-blocks", type=int, metavar="N",
+                     help="remove the N residual blocks (x + f(x) -> x: a transformer's attention or MLP, a ResNet block "
+                          "with an identity shortcut) that change their input least on --data (ShortGPT's block "
+                          "influence); combines with the options above, which then prune channels of what is left")
     which = p.add_argument_group("which channels")
     which.add_argument("--criterion", choices=CRITERIA,
                        help="importance criterion; default: activation with --data, else scaled (filter norm times the "
@@ -568,9 +646,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the cosine schedule (default 1e-4)")
     p.add_argument("--batch-size", type=int, default=16, help="samples per step (default 16)")
     p.add_argument("--minutes", type=float, help="stop after this much wall time (the schedule then spans it)")
+    p.add_argument("--features", metavar="NAME,...", help="also match these intermediate tensors (names in both graphs) "
+                                                         "to the teacher's, each one's normalised squared error added to the loss")
+    p.add_argument("--plan", help="the plan that pruned the teacher into the model (prune --plan-out): needed when a "
+                                  "--features tensor lost channels, to compare it with the teacher's kept channels")
     p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("iterate", help="prune in K steps, recovering on unlabeled data after each (reconstruct and/or distil)",
+                       description="The iterative prune-recover loop on the ONNX model alone: each step prunes a little more "
+                                   "(ranked and allocated on the current pruned model), then re-fits the layers on --data "
+                                   "(--reconstruct, the default) and/or distils toward the original (--distill-epochs N, needs "
+                                   "torch), until --target-macs. After step k of K the model keeps 1 - s(k) of the original's "
+                                   "MACs, s the --schedule of removed fractions. Every step is verified like prune's output.")
+    p.add_argument("model", help="ONNX model file (never modified)")
+    p.add_argument("--target-macs", type=float, required=True, help="keep this fraction of MACs at the end, e.g. 0.5")
+    p.add_argument("--steps", type=int, default=4, help="prune-recover steps (default 4)")
+    p.add_argument("--schedule", default="linear", choices=["linear", "geometric"],
+                   help="linear: equal cuts of the original's MACs; geometric: each step removes the same fraction of "
+                        "what is left (default linear)")
+    p.add_argument("--data", required=True, help="calibration inputs (.npy, or .npz keyed by input name; 'labels' in the "
+                                                 ".npz add accuracy to the report)")
+    p.add_argument("-o", "--output", required=True, help="where to write the pruned model (atomically)")
+    p.add_argument("--criterion", choices=CRITERIA, help="which channels go first (default: activation, on --data)")
+    p.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=True,
+                   help="re-fit the layers after each step's prune (default on; --no-reconstruct turns it off)")
+    p.add_argument("--distill-epochs", type=int, default=0, help="epochs of distillation toward the original after each "
+                                                                  "step (default 0: none; needs torch)")
+    p.add_argument("--lr", type=float, default=1e-4, help="with --distill-epochs: peak learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=16, help="with --distill-epochs: samples per step (default 16)")
+    p.add_argument("--features", metavar="NAME,...", help="with --distill-epochs: also match these intermediate tensors "
+                                                         "to the original's (through the channels kept over all steps)")
+    p.add_argument("--round-to", type=int, default=1, help="keep channel counts that are multiples of N")
+    p.add_argument("--max-ratio", type=float, default=0.9, help="never remove more than this fraction of a group (default 0.9)")
+    p.add_argument("--ignore", action="append", metavar="REGEX", help="leave groups alone whose initializer or node name matches")
+    p.add_argument("--protect-ends", action="store_true", help="leave the first and last layers' channels alone")
+    _add_input_shape(p)
+    p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_iterate)
 
     p = sub.add_parser("sensitivity", help="measure how much each group suffers when pruned alone",
                        description="For every group and ratio, prune that group alone and measure a metric on your data: "
@@ -587,6 +702,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("--backend", default="local", choices=["local", "ray"], help="run workers locally or on a Ray cluster")
     p.add_argument("--batch", type=int, default=32, help="samples per onnxruntime run (default 32)")
+    p.add_argument("--reconstruct", action="store_true", help="score each candidate after re-fitting the layers that read "
+                                                              "the group on --data (as prune --reconstruct leaves it), so "
+                                                              "allocation prunes harder where reconstruction repairs; slower "
+                                                              "(one fit and session per candidate, no --workers)")
     p.add_argument("-o", "--output", required=True, help="sensitivity file (JSON); an existing one is resumed")
     p.add_argument("--plot", metavar="PNG", help="also draw the curves")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -1,6 +1,7 @@
 """Knowledge distillation of a pruned ONNX model toward the original, on unlabeled inputs, with no
 training code: the pruned graph runs in PyTorch (onnxprune.ops.torch_exec), the teacher in
-onnxruntime, and the loss is the teacher-normalised squared error of every output.  Trained are
+onnxruntime, and the loss is the teacher-normalised squared error of every output (and of the
+intermediate tensors named in `FinetuneOptions.features`, through the kept channels).  Trained are
 the weights and biases of the layers that `NodeContext.rule.linear_view` can read (Conv, Gemm,
 MatMul and their bias Add); the result is the same ONNX graph with those constants replaced, by
 name, in their own dtype and shape, and nothing else changed.
@@ -34,6 +35,48 @@ class FinetuneOptions:
     minutes: float | None = None
     """Stop after this much wall time (the cosine schedule then spans the budget)."""
     seed: int = 0
+    features: dict[str, "FeatureIndex"] = field(default_factory=dict)
+    """Intermediate tensors to match as well (name -> the teacher's elements each student axis
+    keeps, see `kept_channels`; {} where the shapes are the same), each one's normalised squared
+    error added to the output loss with weight `feature_weight`."""
+    feature_weight: float = 1.0
+
+
+FeatureIndex = dict[int, np.ndarray]
+"""Axis -> indices of the teacher's elements that the student's tensor keeps on that axis."""
+
+
+def kept_channels(dg, keep: dict[int, np.ndarray]) -> dict[str, FeatureIndex]:
+    """For every activation tensor that pruning with `keep` (group id -> keep mask, on the
+    teacher's dependency graph `dg`) narrows: the teacher's elements the pruned tensor keeps, by
+    axis.  Feature distillation compares the student's tensor with the teacher's at these
+    indices; tensors not listed keep their shape."""
+    index: dict[str, FeatureIndex] = {}
+    for group in dg.groups:
+        mask = keep.get(group.id)
+        if mask is None or mask.all():
+            continue
+        for dim in group.dims:
+            if not dim.is_const:
+                index.setdefault(dim.tensor, {})[dim.axis] = group.kept_elements(dim, mask)
+    return index
+
+
+def compose(outer: dict[str, FeatureIndex], inner: dict[str, FeatureIndex]) -> dict[str, FeatureIndex]:
+    """Indices into the first model after two prunes: `outer` maps model 0 to model 1, `inner`
+    model 1 to model 2 (the iterative loop composes one prune per step)."""
+    out = {name: dict(axes) for name, axes in outer.items()}
+    for name, axes in inner.items():
+        for axis, idx in axes.items():
+            before = out.get(name, {}).get(axis)
+            out.setdefault(name, {})[axis] = idx if before is None else before[idx]
+    return out
+
+
+def _select(t: np.ndarray, index: FeatureIndex) -> np.ndarray:
+    for axis, idx in index.items():
+        t = np.take(t, idx, axis=axis)
+    return t
 
 
 @dataclass
@@ -77,6 +120,37 @@ def _write_back(model: onnx.ModelProto, index: ModelIndex, values: dict[str, np.
     return out
 
 
+def _nmse(output, target: np.ndarray):
+    """Squared error normalised by the target's mean square: outputs and features of any scale weigh alike."""
+    import torch
+
+    return torch.mean((output - torch.from_numpy(target)) ** 2) / float(np.mean(target.astype(np.float64) ** 2) + 1e-12)
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs these intermediate tensors."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    return out
+
+
+def _check_features(student: ModelIndex, teacher: ModelIndex, features: dict[str, FeatureIndex]) -> None:
+    """Every feature is a float tensor both graphs compute, and the kept indices fit the teacher's."""
+    for name, axes in features.items():
+        for which, index in (("pruned model", student), ("teacher", teacher)):
+            if name not in index.producer and name not in {vi.name for vi in index.model.graph.input}:
+                raise InputError(f"finetune: --features: the {which} computes no tensor '{name}'")
+        s_shape, t_shape = student.shape(name), teacher.shape(name)
+        if s_shape is None or t_shape is None or len(s_shape) != len(t_shape):
+            continue  # shapes unknown here: onnxruntime and torch check at the first step
+        for axis, (a, b) in enumerate(zip(s_shape, t_shape)):
+            want = len(axes[axis]) if axis in axes else b
+            if isinstance(a, int) and isinstance(want, int) and a > 0 and want > 0 and a != want:
+                raise InputError(f"finetune: --features: '{name}' has {a} elements on axis {axis} in the pruned model and "
+                                 f"{want} in the teacher; pass the plan that pruned it (--plan) to match the kept channels")
+
+
 def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto | str | Path, feeds: dict[str, np.ndarray],
              options: FinetuneOptions | None = None, progress: bool = False) -> FinetuneResult:
     """Distil `student` (a pruned model) toward `teacher` (the original) on `feeds`."""
@@ -97,7 +171,15 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto | str | Path, fe
         net = GraphModule(student, index, names)
     except UnsupportedOp as exc:
         raise InputError(f"finetune: {exc}") from None
-    teacher_run = make_session(str(teacher) if isinstance(teacher, Path) else teacher)
+    features = options.features
+    teacher_source = str(teacher) if isinstance(teacher, Path) else teacher
+    if features:  # the teacher also outputs the features (only then is it loaded and indexed here)
+        teacher_model = teacher if isinstance(teacher, onnx.ModelProto) else onnx.load(str(teacher))
+        _check_features(index, ModelIndex.build(teacher_model), features)
+        teacher_source = _with_outputs(teacher_model, list(features))
+    net.extra = list(features)
+    teacher_run = make_session(teacher_source)
+    n_out = len(student.graph.output)
     n = sample_count(feeds)
     per_epoch = -(-n // options.batch_size)
     total = per_epoch * options.epochs
@@ -115,8 +197,9 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto | str | Path, fe
             part = {k: v[idx] for k, v in feeds.items()}
             targets = teacher_run.run(None, part)
             outputs = net(**{k: torch.from_numpy(v) for k, v in part.items()})
-            loss = sum(torch.mean((o - torch.from_numpy(t)) ** 2) / float(np.mean(t.astype(np.float64) ** 2) + 1e-12)
-                       for o, t in zip(outputs, targets) if np.issubdtype(t.dtype, np.floating))
+            loss = sum(_nmse(o, t) for o, t in zip(outputs[:n_out], targets[:n_out]) if np.issubdtype(t.dtype, np.floating))
+            for o, t, name in zip(outputs[n_out:], targets[n_out:], features):
+                loss = loss + options.feature_weight * _nmse(o, np.ascontiguousarray(_select(t, features[name])))
             if step == 0:
                 result.first_loss = float(loss.detach())
             # cosine schedule over the steps, or over the time budget

@@ -134,6 +134,12 @@ chains `view(b, n, -1, d)` -> transpose -> matmul -> `view(b, -1, n, d)`, each r
 one before it is."""
 
 
+PROBE_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19)
+"""Sizes given to the graph inputs' dynamic axes when probing which sizes are which input's (see
+ModelIndex._probe_dims): distinct primes, small enough that no exporter's clamp (a slice of a
+position table) is reached."""
+
+
 @dataclass
 class ModelIndex:
     """Producers, consumers, constants and shapes of one graph (the main graph; subgraphs are opaque)."""
@@ -145,6 +151,8 @@ class ModelIndex:
     initializers: dict[str, onnx.TensorProto] = field(default_factory=dict)
     constant_nodes: dict[str, int] = field(default_factory=dict)
     elem_types: dict[str, int] = field(default_factory=dict)
+    dim_aliases: dict[tuple[str, int], str] = field(default_factory=dict)
+    """Dynamic sizes known to be a graph input's dynamic size (see `_probe_dims`)."""
     external: dict[str, np.ndarray] = field(default_factory=dict)
     """The data of initializers that are stubs in `model` (memory-mapped external data, see
     load.map_external); `const` reads them without a copy."""
@@ -164,12 +172,20 @@ class ModelIndex:
                  for name, shape in (input_shapes or {}).items()]
         index = cls._build(model, {}, seeds, external or {})
         hints: dict[str, tuple[Size, ...]] = {}
-        for _ in range(REFINE_ROUNDS):  # a refined size can let a later Reshape refine its own
+        aliases: dict[tuple[str, int], str] = {}
+        probed = bool(seeds)
+        for _ in range(REFINE_ROUNDS + 1):  # a refined size can let a later Reshape refine its own
             new = {**hints, **index._refined_shapes()}
+            if new == hints and not probed:
+                probed = True
+                aliases = index._probe_dims(new)
+                index.dim_aliases = aliases
+                new.update(index._refined_shapes())
             if new == hints:
                 break
             hints = new
             index = cls._build(model, hints, seeds + index._hint_infos(hints), external or {})
+            index.dim_aliases = aliases
         return index
 
     def _refined_shapes(self) -> dict[str, tuple[Size, ...]]:
@@ -181,6 +197,49 @@ class ModelIndex:
             if refined is not None:
                 hints[node.output[0]] = refined
         return hints
+
+    def _probe_dims(self, hints: dict[str, tuple[Size, ...]]) -> dict[tuple[str, int], str]:
+        """Which dynamic sizes are a graph input's dynamic size: (tensor, axis) -> that size's name,
+        for sizes onnx's inference named with a fresh symbol (the legacy exporter's `view(b, n, -1)`
+        reads `b` from one tensor while its input's batch carries another symbol, so `-1` cannot be
+        worked out by cancelling them).
+
+        Shape inference runs at two probes of the inputs' dynamic sizes, the k-th being
+        PROBE_PRIMES[k] in the first and PROBE_PRIMES[k + 1] in the second; a size that takes
+        exactly the k-th input size's two values is taken to be that size.  Nothing is concluded
+        from a size that stays the same (a ceil-divided or clamped size can do so)."""
+        dynamic = [(vi.name, a, d) for vi in self.model.graph.input if vi.name in self.graph_inputs
+                   for a, d in enumerate(_shape_of(vi) or ()) if not (isinstance(d, int) and d > 0)]
+        unknown = {name: shape for name, shape in self.shapes.items()
+                   if name not in self.graph_inputs and any(isinstance(d, str) for d in shape)}
+        if not dynamic or len(dynamic) >= len(PROBE_PRIMES) or not unknown:
+            return {}
+        probes = []
+        for shift in (0, 1):
+            sizes = {vi.name: list(_shape_of(vi)) for vi in self.model.graph.input if vi.name in self.graph_inputs}
+            for k, (name, axis, _) in enumerate(dynamic):
+                sizes[name][axis] = PROBE_PRIMES[k + shift]
+            seeds = [onnx.helper.make_tensor_value_info(name, _input_type(self.model, name), shape) for name, shape in sizes.items()]
+            inferred = infer_shapes(self.model, seeds + self._hint_infos({n: h for n, h in hints.items() if n not in unknown}))
+            probes.append({vi.name: _shape_of(vi) for vi in inferred.graph.value_info})
+        names = {(PROBE_PRIMES[k], PROBE_PRIMES[k + 1]): d if isinstance(d, str) and d else f"{name}[{axis}]"
+                 for k, (name, axis, d) in enumerate(dynamic)}
+        found = {}
+        for name, shape in unknown.items():
+            a, b = probes[0].get(name), probes[1].get(name)
+            if a is None or b is None or len(a) != len(shape) or len(b) != len(shape):
+                continue
+            for axis, (d, x, y) in enumerate(zip(shape, a, b)):
+                if isinstance(d, str) and (x, y) in names:
+                    found[(name, axis)] = names[(x, y)]
+        return found
+
+    def dim_name(self, tensor: str, axis: int) -> Size:
+        """The size of `tensor` at `axis`, a dynamic one by the graph input size it is (see
+        `_probe_dims`) where that is known, so that sizes named apart by inference line up."""
+        shape = self.shapes.get(tensor)
+        size = shape[axis] if shape is not None and axis < len(shape) else None
+        return size if isinstance(size, int) else self.dim_aliases.get((tensor, axis), size)
 
     @classmethod
     def _build(cls, model: onnx.ModelProto, hints: dict[str, tuple[Size, ...]],

@@ -9,8 +9,12 @@ common sizes, each checked by running the ORIGINAL model in onnxruntime.  The fi
 which the original runs is used; when none runs, the user is told which input to give a shape.
 
 Integer inputs get values a model accepts: below the size of the table they index (an input the
-ONNX schema calls `indices`, read from a constant), one of the constants a scalar "choice" input is
-compared with (a VAD's sample rate), otherwise ones (valid token ids, masks, counts).
+ONNX schema calls `indices`, read from a constant, or token ids that reach an embedding Gather
+through Reshape/Cast/...: `ops.layout.embedding_rows`), one of the constants a scalar "choice"
+input is compared with (a VAD's sample rate), otherwise ones (attention masks, counts).  Dynamic
+axes that share a symbolic name (`batch`, `sequence`) take one size across inputs, the one
+`--input-shape` gives where it names one of them: `--input-shape input_ids:1x128` makes the
+attention mask 1x128 too.
 """
 
 from __future__ import annotations
@@ -79,6 +83,22 @@ def parse_input_shapes(texts: list[str] | None) -> dict[str, tuple[int, ...]]:
 def model_inputs(index: ModelIndex) -> list[onnx.ValueInfoProto]:
     """The graph inputs that are not initializers (what a caller must feed)."""
     return [vi for vi in index.model.graph.input if vi.name not in index.initializers]
+
+
+def dim_symbols(vi: onnx.ValueInfoProto) -> list[str | None]:
+    """Each dimension's symbolic name (`batch`, `sequence_length`), None where it has none."""
+    return [d.dim_param if d.HasField("dim_param") and d.dim_param else None for d in vi.type.tensor_type.shape.dim]
+
+
+def given_symbols(index: ModelIndex, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Symbolic dimension name -> the size `--input-shape` gives it (on any input that has it)."""
+    symbols: dict[str, int] = {}
+    for vi in model_inputs(index):
+        if vi.name in shapes:
+            for symbol, size in zip(dim_symbols(vi), shapes[vi.name]):
+                if symbol:
+                    symbols.setdefault(symbol, size)
+    return symbols
 
 
 def declared_dims(vi: onnx.ValueInfoProto) -> list[int | None]:
@@ -168,7 +188,10 @@ def integer_values(index: ModelIndex, vi: onnx.ValueInfoProto, shape: tuple[int,
     """Candidate arrays for an integer or boolean input, best first."""
     if dtype == np.bool_:
         return [np.ones(shape, dtype=dtype)]
-    bound = index_bound(index, vi.name)
+    from .ops.layout import embedding_rows
+
+    bounds = [b for b in (index_bound(index, vi.name), embedding_rows(index, vi.name)) if b]
+    bound = min(bounds) if bounds else None
     if bound:
         return [rng.integers(0, bound, size=shape).astype(dtype)]
     if int(np.prod(shape)) == 1:
@@ -189,8 +212,12 @@ class ChosenInputs:
 def _shape_assignments(index: ModelIndex, shapes: dict[str, tuple[int, ...]], batch: int) -> Iterator[dict[str, tuple[int, ...]]]:
     """Candidate shapes for all inputs: the user's where given; dynamic axes 0 get BATCH and the
     other dynamic axes one common size (hints, then CANDIDATE_SIZES); finally every dynamic axis,
-    batch included, one common size (for state inputs whose batch sits on another axis)."""
-    declared = {vi.name: declared_dims(vi) for vi in model_inputs(index) if vi.name not in shapes}
+    batch included, one common size (for state inputs whose batch sits on another axis).  An axis
+    whose symbolic name the user's shapes give a size takes that size in every assignment."""
+    inputs = {vi.name: vi for vi in model_inputs(index) if vi.name not in shapes}
+    symbols = given_symbols(index, shapes)
+    declared = {name: [symbols.get(symbol, d) if d is None else d for d, symbol in zip(declared_dims(vi), dim_symbols(vi))]
+                for name, vi in inputs.items()}
     n_dynamic = max((sum(d is None for d in dims[1:]) for dims in declared.values()), default=0)
     if not any(None in dims for dims in declared.values()):
         yield {**{k: tuple(d for d in dims) for k, dims in declared.items()}, **shapes}
@@ -232,15 +259,16 @@ def _describe(feeds: dict[str, np.ndarray]) -> str:
     return ", ".join(f"{k}:{'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds.items())
 
 
-def probe_session(model: onnx.ModelProto | str, source: Path):
+def probe_session(model: onnx.ModelProto | str, source: Path, arrays: dict[str, np.ndarray] | None = None):
     """An onnxruntime session on the original, quiet about the failures probing expects; a model
-    onnxruntime cannot load (an op it does not know) is refused as bad input."""
+    onnxruntime cannot load (an op it does not know) is refused as bad input.  `arrays` holds the
+    data of initializers that are stubs in `model` (mapped weights, ModelIndex.external)."""
     import onnxruntime as ort
 
     from .runtime import make_session
 
     try:
-        session = make_session(model, prepack=False, quiet=True)
+        session = make_session(model, prepack=False, quiet=True, arrays=arrays)
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.InvalidArgument) as exc:
         raise InputError(f"{source}: onnxruntime cannot load the model, so no pruned model could be verified "
@@ -261,7 +289,7 @@ def choose_inputs(index: ModelIndex, shapes: dict[str, tuple[int, ...]] | None =
 
     shapes = dict(shapes or {})
     check_input_shapes(index, shapes, source)
-    session = probe_session(model if model is not None else index.model, source)
+    session = probe_session(model if model is not None else index.model, source, None if model is not None else index.external)
     tried: list[str] = []
     last_error = ""
     attempts = 0

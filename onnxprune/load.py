@@ -13,6 +13,7 @@ import math
 import mmap
 import os
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +34,18 @@ class LoadedModel:
     model: onnx.ModelProto
     path: Path
     had_external_data: bool
-    sha256: str = ""
-    """sha256 of the file's bytes followed by its external data files' (see `file_digest`)."""
+    digest: Future[str] | str = ""
+    """sha256 of the file's bytes followed by its external data files' (see `file_digest`), or
+    the hashing still under way (`sha256` waits for it)."""
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     """With `load_model(mapped=True)`: read-only memory maps of the external initializers, whose
     TensorProtos in `model` then stay stubs (name, type, dims, location) without data."""
+
+    @property
+    def sha256(self) -> str:
+        if isinstance(self.digest, Future):
+            self.digest = self.digest.result()
+        return self.digest
 
 
 def _external_locations(model: onnx.ModelProto) -> list[str]:
@@ -138,6 +146,7 @@ def load_model(path: str | os.PathLike, mapped: bool = False) -> LoadedModel:
     locations = _external_locations(model)
     for location in sorted(set(locations)):
         _check_location(path, location)
+    digest = _digest_in_background(raw, [path.parent / loc for loc in sorted(set(locations))])
     arrays = map_external(model, path) if locations and mapped else None
     if locations and arrays is None:
         try:
@@ -146,7 +155,17 @@ def load_model(path: str | os.PathLike, mapped: bool = False) -> LoadedModel:
             raise InputError(f"{path}: cannot read external data ({exc})") from None
     check_supported(model, path, path if locations else None)
     return LoadedModel(model=model, path=path, had_external_data=bool(locations),
-                       sha256=file_digest(raw, [path.parent / loc for loc in sorted(set(locations))]), arrays=arrays or {})
+                       digest=digest, arrays=arrays or {})
+
+
+def _digest_in_background(raw: bytes, data_files: list[Path]) -> Future[str]:
+    """`file_digest` in a thread: hashlib releases the GIL, so the hash (for ResNet-50 as long
+    as parsing the file; for a multi-GB model, seconds of reading its data files) overlaps
+    building the graph and scoring instead of delaying them.  The plan, which records it, waits."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxprune-sha256")
+    future = pool.submit(file_digest, raw, data_files)
+    pool.shutdown(wait=False)
+    return future
 
 
 def file_digest(raw: bytes, data_files: list[Path]) -> str:

@@ -34,6 +34,27 @@ def node_scope(node: onnx.NodeProto) -> str | None:
     return None
 
 
+def scope_chain(node: onnx.NodeProto) -> list[str]:
+    """The origin-framework layers enclosing a node, outermost first, each as `node_scope` spells
+    it (dynamo: `['blocks', 'blocks.0', 'blocks.0.attn']` from its metadata; legacy:
+    `['blocks', 'blocks/blocks.0', 'blocks/blocks.0/attn']` from `/blocks/blocks.0/attn/MatMul`);
+    empty when the node names no layer.  Block removal uses it to find the one layer that computes
+    a residual branch (onnxprune.blocks)."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    scopes = meta.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        try:
+            names = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            return []
+        return [n for n in names[:-1] if n]
+    name = node.name
+    if name.startswith("/") and name.count("/") >= 2:
+        parts = name.split("/")[1:-1]
+        return ["/".join(parts[:k + 1]) for k in range(len(parts))]
+    return []
+
+
 _GENERATED_WEIGHT = ("onnx::", "val_", "const_", "_val_")
 """Initializer name prefixes that exporters generate (legacy torch's `onnx::Conv_12`, dynamo's
 `val_3`, tf2onnx's `const_fold_opt__9`): they name no layer."""
@@ -64,6 +85,11 @@ def _legacy_path(scope: str) -> str:
         else:
             path.append(part)
     return ".".join(path)
+
+
+def scope_path(scope: str | None) -> str | None:
+    """A scope as a module path for tables (the legacy chain `1/body` reads `1.body`)."""
+    return _legacy_path(scope) if scope and "/" in scope else scope
 
 
 def layer_name(node: onnx.NodeProto, initializers=()) -> str | None:

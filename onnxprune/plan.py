@@ -30,6 +30,9 @@ from .origin import member_scope
 
 PLAN_FORMAT = "onnxprune.plan"
 PLAN_VERSION = 1
+BLOCKS_VERSION = 2
+"""A plan that drops residual blocks is written as version 2 (`blocks`), so that an onnxprune
+that knows only version 1 refuses it instead of ignoring the blocks; one without stays version 1."""
 RENAMED_OPTIONS = {"normalise": "normalize"}
 """Option keys of older plans and their spelling now (one spelling across CLI, API and plan)."""
 
@@ -66,6 +69,24 @@ class GroupPlan:
 
 
 @dataclass
+class BlockPlan:
+    """A residual block the plan removes (onnxprune.blocks.Block): the sum `output = shortcut +
+    branch` becomes `output = shortcut`.  `module` is the origin-framework layer computing the
+    branch, `influence` its ShortGPT block influence."""
+
+    add: str
+    shortcut: str
+    branch: str
+    output: str
+    module: str | None = None
+    modules: list[str] = field(default_factory=list)
+    """Every outermost layer inside the branch (the hand-back replaces each by zeros)."""
+    origin: str | None = None
+    macs: int = 0
+    influence: float | None = None
+
+
+@dataclass
 class Plan:
     groups: list[GroupPlan]
     model: dict = field(default_factory=dict)
@@ -73,9 +94,13 @@ class Plan:
     summary: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     """What the user should know about how the plan was made (not written to the file)."""
+    blocks: list[BlockPlan] = field(default_factory=list)
+    """Residual blocks removed before the channels of `groups` (whose members then refer to the
+    model without those blocks)."""
 
     def to_json(self) -> str:
-        doc = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model": self.model, "options": self.options,
+        doc = {"format": PLAN_FORMAT, "version": BLOCKS_VERSION if self.blocks else PLAN_VERSION, "model": self.model,
+               "options": self.options, **({"blocks": [asdict(b) for b in self.blocks]} if self.blocks else {}),
                "groups": [asdict(g) for g in self.groups], "summary": self.summary}
         text = json.dumps(doc, indent=1)
         # one line per list of numbers keeps a plan readable and diffable
@@ -94,18 +119,23 @@ class Plan:
             raise InputError(f"{source}: not a JSON plan ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
             raise InputError(f"{source}: not an onnxprune plan (missing \"format\": \"{PLAN_FORMAT}\")")
-        if doc.get("version") != PLAN_VERSION:
-            raise InputError(f"{source}: plan version {doc.get('version')} is not supported (this onnxprune reads version {PLAN_VERSION})")
+        if doc.get("version") not in (PLAN_VERSION, BLOCKS_VERSION):
+            raise InputError(f"{source}: plan version {doc.get('version')} is not supported (this onnxprune reads versions "
+                             f"{PLAN_VERSION} and {BLOCKS_VERSION})")
         try:
             groups = [GroupPlan(id=int(g["id"]), channels=int(g["channels"]), keep=checked_keep(g, source),
                                 members=[Member(**{**m, "role": Role(m["role"])}) for m in g["members"]]) for g in doc["groups"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: malformed plan group ({exc})") from None
+        try:
+            blocks = [BlockPlan(**b) for b in doc.get("blocks", [])] if doc.get("version") == BLOCKS_VERSION else []
+        except TypeError as exc:
+            raise InputError(f"{source}: malformed plan block ({exc})") from None
         options = dict(doc.get("options", {}))
         for old, new in RENAMED_OPTIONS.items():  # plans written before the option was renamed
             if old in options:
                 options.setdefault(new, options.pop(old))
-        return cls(groups=groups, model=doc.get("model", {}), options=options, summary=doc.get("summary", {}))
+        return cls(groups=groups, model=doc.get("model", {}), options=options, summary=doc.get("summary", {}), blocks=blocks)
 
     @classmethod
     def read(cls, path: str | Path) -> "Plan":

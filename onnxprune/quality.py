@@ -120,10 +120,13 @@ def first_output(model: onnx.ModelProto | bytes | str, feed_batches: list[dict[s
 
 
 def measure_all(original: onnx.ModelProto | bytes | str, changed: list[onnx.ModelProto | bytes | str],
-                feed_batches: list[dict[str, np.ndarray]], labels: np.ndarray | None = None) -> list[Quality]:
+                feed_batches: list[dict[str, np.ndarray]], labels: np.ndarray | None = None,
+                original_arrays: dict[str, np.ndarray] | None = None) -> list[Quality]:
     """Quality of each changed model against the original, streamed batch by batch: the
-    original runs once, and only one batch of outputs is held at a time."""
-    sessions = [make_session(m, prepack=False) for m in [original, *changed]]
+    original runs once, and only one batch of outputs is held at a time.  `original_arrays`
+    holds the data of the original's initializers that are stubs (mapped weights)."""
+    sessions = [make_session(original, prepack=False, arrays=original_arrays or None)] + \
+        [make_session(m, prepack=False) for m in changed]
     names = [s.get_outputs()[0].name for s in sessions]
     tallies = [Tally() for _ in changed]
     offset = 0

@@ -207,6 +207,7 @@ class _Stepper:
     def __init__(self, model: onnx.ModelProto, index: ModelIndex, feeds: list[dict[str, np.ndarray]],
                  folder: Path, name: str):
         self.model, self.elem_types, self.feeds, self.folder, self.name = model, index.elem_types, feeds, folder, name
+        self.external = index.external  # mapped weights whose initializers are stubs: handed to onnxruntime in place
         self.constant_nodes = index.constant_nodes  # copied into each segment that reads them, never carried
         self.position = 0  # nodes before this index have run
         self.last_use: dict[str, int] = {}
@@ -266,7 +267,9 @@ class _Stepper:
             produced |= {n for n in needed if n in self.constant_nodes}
             inputs = sorted(n for n in needed if n not in produced and n not in inits)
             outputs = sorted({n for n in produced if live(n)} | {n for n in want if n in produced and n not in self.constant_nodes})
-            session = make_session(_segment(self.model, nodes, inputs, outputs, needed, self.elem_types)) if outputs else None
+            mapped = {n: self.external[n] for n in sorted(needed) if n in self.external}
+            segment = _segment(self.model, nodes, inputs, outputs, needed, self.elem_types)
+            session = make_session(segment, arrays=mapped) if outputs else None
         for j in range(len(self.feeds)):
             state = self._state(j)
             values = dict(state)
@@ -333,7 +336,7 @@ def _original_targets(dg: DepGraph, keep: dict[int, np.ndarray], views: list,
     outputs there, restricted to the channels the pruned layer still makes."""
     kept = kept_elements(dg, keep)
     names = list(dict.fromkeys(view.output for view in views))
-    session = make_session(with_outputs(dg.index, names))
+    session = make_session(with_outputs(dg.index, names), arrays=dg.index.external)  # mapped weights, read in place
     for j, part in enumerate(parts):
         values = dict(zip(names, session.run(names, part)))
         for k, view in enumerate(views):
@@ -431,11 +434,11 @@ def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph, ke
     than plain pruning is dropped (the report says so: `reconstructed` is then None)."""
     parts = list(batches(feeds, QUALITY_BATCH))
     if options is None:
-        (plain,) = measure_all(original, [pruned], parts, labels)
+        (plain,) = measure_all(original, [pruned], parts, labels, dg.index.external)
         return pruned, Recovery(plain)
     plain_bytes = pruned.SerializeToString()
     report = reconstruct(original, pruned, dg, keep, feeds, options, progress)
-    plain, fitted = measure_all(original, [plain_bytes, pruned], parts, labels)
+    plain, fitted = measure_all(original, [plain_bytes, pruned], parts, labels, dg.index.external)
     if _worse(fitted, plain):
         restored = onnx.ModelProto.FromString(plain_bytes)
         return restored, Recovery(plain, None, report)

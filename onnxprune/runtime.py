@@ -91,10 +91,14 @@ def weightless_session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 
 @contextmanager
-def one_off_session(model: onnx.ModelProto) -> Iterator[ort.InferenceSession]:
-    """A session for one verification run: `weightless_session` up to FILE_ROUTE_ABOVE; above,
-    on a temporary copy with external data (see `model_source`, removed afterwards), which
-    onnxruntime maps from the file instead of holding a second copy of the weights in memory."""
+def one_off_session(model: onnx.ModelProto | str) -> Iterator[ort.InferenceSession]:
+    """A session for one verification run: on a model's file (its path) as it is; on a model in
+    memory, `weightless_session` up to FILE_ROUTE_ABOVE; above, on a temporary copy with external
+    data (see `model_source`, removed afterwards), which onnxruntime maps from the file instead of
+    holding a second copy of the weights in memory."""
+    if isinstance(model, str):
+        yield make_session(model, prepack=False)
+        return
     if weights_size(model) <= FILE_ROUTE_ABOVE:
         yield weightless_session(model)
         return

@@ -35,4 +35,16 @@ def cubic(step: int, final: float, initial: float = 0.0, start: int = 0, n: int 
     return final + (initial - final) * (1 - t / (n * frequency)) ** 3
 
 
+def geometric(step: int, steps: int, final: float) -> float:
+    """The removed fraction after `step` of `steps` when each step removes the same fraction of
+    what is left: 1 - (1 - final)^(step/steps).  Steps then cut the current model alike, where
+    `linear` makes the last steps the hardest (the same absolute cut of a smaller model)."""
+    if steps <= 0:
+        return final
+    t = min(max(step, 0), steps) / steps
+    return 1.0 - (1.0 - final) ** t
+
+
 SCHEDULES = {"linear": linear, "paddle_log": paddle_log, "cubic": cubic}
+STEP_SCHEDULES = {"linear": linear, "geometric": geometric}
+"""Schedules of the iterative loop (onnxprune.iterative): (step, steps, final) -> removed fraction."""

@@ -1,7 +1,11 @@
 """Sensitivity analysis (the "analyse" step of the Vitis AI optimizer), a client of the pipeline.
 
 For every group and every ratio, prune that group alone and measure a metric on the user's data.
-Candidates are evaluated without rebuilding sessions: the model gets one extra input per group, a
+With reconstruction (`reconstruct`, `onnxprune sensitivity --reconstruct`) a candidate is scored
+as `prune --reconstruct` would leave it: the group is cut, the layers that read it are re-fitted
+on the same data (onnxprune.recovery), and the re-fitted model is evaluated in its own session; a
+group whose damage reconstruction repairs then scores low and allocation prunes it harder.
+Otherwise candidates are evaluated without rebuilding sessions: the model gets one extra input per group, a
 channel mask multiplied in wherever a weight consumes the group's channels.  A channel that is
 zero at all those points is exactly a removed channel (the same fact dead-channel detection rests
 on), so one onnxruntime session evaluates every candidate.  Candidates run in worker processes
@@ -17,7 +21,7 @@ import multiprocessing
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import onnx
@@ -33,6 +37,9 @@ from .ops.build import channel_mask_nodes
 from .origin import group_origins
 from .runtime import run_chunked, sample_count
 from .save import write_atomic
+
+if TYPE_CHECKING:
+    from .recovery import ReconstructOptions
 
 SENS_FORMAT = "onnxprune.sensitivity"
 SENS_VERSION = 1
@@ -194,11 +201,13 @@ class Sensitivity:
     ratios: list[float]
     baseline: float
     groups: dict[int, "GroupSensitivity"] = field(default_factory=dict)
+    reconstruct: bool = False
+    """Losses measured after re-fitting the layers that read the pruned group (see the module docstring)."""
 
     def to_json(self) -> str:
         return json.dumps({"format": SENS_FORMAT, "version": SENS_VERSION, "model": {"sha256": self.model_sha256},
                            "metric": self.metric, "criterion": self.criterion, "ratios": self.ratios,
-                           "baseline": self.baseline,
+                           "baseline": self.baseline, "reconstruct": self.reconstruct,
                            "groups": {str(g): asdict(v) for g, v in sorted(self.groups.items())}}, indent=1) + "\n"
 
     def write(self, path: Path) -> None:
@@ -220,7 +229,8 @@ class Sensitivity:
                       for g, v in doc["groups"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{path}: malformed sensitivity group ({exc})") from None
-        return cls(doc["model"]["sha256"], doc["metric"], doc["criterion"], doc["ratios"], doc["baseline"], groups)
+        return cls(doc["model"]["sha256"], doc["metric"], doc["criterion"], doc["ratios"], doc["baseline"], groups,
+                   bool(doc.get("reconstruct", False)))
 
     def curve(self, group_id: int) -> tuple[np.ndarray, np.ndarray]:
         losses = self.groups[group_id].losses
@@ -257,11 +267,12 @@ def candidate_keep(scores: np.ndarray, ratio: float, group, round_to: int = 1) -
 
 def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = None, metric: str = "top1-agreement",
             ratios=DEFAULT_RATIOS, criterion="l1", workers: int = 1, backend: str = "local", batch: int = 32,
-            out: Path | None = None, progress: bool = False) -> Sensitivity:
+            out: Path | None = None, progress: bool = False, reconstruct: "ReconstructOptions | bool" = False) -> Sensitivity:
     """Run (or resume) the analysis of `model` (a PrunableModel) on `feeds`.  `metric` is a name
     from METRICS or any callable (reference outputs, candidate outputs, labels) -> loss, for
     detection or segmentation heads; with workers > 1 it must be picklable (a module-level
-    function)."""
+    function).  `reconstruct` (True or ReconstructOptions) scores each candidate after
+    re-fitting on `feeds` (in this process: workers and backend do not apply)."""
     if isinstance(metric, str) and metric not in METRICS:
         raise InputError(f"options: unknown metric '{metric}' (choose from {', '.join(METRICS)})")
     metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
@@ -277,14 +288,16 @@ def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = Non
     groups = model.groups
     digest = structure_digest(dg)
     criterion_name = criterion if isinstance(criterion, str) else getattr(criterion, "__name__", "custom")
-    result = Sensitivity(digest, metric_name, criterion_name, ratios, 0.0)
+    result = Sensitivity(digest, metric_name, criterion_name, ratios, 0.0, reconstruct=bool(reconstruct))
+    if reconstruct and (workers > 1 or backend != "local"):
+        raise InputError("options: --reconstruct runs the candidates in this process (no --workers, no --backend ray)")
     if out is not None and Path(out).exists():
         previous = Sensitivity.read(Path(out))
         if previous.model_sha256 != digest:
             raise InputError(f"{out}: sensitivity file of another model (its groups differ from this model's)")
-        if (previous.metric, previous.criterion) != (metric_name, criterion_name):
-            raise InputError(f"{out}: made with metric {previous.metric} and criterion {previous.criterion}; "
-                             "use another output file or the same settings")
+        if (previous.metric, previous.criterion, previous.reconstruct) != (metric_name, criterion_name, bool(reconstruct)):
+            raise InputError(f"{out}: made with metric {previous.metric}, criterion {previous.criterion} and reconstruct "
+                             f"{previous.reconstruct}; use another output file or the same settings")
         result.groups = previous.groups
     scores = model.importance(criterion, feeds)
     layers = {g.id: sorted({dg.index.model.graph.node[d.use].name for d in g.const_dims}) for g in groups}
@@ -302,8 +315,15 @@ def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = Non
     if metric == "accuracy":
         result.baseline = accuracy(evaluator.reference, labels)
     bar = tqdm(total=len(tasks), desc="sensitivity", unit="candidate", disable=not progress)
+    if reconstruct:
+        from .recovery import ReconstructOptions
+
+        options = reconstruct if isinstance(reconstruct, ReconstructOptions) else ReconstructOptions()
+        results = ((gid, r, _reconstructed_loss(model, evaluator, gid, keep, feeds, options)) for gid, r, keep in tasks)
+    else:
+        results = _run(tasks, setup, evaluator, workers, backend)
     try:
-        for gid, ratio, loss in _run(tasks, setup, evaluator, workers, backend):
+        for gid, ratio, loss in results:
             result.groups[gid].losses[ratio] = loss
             bar.update(1)
             if out is not None:
@@ -313,6 +333,22 @@ def analyse(model, feeds: dict[str, np.ndarray], labels: np.ndarray | None = Non
     if out is not None:
         result.write(Path(out))
     return result
+
+
+def _reconstructed_loss(model, evaluator: Evaluator, gid: int, keep: np.ndarray, feeds: dict[str, np.ndarray],
+                        options: "ReconstructOptions") -> float:
+    """The metric of the model with group `gid` cut to `keep` and its consumers re-fitted on `feeds`."""
+    from .recovery import reconstruct
+    from .runtime import make_session
+    from .surgery import apply_keep
+
+    masks = {gid: keep.astype(bool)}
+    pruned = apply_keep(model.depgraph, masks)
+    reconstruct(model.model, pruned, model.depgraph, masks, feeds, options)
+    session = make_session(pruned, threads=evaluator.setup.threads)
+    outputs = [run_chunked(session, chunk) for chunk in evaluator.chunks]
+    candidate = [np.concatenate([o[k] for o in outputs]) for k in range(len(outputs[0]))]
+    return evaluator.metric(evaluator.reference, candidate, evaluator.setup.labels)
 
 
 def _run(tasks, setup: EvalSetup, evaluator: Evaluator, workers: int, backend: str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -21,26 +22,41 @@ from .errors import OnnxPruneError
 from .graph import ModelIndex, copy_fields, infer_shapes, with_data
 from .ops import Dim, NodeContext, RewriteContext
 
+if TYPE_CHECKING:
+    from .staging import StagedOutput
+
 
 class ModelWriter:
-    """Collects edits to a copy of the model so rules never touch the original."""
+    """Collects edits to a copy of the model so rules never touch the original.  With a `sink`
+    (staging.StagedOutput), every large initializer goes to the output's data file as it is made
+    and the model keeps a stub: the pruned weights are never all in memory."""
 
-    def __init__(self, model: onnx.ModelProto, index: ModelIndex):
+    def __init__(self, model: onnx.ModelProto, index: ModelIndex, sink: StagedOutput | None = None):
         self.model = model
         self.index = index
+        self.sink = sink
         self.inits = {t.name: t for t in model.graph.initializer}
         self.element_edits: dict[str, dict[int, int]] = defaultdict(dict)
 
     # --- constants -------------------------------------------------------------------------
+    def tensor(self, name: str, value: np.ndarray, like: onnx.TensorProto | None = None) -> onnx.TensorProto:
+        """The initializer `name` holding `value`: a stub of what the sink wrote, or the data inline."""
+        if self.sink is not None and streams(value):
+            return self.sink.put(name, value, like)
+        if like is not None:
+            return with_data(like, value)
+        return numpy_helper.from_array(np.ascontiguousarray(value), name=name)
+
     def _store(self, name: str, value: np.ndarray) -> None:
         """Replace the value of the constant `name` (initializer or Constant node), keeping its name."""
-        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name=name)
         if name in self.inits:
+            tensor = self.tensor(name, value)
             self.inits[name].CopyFrom(tensor)
             for vi in self.model.graph.input:  # IR < 4 models list initializers as inputs too
                 if vi.name == name:
                     vi.CopyFrom(onnx.helper.make_tensor_value_info(name, tensor.data_type, value.shape))
             return
+        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name=name)
         node = self.model.graph.node[self.index.constant_nodes[name]]
         del node.attribute[:]
         node.attribute.append(onnx.helper.make_attribute("value", tensor))
@@ -49,8 +65,7 @@ class ModelWriter:
         base, k = name, 1
         while name in self.inits or name in self.index.producer or name in self.index.initializers:
             name, k = f"{base}_{k}", k + 1
-        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name=name)
-        self.model.graph.initializer.append(tensor)
+        self.model.graph.initializer.append(self.tensor(name, value))
         self.inits[name] = self.model.graph.initializer[-1]
         return name
 
@@ -213,14 +228,30 @@ def _referenced(graph: onnx.GraphProto, names: set[str]) -> set[str]:
     return names
 
 
-def _fill_untouched(model: onnx.ModelProto, index: ModelIndex) -> None:
+def streams(value: np.ndarray) -> bool:
+    """Whether a sink writes this value to the data file (save.save_model's rule: 1 KB and more,
+    no strings) rather than keeping it in the header."""
+    from .staging import STREAM_FROM_BYTES
+
+    return value.dtype.kind not in "OSU" and value.nbytes >= STREAM_FROM_BYTES
+
+
+def _fill_untouched(writer: ModelWriter, index: ModelIndex) -> None:
     """Copy in the initializers surgery did not replace.  The new model starts with name-only
     placeholders instead of a full copy of the original, so the weights that get sliced are never
-    held three times (original, copy, slice): for a multi-GB model that is the peak memory."""
-    for tensor in model.graph.initializer:
-        if tensor.data_type == onnx.TensorProto.UNDEFINED:
-            source = index.initializers[tensor.name]
-            tensor.CopyFrom(with_data(source, index.external[source.name]) if source.name in index.external else source)
+    held three times (original, copy, slice): for a multi-GB model that is the peak memory.  With
+    a sink, each goes from the original (mapped) to the data file, one at a time."""
+    for tensor in writer.model.graph.initializer:
+        if tensor.data_type != onnx.TensorProto.UNDEFINED:
+            continue
+        source = index.initializers[tensor.name]
+        if source.name in index.external:
+            tensor.CopyFrom(writer.tensor(source.name, index.external[source.name], like=source))
+        elif writer.sink is not None and source.data_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED) \
+                and streams(value := numpy_helper.to_array(source)):
+            tensor.CopyFrom(writer.tensor(source.name, value, like=source))
+        else:
+            tensor.CopyFrom(source)
 
 
 def _drop_replaced_initializers(model: onnx.ModelProto, index: ModelIndex) -> None:
@@ -240,15 +271,17 @@ def _drop_replaced_initializers(model: onnx.ModelProto, index: ModelIndex) -> No
     model.graph.input.extend(inputs)
 
 
-def apply_keep(dg: DepGraph, keep: KeepMasks) -> onnx.ModelProto:
-    """A new model in which group `g` keeps the channels where `keep[g]` is True."""
+def apply_keep(dg: DepGraph, keep: KeepMasks, sink: StagedOutput | None = None) -> onnx.ModelProto:
+    """A new model in which group `g` keeps the channels where `keep[g]` is True.  With a `sink`
+    its large initializers are written there as they are made and the model holds stubs
+    (ModelWriter); the model is the same either way, bar where its bytes live."""
     kept = kept_elements(dg, keep)
     model = onnx.ModelProto()
     copy_fields(dg.index.model, model, skip="graph")
     copy_fields(dg.index.model.graph, model.graph, skip="initializer")
     for tensor in dg.index.model.graph.initializer:  # data filled in by _fill_untouched
         model.graph.initializer.add(name=tensor.name)
-    writer = ModelWriter(model, dg.index)
+    writer = ModelWriter(model, dg.index, sink)
     if kept:
         writer.slice_constants(plan_slicing(dg.index, kept))
         touched = {dg.index.producer.get(d.tensor) for d in kept if not d.is_const}
@@ -259,7 +292,7 @@ def apply_keep(dg: DepGraph, keep: KeepMasks) -> onnx.ModelProto:
             ctx.rule.rewrite(ctx)
         writer.finish()
         _drop_replaced_initializers(model, dg.index)
-    _fill_untouched(model, dg.index)
+    _fill_untouched(writer, dg.index)
     del model.graph.value_info[:]
     inferred = infer_shapes(model)
     known = set()

@@ -10,6 +10,9 @@ the legacy exporter's constant folding) has no ONNX member of its own: it is fou
 node's scope (dynamo names the BN there) or from the module's data flow, traced with forward hooks
 on `example_inputs`, and sliced with the conv's output channels.
 
+Transformers (attention head counts, GPT-2's Conv1D, embedding columns, RMSNorm, the HF config) are
+handled by onnxprune.torch_transformers.
+
 Everything is worked out and checked before the first tensor changes, so a plan that does not fit
 the module raises `InputError` naming the first mismatch and leaves the module untouched.
 """
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import torch_transformers as tt
 from .errors import InputError
 from .ops import Role
 from .plan import Member, Plan
@@ -32,6 +36,16 @@ from .plan import Member, Plan
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def _is_layer(mod: nn.Module | None) -> bool:
+    """A layer with input and output channels (conv, linear, GPT-2's Conv1D)."""
+    return isinstance(mod, CONV + CONV_T + (nn.Linear,)) or (mod is not None and tt.is_conv1d(mod))
+
+
+def _is_channelwise(mod: nn.Module | None) -> bool:
+    """A module whose parameters all index its (output) channels: norms, PReLU, embedding columns."""
+    return isinstance(mod, NORM + (nn.PReLU, nn.LayerNorm)) or (mod is not None and tt.is_rmsnorm(mod))
 
 
 class Side(Enum):
@@ -113,6 +127,12 @@ class _Mapper:
             self._successors = _dataflow_successors(self.module, self.example_inputs)
         return self._successors.get(name, [])
 
+    def dataflow(self) -> dict[str, list[str]]:
+        """Module name -> the modules that consume its output (traced once on example_inputs)."""
+        if self._successors is None:
+            self._successors = _dataflow_successors(self.module, self.example_inputs)
+        return self._successors
+
     def target(self, member: Member) -> Target:
         """Where a plan member lands in the module."""
         if member.initializer in self.state:
@@ -120,9 +140,9 @@ class _Mapper:
             module = self.modules.get(owner)
             if self._shared_with_another_layer(owner, module, member):
                 return self._scope_target(member)
-            if isinstance(module, CONV + CONV_T + (nn.Linear,)) and attr in ("weight", "bias"):
+            if _is_layer(module) and attr in ("weight", "bias"):
                 return Target(owner, self._weight_side(module, member, attr))
-            if isinstance(module, NORM + (nn.PReLU, nn.LayerNorm)):
+            if _is_channelwise(module) or (isinstance(module, nn.Embedding) and member.axis == 1):
                 return Target(owner, Side.OUT)
             return Target(owner, Side.PARAM, member.initializer)
         return self._scope_target(member)
@@ -137,9 +157,9 @@ class _Mapper:
         if not user or user == owner or module is None or user.startswith(f"{owner}.") or owner.startswith(f"{user}."):
             return False
         other = self.modules[user]
-        if isinstance(other, NORM) and isinstance(module, CONV + CONV_T + (nn.Linear,)):
+        if isinstance(other, NORM) and _is_layer(module):
             return False
-        return isinstance(other, CONV + CONV_T + (nn.Linear,) + NORM + (nn.PReLU, nn.LayerNorm))
+        return _is_layer(other) or _is_channelwise(other) or isinstance(other, nn.Embedding)  # a tied LM head's name
 
     def _scope_target(self, member: Member) -> Target:
         """(module name, side) from the member's scope (its node's layer)."""
@@ -148,9 +168,10 @@ class _Mapper:
         if scope_module is None:
             raise InputError(f"plan: cannot map '{member.initializer}' (node {member.node}, scope {member.scope}) "
                              "to a parameter of this module: is it the module that was exported?")
-        if isinstance(scope_module, CONV + CONV_T + (nn.Linear,)):
+        if _is_layer(scope_module):
             return Target(scope, self._weight_side(scope_module, member, "bias" if member.role == Role.PARAM else "weight"))
-        if isinstance(scope_module, NORM + (nn.PReLU,)):
+        if (_is_channelwise(scope_module) and not isinstance(scope_module, nn.LayerNorm)) or \
+                (isinstance(scope_module, nn.Embedding) and member.axis == 1):
             return Target(scope, Side.OUT)
         raise InputError(f"plan: '{member.initializer}' (node {member.node}) maps to module '{member.scope}' "
                          f"({type(scope_module).__name__}), which onnxprune cannot slice")
@@ -181,6 +202,8 @@ class _Mapper:
 
     @staticmethod
     def _weight_side(module: nn.Module, member: Member, attr: str) -> Side:
+        if tt.is_conv1d(module) and attr == "weight" and member.role is not Role.PARAM:
+            return Side.OUT if member.axis == 1 else Side.IN  # Conv1D stores its weight [in, out]
         if attr == "bias" or member.role in (Role.OUT, Role.PARAM):
             return Side.OUT
         return Side.IN
@@ -203,6 +226,8 @@ class Cuts:
 
     modules: dict[str, ModuleCut] = field(default_factory=dict)
     params: dict[str, ModuleCut] = field(default_factory=dict)
+    heads: list[tt.HeadCut] = field(default_factory=list)
+    """Attention modules whose head counts change (their projections are in `modules`)."""
 
 
 def plan_cuts(module: nn.Module, plan: Plan, example_inputs=None) -> Cuts:
@@ -226,12 +251,13 @@ def plan_cuts(module: nn.Module, plan: Plan, example_inputs=None) -> Cuts:
             else:
                 cut.inp = _merge(cut.inp, kept, f"input channels of '{owner}'")
             cut.sources.append(member.initializer)
-            if target.side is Side.OUT and isinstance(mapper.modules[owner], CONV + CONV_T + (nn.Linear,)):
+            if target.side is Side.OUT and _is_layer(mapper.modules[owner]):
                 norm = mapper.fused_norm(owner, member)
                 if norm:
                     norm_cut = cuts.modules.setdefault(norm, ModuleCut())
                     norm_cut.out = _merge(norm_cut.out, kept, f"channels of '{norm}'")
     _check_sizes(mapper, cuts.modules, plan)
+    cuts.heads = tt.plan_heads(module, {name: cut.out for name, cut in cuts.modules.items() if cut.out is not None})
     return cuts
 
 
@@ -248,6 +274,12 @@ def _sizes(mod: nn.Module) -> tuple[int | None, int | None]:
         return mod.num_parameters, None
     if isinstance(mod, nn.LayerNorm):
         return mod.normalized_shape[0], None
+    if tt.is_conv1d(mod):
+        return mod.weight.shape[1], mod.weight.shape[0]
+    if isinstance(mod, nn.Embedding):
+        return mod.embedding_dim, None
+    if tt.is_rmsnorm(mod):
+        return mod.weight.shape[0], None
     return None, None
 
 
@@ -323,15 +355,159 @@ def _cut_module(mod: nn.Module, cut: ModuleCut) -> None:
             if getattr(mod, attr, None) is not None:
                 _set(mod, attr, _take(getattr(mod, attr), 0, cut.out))
         mod.normalized_shape = (len(cut.out),) + tuple(mod.normalized_shape[1:])
+    elif tt.is_conv1d(mod):
+        if cut.out is not None:
+            _set(mod, "weight", _take(mod.weight, 1, cut.out))
+            if mod.bias is not None:
+                _set(mod, "bias", _take(mod.bias, 0, cut.out))
+            mod.nf = len(cut.out)
+        if cut.inp is not None:
+            _set(mod, "weight", _take(mod.weight, 0, cut.inp))
+            if hasattr(mod, "nx"):
+                mod.nx = len(cut.inp)
+    elif isinstance(mod, nn.Embedding):
+        _set(mod, "weight", _take(mod.weight, 1, cut.out))
+        mod.embedding_dim = len(cut.out)
+    elif tt.is_rmsnorm(mod):
+        weight, eps = tt.rescaled_rmsnorm(mod, cut.out)
+        _set(mod, "weight", weight)
+        tt.set_rmsnorm_eps(mod, eps, len(cut.out))
+
+
+class ZeroBranch(nn.Module):
+    """Stands for a residual branch the plan removed (`x + f(x)` became `x`): returns zeros shaped
+    like the input the branch module was called with (`source`: a positional index or a keyword),
+    inside a tuple of `outputs` entries when the module returned one (HF attention returns
+    `(output, weights)`; the others are None).  The block's sum then adds nothing, exactly."""
+
+    def __init__(self, replaced: str, source: int | str, outputs: int | None):
+        super().__init__()
+        self.replaced, self.source, self.outputs = replaced, source, outputs
+
+    def forward(self, *args, **kwargs):
+        x = args[self.source] if isinstance(self.source, int) else kwargs[self.source]
+        zero = torch.zeros_like(x)
+        return zero if self.outputs is None else (zero,) + (None,) * (self.outputs - 1)
+
+    def extra_repr(self) -> str:
+        return f"replaced={self.replaced!r}"
+
+
+def _branch_calls(module: nn.Module, names: list[str], example_inputs) -> dict[str, tuple]:
+    """Module name -> (args, kwargs, output) of its call in one traced forward (the last call)."""
+    calls: dict[str, tuple] = {}
+    modules = dict(module.named_modules())
+    handles = [modules[n].register_forward_hook(lambda _m, a, k, o, n=n: calls.__setitem__(n, (a, k, o)), with_kwargs=True)
+               for n in names]
+    try:
+        with torch.no_grad():
+            module(*example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _zero_branch(name: str, call: tuple | None, block, exit: bool) -> ZeroBranch:
+    """The ZeroBranch for module `name`, from its traced call.  The branch's last module (`exit`)
+    returns zeros of its output's shape, made from the first input of that shape and dtype; a
+    module before it returns zeros of its first tensor input: what it returns only feeds other
+    replaced modules, and keeping the input's shape lets them see the widths the plan leaves."""
+    where = f"plan: dropped block at node '{block.add}' (branch module '{name}')"
+    if call is None:
+        raise InputError(f"{where}: the module is not called on example_inputs")
+    args, kwargs, output = call
+    first = output[0] if isinstance(output, tuple) and output else output
+    if not isinstance(first, torch.Tensor):
+        raise InputError(f"{where}: the module does not return a tensor (or a tuple starting with one)")
+    same = (lambda v: isinstance(v, torch.Tensor) and v.shape == first.shape and v.dtype == first.dtype) if exit else \
+        (lambda v: isinstance(v, torch.Tensor))
+    sources = [k for k, v in enumerate(args) if same(v)] + [k for k, v in kwargs.items() if same(v)]
+    if not sources:
+        raise InputError(f"{where}: none of its inputs has the shape of its output {tuple(first.shape)}, so its "
+                         "zeros cannot be made without running it")
+    return ZeroBranch(name, sources[0], len(output) if isinstance(output, tuple) else None)
+
+
+def _folded_partners(mapper: _Mapper, names: set[str]) -> set[str]:
+    """The conv/linear and BatchNorm pairs that an exporter folded into one node, of which the
+    ONNX scope names only one: the BN after each conv/linear in `names`, the conv/linear before
+    each BN (each the other's only neighbour in the traced data flow)."""
+    successors = mapper.dataflow()
+    predecessors: dict[str, list[str]] = {}
+    for source, targets in successors.items():
+        for target in targets:
+            predecessors.setdefault(target, []).append(source)
+    found = set()
+    for name in names:
+        mod = mapper.modules[name]
+        if isinstance(mod, CONV + CONV_T + (nn.Linear,)):
+            follow = successors.get(name, [])
+            if len(follow) == 1 and isinstance(mapper.modules[follow[0]], NORM):
+                found.add(follow[0])
+        elif isinstance(mod, NORM):
+            before = predecessors.get(name, [])
+            if len(before) == 1 and isinstance(mapper.modules[before[0]], CONV + CONV_T + (nn.Linear,)) \
+                    and successors.get(before[0]) == [name]:
+                found.add(before[0])
+    return found - names
+
+
+def plan_branches(module: nn.Module, plan: Plan, example_inputs) -> dict[str, ZeroBranch]:
+    """Module name -> the ZeroBranch that replaces it, for every residual block the plan drops:
+    every outermost module of the branch that the exporter's scopes name (dynamo and the legacy
+    exporter name nodes by module path), with the conv or BatchNorm the exporter folded into one of
+    them.  The branch's last module (or the BatchNorm right after it, when folded) returns zeros
+    of the branch's shape; no module of the branch is left to see widths the plan prunes.  A block
+    whose branch is not one module raises InputError naming it; nothing changes here."""
+    if not plan.blocks:
+        return {}
+    if example_inputs is None:
+        raise InputError("plan: it drops residual blocks; pass example_inputs so onnxprune can trace how each "
+                         "branch module is called")
+    mapper = _Mapper(module, example_inputs)
+    exits, others = {}, {}
+    for block in plan.blocks:
+        where = f"plan: dropped block at node '{block.add}' ({block.origin or 'no layer name'})"
+        if not block.module:
+            raise InputError(f"{where}: its branch is not computed by one module of the exported model, so the hand-back "
+                             "cannot replace it by zeros")
+        for scope in dict.fromkeys([block.module] + list(block.modules)):
+            name = mapper.resolve_scope(scope)
+            if name is None:
+                raise InputError(f"{where}: no module of this model is named by its branch's scope '{scope}' "
+                                 "(plan for another model?)")
+            if scope == block.module and isinstance(mapper.modules[name], CONV + CONV_T + (nn.Linear,)):
+                follow = [n for n in mapper.successors(name, None) if isinstance(mapper.modules[n], NORM)]
+                if len(follow) == 1:  # the exporter folded this BN into the conv: the BN's output is the branch's
+                    others[name] = block
+                    name = follow[0]
+            (exits if scope == block.module else others)[name] = block
+        for name in _folded_partners(mapper, {n for n, b in {**exits, **others}.items() if b is block}):
+            others.setdefault(name, block)
+    others = {n: b for n, b in others.items() if n not in exits and not any(n.startswith(f"{e}.") for e in exits)}
+    calls = _branch_calls(module, list(exits) + list(others), example_inputs)
+    branches = {name: _zero_branch(name, calls.get(name), block, exit=True) for name, block in exits.items()}
+    branches.update({name: _zero_branch(name, calls.get(name), block, exit=False) for name, block in others.items()})
+    return branches
+
+
+def _replace_branches(module: nn.Module, branches: dict[str, ZeroBranch]) -> None:
+    for name, zero in branches.items():
+        owner, _, child = name.rpartition(".")
+        setattr(module.get_submodule(owner) if owner else module, child, copy.deepcopy(zero))
 
 
 def apply_plan(module: nn.Module, plan: Plan | str | Path, example_inputs=None) -> nn.Module:
     """Slice `module` in place to match the pruned ONNX model; returns it.  `example_inputs` (a
-    tuple) is needed only when the exporter folded BatchNorms under new names (legacy exporter)."""
+    tuple) is needed when the exporter folded BatchNorms under new names (legacy exporter) and
+    when the plan drops residual blocks (each branch module is replaced by a ZeroBranch)."""
     plan = Plan.read(plan) if isinstance(plan, (str, Path)) else plan
+    branches = plan_branches(module, plan, example_inputs)
     cuts = plan_cuts(module, plan, example_inputs)
     if example_inputs is not None:  # rehearse on a copy: a plan the code cannot follow leaves `module` untouched
         trial = copy.deepcopy(module)
+        _replace_branches(trial, branches)
         _apply_cuts(trial, cuts)
         try:
             with torch.no_grad():
@@ -339,6 +515,7 @@ def apply_plan(module: nn.Module, plan: Plan | str | Path, example_inputs=None) 
         except RuntimeError as exc:
             raise InputError(f"plan: the sliced module does not run ({str(exc).splitlines()[0]}); its code fixes a channel "
                              "count the plan changes (torch.chunk/split sizes, a hard-coded view?)") from None
+    _replace_branches(module, branches)
     _apply_cuts(module, cuts)
     return module
 
@@ -349,8 +526,33 @@ def _apply_cuts(module: nn.Module, cuts: Cuts) -> None:
         owner, _, attr = name.rpartition(".")
         target = modules[owner] if owner else module
         _set(target, attr, _take(getattr(target, attr), cut.axis, cut.out))
+    widths = {name: (_sizes(modules[name])[0], len(cut.out)) for name, cut in cuts.modules.items() if cut.out is not None}
+    shared = _shared_parameters(module)
     for name, cut in cuts.modules.items():
         _cut_module(modules[name], cut)
+    _retie(shared)
+    tt.apply_heads(module, cuts.heads)
+    tt.update_configs(module, cuts.heads, widths,
+                      [tt.rmsnorm_eps(modules[name]) for name in cuts.modules if tt.is_rmsnorm(modules[name])])
+
+
+def _shared_parameters(module: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+    """(module, attribute) pairs that hold one Parameter together (tied embedding and output
+    projection): slicing replaces each holder's Parameter, so the tie is restored afterwards."""
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    for mod in module.modules():
+        for attr, param in mod.named_parameters(recurse=False):
+            holders.setdefault(id(param), []).append((mod, attr))
+    return [h for h in holders.values() if len(h) > 1]
+
+
+def _retie(shared: list[list[tuple[nn.Module, str]]]) -> None:
+    for holders in shared:
+        first = getattr(*holders[0])
+        for mod, attr in holders[1:]:
+            other = getattr(mod, attr)
+            if other is not first and other.shape == first.shape and torch.equal(other, first):
+                setattr(mod, attr, first)
 
 
 def apply_masks(module: nn.Module, masks: dict[str, np.ndarray], optimizer: torch.optim.Optimizer | None = None) -> "MaskHandle":
@@ -485,4 +687,5 @@ def iterative_prune(module: nn.Module, example_inputs, finetune, evaluate, targe
     return module, history
 
 
-__all__ = ["apply_plan", "apply_masks", "export", "iterative_prune", "plan_cuts", "prune", "IterationRecord", "MaskHandle"]
+__all__ = ["apply_plan", "apply_masks", "export", "iterative_prune", "plan_branches", "plan_cuts", "prune", "IterationRecord",
+           "MaskHandle", "ZeroBranch"]

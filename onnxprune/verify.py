@@ -54,19 +54,22 @@ def reference_outputs(original: onnx.ModelProto | str, feeds: dict[str, np.ndarr
 
 
 def verify(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray], exact: bool = False,
-           reference: list[np.ndarray] | None = None) -> VerifyReport:
+           reference: list[np.ndarray] | None = None, source: str | None = None) -> VerifyReport:
     """Check `pruned` against `original` on `feeds`.  `reference`, the original's outputs on
     `feeds`, may be computed beforehand (api.apply runs the original before surgery, so that its
-    onnxruntime session and the pruned model are never in memory together)."""
+    onnxruntime session and the pruned model are never in memory together).  `source`, the file
+    `pruned` was written to with its external data (onnxprune.staging), is what the checker and
+    onnxruntime then read: the checker checks every external offset and length in it, and
+    onnxruntime maps the data file instead of being handed a copy of the weights."""
     if _io_signature(original) != _io_signature(pruned):
         raise OnnxPruneError("internal error: pruning changed the model's inputs or outputs; nothing written")
     before = reference if reference is not None else reference_outputs(original, feeds)
     try:  # on a view whose large weights are typed inputs: their bytes only cost the checker time
-        onnx.checker.check_model(checker_view(pruned), full_check=True)
+        onnx.checker.check_model(source or checker_view(pruned), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise OnnxPruneError(f"internal error: the pruned model fails onnx.checker ({str(exc).splitlines()[0]}); nothing written") from None
     try:  # one session, reading the pruned weights in place (no serialised copy of them)
-        with one_off_session(pruned) as session:
+        with one_off_session(source or pruned) as session:
             after = run_chunked(session, feeds)
     except Exception as exc:  # noqa: BLE001 - any runtime failure of our output is reported as ours
         raise OnnxPruneError(f"internal error: onnxruntime cannot run the pruned model ({str(exc).splitlines()[0]}); nothing written") from None

@@ -13,9 +13,10 @@ Then, each in a fresh child process:
 
 * `onnxprune prune --ratio 0.3` with verification (onnxruntime on the original and the pruned
   model) and with verification replaced by a no-op;
-* for comparison of readers, `onnx.load` (the onnx package's eager loader), onnx-ir's `load`
-  (memory-mapped external tensors) and onnxprune's `load_model(mapped=True)`, each touching every
-  weight (a sum) the way importance does, and each followed by a save with external data.
+* for comparison of readers and writers, `onnx.load` (the onnx package's eager loader), onnx-ir's
+  `load` (memory-mapped external tensors) and onnxprune's `load_model(mapped=True)`, each touching
+  every weight (a sum) the way importance does, and each followed by a save with external data
+  (onnxprune's: streamed from the maps to staged files, onnxprune.staging, as prune writes).
 
 Each child reports wall time and its peak RSS above the RSS after its imports (VmHWM, reset
 after the imports; it includes file pages that are mapped and touched, which the kernel can drop
@@ -157,13 +158,25 @@ def child(mode: str, model: str, output: str) -> None:
     elif mode == "onnxprune-mapped":
         loaded = load_model(model, mapped=True)
         touched = sum(float(a.sum()) for a in loaded.arrays.values())
-        # what prune writes: every tensor with its data (from the maps) into a new external-data file
+        # the in-memory writer: every tensor with its data (from the maps), then save_model
         from onnxprune.graph import with_data
 
         for tensor in loaded.model.graph.initializer:
             if tensor.name in loaded.arrays:
                 tensor.CopyFrom(with_data(tensor, loaded.arrays[tensor.name]))
         save_model(loaded.model, output, external_data=True)
+    elif mode == "onnxprune-streamed":
+        loaded = load_model(model, mapped=True)
+        touched = sum(float(a.sum()) for a in loaded.arrays.values())
+        # what prune writes: each tensor from the map to a staged data file, one at a time, then renamed
+        from onnxprune.staging import StagedOutput
+
+        staged = StagedOutput(output)
+        for tensor in loaded.model.graph.initializer:
+            if tensor.name in loaded.arrays:
+                tensor.CopyFrom(staged.put(tensor.name, loaded.arrays[tensor.name], like=tensor))
+        staged.write_header(loaded.model)
+        staged.commit()
     seconds = time.perf_counter() - start
     print(json.dumps({"code": code, "seconds": seconds, "peak_anon": sampler.stop() - anon0,
                       "peak_rss": status("VmHWM:") - rss0}))
@@ -184,7 +197,8 @@ def main() -> int:
     parser.add_argument("--gb", type=float, default=8.0, help="weights to generate, in GB (default 8)")
     parser.add_argument("--width", type=int, default=4096, help="hidden width D (default 4096)")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/onnxprune-large"))
-    parser.add_argument("--modes", nargs="*", default=["prune", "prune-noverify", "onnxprune-mapped", "onnx-ir", "onnx"])
+    parser.add_argument("--modes", nargs="*", default=["prune", "prune-noverify", "onnxprune-streamed", "onnx-ir", "onnx"],
+                        help="jobs to run (also: onnxprune-mapped, the in-memory writer)")
     parser.add_argument("--keep", action="store_true", help="leave the model and outputs in --dir")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "MODEL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -592,6 +592,19 @@ def shared_shape_const() -> onnx.ModelProto:
     return n.build(_x(), [n.op("Add", outs, "sum")])
 
 
+def shared_shape_const_indirect() -> onnx.ModelProto:
+    """Two flatten heads reading one constant [-1, 512]: head a through a Cast (so the target is
+    not the constant itself), head b directly."""
+    n = Net("shared_shape_const_indirect", opset=13)
+    shape = n.ints("flat", [-1, 8 * 64])
+    outs = []
+    for k in "ab":
+        target = n.op("Cast", [shape], "flat_cast", to=TensorProto.INT64) if k == "a" else shape
+        y = n.op("Reshape", [n.op("Relu", [n.conv("x", 3, 8, f"c{k}")], f"r{k}"), target], f"flat{k}")
+        outs.append(n.gemm(y, 512, 10, f"fc{k}"))
+    return n.build(_x(), [n.op("Add", outs, "sum")])
+
+
 def se_block() -> onnx.ModelProto:
     """Squeeze-excite: GAP -> 1x1 Conv -> Relu -> 1x1 Conv -> Sigmoid -> Mul with x."""
     n = Net("se_block", opset=13)

@@ -163,6 +163,60 @@ def test_token_ids_stay_below_the_embedding_table(tmp_path, capsys):
     assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < 50 and len(np.unique(ids)) > 1
 
 
+def text_encoder(vocab: int = 50, width: int = 4) -> onnx.ModelProto:
+    """A text model's inputs as exporters write them: `input_ids`, `attention_mask` and
+    `token_type_ids`, all [batch, sequence]; the ids are flattened before the embedding Gather (the
+    legacy exporter's GPT-2 does `view(-1, seq)`), the mask is cast and multiplied in."""
+    rng = np.random.default_rng(0)
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in names]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", width])
+    inits = [numpy_helper.from_array(rng.standard_normal((vocab, width)).astype(np.float32), "tokens"),
+             numpy_helper.from_array(rng.standard_normal((2, width)).astype(np.float32), "types"),
+             numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+             numpy_helper.from_array(np.array([width], np.int64), "width"),
+             numpy_helper.from_array(np.array([2], np.int64), "last")]
+    nodes = [helper.make_node("Reshape", ["input_ids", "flat"], ["ids_flat"]),
+             helper.make_node("Gather", ["tokens", "ids_flat"], ["tok_flat"]),
+             helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
+             helper.make_node("Concat", ["ids_shape", "width"], ["emb_shape"], axis=0),
+             helper.make_node("Reshape", ["tok_flat", "emb_shape"], ["tok"]),
+             helper.make_node("Gather", ["types", "token_type_ids"], ["typ"]),
+             helper.make_node("Add", ["tok", "typ"], ["emb"]),
+             helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["mask_f", "last"], ["mask3"]),
+             helper.make_node("Mul", ["emb", "mask3"], ["y"])]
+    graph = helper.make_graph(nodes, "text", inputs, [out], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("given", [{}, {"input_ids": (1, 16)}])
+def test_text_model_inputs_are_valid_and_share_the_sequence_length(given, tmp_path):
+    """Token ids below the embedding table (also when they are reshaped before the Gather), token
+    types below their table, attention masks of ones, and every [batch, sequence] input at the size
+    `--input-shape` gives one of them (the mask of a 1x16 input_ids is 1x16, not 2x16)."""
+    import onnxprune
+    from onnxprune.inputs import choose_inputs
+
+    path = _save(text_encoder(), tmp_path)
+    feeds = choose_inputs(onnxprune.load(path).index, given, path).feeds
+    shape = given.get("input_ids", feeds["input_ids"].shape)
+    assert {name: v.shape for name, v in feeds.items()} == dict.fromkeys(feeds, tuple(shape))
+    ids = feeds["input_ids"]
+    assert ids.min() >= 0 and ids.max() < 50 and len(np.unique(ids)) > 1
+    assert np.all(feeds["attention_mask"] == 1)
+    assert feeds["token_type_ids"].min() >= 0 and feeds["token_type_ids"].max() < 2
+
+
+def test_text_model_sequence_length_from_the_cli(tmp_path, capsys):
+    """`prune --input-shape input_ids:1x16` verifies at 1x16 for every text input, exit 0."""
+    path = _save(text_encoder(), tmp_path)
+    code, out, err = run_cli(capsys, "prune", str(path), "--threshold", "0", "--input-shape", "input_ids:1x16",
+                             "-o", str(tmp_path / "out.onnx"))
+    assert code == 0, err
+    assert (tmp_path / "out.onnx").exists()
+
+
 def test_custom_choice_of_a_scalar_input_and_0d_data_on_a_vad_net(tmp_path, capsys):
     """silero-vad: the whole body inside If, chosen by Equal(sr, 16000); `sr` is a 0-d int64."""
     path = realmodels.locate("silero-vad")

@@ -605,6 +605,26 @@ def test_scalar_constants_not_sliced():
         assert any(d.tensor == "perchan" for d in group_of(m, "c1.w", 0).dims)
 
 
+@pytest.mark.parametrize("pruned", ["a", "b"])
+def test_shared_reshape_target_reached_indirectly(pruned):
+    """A shape constant one Reshape reads through a Cast and another reads directly: pruning the
+    channels of either head rewrites that head's target only (an in-place edit of the constant
+    would change the other head's shape too)."""
+    model = hb.shared_shape_const_indirect()
+    values = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
+    values[f"c{pruned}.w"][1] = 0
+    values[f"c{pruned}.b"][1] = 0
+    model = with_initializers(model, values)
+    m = onnxprune.PrunableModel(model)
+    plan = m.plan(threshold=0)
+    assert sorted(gp.channels - len(gp.keep) for gp in plan.groups) == [0, 1]
+    result = m.apply(plan)
+    assert result.exact
+    onnx.checker.check_model(result.model, full_check=True)
+    for batch in (2, 3):
+        assert_close(run(model, batch), run(result.model, batch), exact=True)
+
+
 def test_shared_reshape_target_copied():
     """Two flatten heads share one Reshape target constant; pruning only one head must give that
     head its own target and leave the other reading [-1, 512]."""

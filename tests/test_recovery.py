@@ -240,6 +240,19 @@ def test_warning_fires_on_ppocrv4_rec_and_not_on_the_digits_cnn():
     assert any("the filter norms misjudge this model" in w and "on synthetic inputs it correlates" in w for w in warnings), warnings
 
 
+def test_warning_reusing_the_plans_ranking_is_the_same_warning():
+    from onnxprune.importance import structure_warning
+
+    plain = _with(conv_bn_chain(), bn_g=[1, 1, 1, 1])
+    for model in (plain, conv_bn_chain(), _with(plain, bn_b=[50, -40, 30, 60])):
+        pm = PrunableModel(model)
+        fresh = structure_warning(pm.depgraph)
+        for criterion in ("l1", "scaled"):
+            for normalize in ("mean", "none"):
+                known = {criterion: pm.importance(criterion, normalize=normalize)}
+                assert structure_warning(pm.depgraph, known=known) == fresh
+
+
 def test_scratch_cut_on_disk_gives_the_same_fit():
     """The cut between segments in RAM or in the scratch folder (memory_mb=0): same weights."""
     model = conv_chain(depthwise=True)

@@ -192,3 +192,30 @@ def test_sensitivity_allocation_honours_round_to_ignore_and_max_ratio(tmp_path: 
     capped = model.plan(target_macs=0.6, sensitivity=sens, max_ratio=0.5)
     assert all(g.removed <= 0.5 * g.channels for g in capped.groups)
     assert all(r <= 0.5 for r in capped.options["sensitivity_ratios"].values())
+
+
+def test_sensitivity_after_reconstruction(tmp_path):
+    """With reconstruct, a candidate's loss is that of the group cut and its consumers re-fitted
+    (the model `prune --reconstruct` writes): lower than plain pruning's where the fit repairs,
+    and the same number as re-fitting by hand."""
+    from onnxprune.recovery import ReconstructOptions, reconstruct
+    from onnxprune.surgery import apply_keep
+
+    model = onnxprune.load(DIGITS)
+    feeds, labels = {"x": CALIB["x"][:160]}, CALIB["labels"][:160]
+    plain = analyse(model, feeds, labels, "mse", [0.5, 0.8])
+    fitted = analyse(model, feeds, labels, "mse", [0.5, 0.8], out=tmp_path / "sens.json", reconstruct=True)
+    assert fitted.reconstruct and Sensitivity.read(tmp_path / "sens.json").reconstruct
+    gains = [plain.groups[g].losses[r] - fitted.groups[g].losses[r] for g in plain.groups for r in (0.5, 0.8)]
+    assert sum(g > 0 for g in gains) > len(gains) // 2, gains  # reconstruction repairs most candidates
+    group = model.groups[0]
+    keep = candidate_keep(model.importance("l1")[group.id], 0.8, group)
+    pruned = apply_keep(model.depgraph, {group.id: keep})
+    reconstruct(model.model, pruned, model.depgraph, {group.id: keep}, feeds, ReconstructOptions())
+    reference = make_session(model.model).run(None, feeds)
+    by_hand = METRICS["mse"](reference, make_session(pruned).run(None, feeds), labels)
+    assert fitted.groups[group.id].losses[0.8] == pytest.approx(by_hand, rel=1e-4)
+    with pytest.raises(InputError, match="reconstruct"):  # a plain analysis does not resume a reconstructed one
+        analyse(model, feeds, labels, "mse", [0.5, 0.8], out=tmp_path / "sens.json")
+    plan = model.plan("l1", sensitivity=tmp_path / "sens.json", target_macs=0.5)  # allocation reads it as any analysis
+    assert abs(plan.summary["macs"][1] / plan.summary["macs"][0] - 0.5) <= 0.01

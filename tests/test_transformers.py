@@ -30,11 +30,7 @@ CASES = [(m, e) for m in tz.MODELS for e in tz.EXPORTERS]
 # (model, exporter) -> (heads, head groups) measured on these configs: every layer's heads form one
 # group; Llama's 2 kv groups each take their 2 query heads along.
 HEADS = {"vit": 3, "bert": 4, "gpt2": 4, "llama": 2}
-HEAD_CASES = [(m, "dynamo") for m in tz.MODELS]
-LEGACY_BLOCKED = list(tz.MODELS)
-"""The legacy exporter's attention still blocks heads (ViT's `reshape(B, N, C)` reads C from the
-residual stream; text models' shape arithmetic on the head count), see
-test_legacy_heads_blocked_with_reason."""
+HEAD_CASES = CASES
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +52,7 @@ def exports(tmp_path_factory):
             target = root / f"{model}_{exporter}.onnx"
             if not target.exists():
                 partial = root / f".partial_{model}_{exporter}" / target.name
-                module, inputs = tz.MODELS[model]()
+                module, inputs = tz.BUILDERS[model]()
                 tz.export(module, inputs, partial, exporter)
                 data = partial.with_name(partial.name + ".data")
                 if data.exists():
@@ -182,13 +178,70 @@ def test_random_prune_valid(exports, case):
         assert all(np.all(np.isfinite(x)) for x in b)
 
 
-@pytest.mark.parametrize("model", LEGACY_BLOCKED)
-def test_legacy_heads_blocked_with_reason(exports, model):
-    """Under the legacy exporter the heads are not prunable yet; the group says why."""
-    m = onnxprune.load(exports(model, "legacy"))
-    assert not [g for g in m.groups if g.n_channels == HEADS[model]]
-    reasons = [r for g in m.depgraph.groups if g.has_weights and not g.prunable for r in g.blocked]
-    assert reasons
+def zero_heads(model: onnx.ModelProto, m: onnxprune.PrunableModel, chans: dict[int, set[int]]) -> onnx.ModelProto:
+    """Zero the consuming weights (the output projection's input columns) of the given channels:
+    the original model with those heads switched off."""
+    values = {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
+    for g in m.groups:
+        for d in g.const_dims:
+            if g.id in chans and g.roles.get(d) == IN and d.tensor in values:
+                v = np.moveaxis(values[d.tensor], d.axis, 0)
+                v[np.isin(g.classes[d], sorted(chans[g.id]))] = 0
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(values[t.name], t.name))
+    return out
+
+
+def dims(model: onnx.ModelProto) -> list[list]:
+    """Each graph input's and output's sizes, a dynamic one by its name."""
+    return [[d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+            for vi in list(model.graph.input) + list(model.graph.output)]
+
+
+@pytest.mark.parametrize("case", CASES, ids="-".join)
+def test_random_heads_exact(exports, case):
+    """Removing random live heads (one per layer; GQA: a kv group with its query heads) gives a
+    model that passes the full checker, keeps its inputs, outputs and dynamic sizes, and computes
+    exactly what the original computes with those heads switched off."""
+    model, exporter = case
+    original = onnx.load(str(exports(model, exporter)))
+    m = onnxprune.PrunableModel(original)
+    heads = [g for g in m.groups if g.n_channels == HEADS[model]]
+    assert len(heads) == 2
+    rng = np.random.default_rng(len(model))
+    chans = {g.id: {int(rng.integers(g.n_channels))} for g in heads}
+    plan = m.plan(threshold=0)
+    for gp in plan.groups:
+        gp.keep = [k for k in range(gp.channels) if k not in chans.get(gp.id, ())]
+    result = m.apply(plan)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert dims(result.model) == dims(original)
+    assert result.after.macs < result.before.macs
+    switched_off = zero_heads(original, m, chans)
+    for batch in (1, 2, 3):
+        for a, b in zip(run(switched_off, batch, seed=batch), run(result.model, batch, seed=batch)):
+            assert a.shape == b.shape
+            assert float(np.max(np.abs(a - b))) <= RTOL * max(float(np.max(np.abs(a))), 1e-30)
+
+
+def test_rope_head_dim_pinned_with_reason(exports):
+    """Legacy Llama: RoPE's rotate_half halves head_dim with Slice bounds computed from Shape and
+    one cos/sin serves every layer, so head_dim (q and k of every layer, one group) stays whole,
+    and says why, while whole kv groups still prune (test_random_heads_exact)."""
+    from onnxprune.ops import Dim
+
+    m = onnxprune.load(exports("llama", "legacy"))
+    rotated = [n.output[0] for n in m.index.model.graph.node if n.op_type == "Concat" and "self_attn" in n.output[0]
+               and len(m.index.shape(n.output[0]) or ()) == 4]
+    assert len(rotated) == 4  # q and k of both layers
+    groups = {id(m.depgraph.group_of(Dim(name, 3))): m.depgraph.group_of(Dim(name, 3)) for name in rotated}
+    assert len(groups) == 1
+    group = next(iter(groups.values()))
+    assert not group.prunable
+    assert any("known only at run time" in r for r in group.blocked)
+    assert [g for g in m.groups if g.n_channels == HEADS["llama"]]
 
 
 @pytest.mark.parametrize("exporter", tz.EXPORTERS)

@@ -129,7 +129,31 @@ def build_llama():
     return TextModel(model, logits=True).eval(), _ids()
 
 
+class ImageModel(nn.Module):
+    """An HF image classifier called with pixel values only, returning its logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def build_hf_vit():
+    """HF transformers' ViT (separate q, k, v projections; `num_attention_heads`, `head_dim`), the
+    same sizes as `build_vit`.  Not in MODELS: the hand-back tests use it beside the timm-style one."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    config = T.ViTConfig(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                         intermediate_size=96, num_labels=10, attn_implementation="sdpa")
+    return ImageModel(T.ViTForImageClassification(config).eval()).eval(), (torch.randn(2, 3, 32, 32),)
+
+
 MODELS: dict[str, Callable] = {"vit": build_vit, "bert": build_bert, "gpt2": build_gpt2, "llama": build_llama}
+BUILDERS: dict[str, Callable] = {**MODELS, "hf_vit": build_hf_vit}
+"""MODELS and the models only some tests use."""
 
 
 def export(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | pathlib.Path, exporter: str) -> pathlib.Path:

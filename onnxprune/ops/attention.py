@@ -105,7 +105,7 @@ def _restored_downstream(ctx: NodeContext, axes: range) -> bool:
             return False
         entries = inner.entries(1)
         return entries is not None and all(
-            k < len(entries) and isinstance(entries[k], DimEntry) and entries[k].tensor == source and entries[k].axis == k
+            k < len(entries) and isinstance(entries[k], DimEntry) and entries[k][:2] == (source, k) and entries[k].factor == 1
             for k in axes)
     return False
 

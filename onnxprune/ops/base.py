@@ -352,6 +352,12 @@ class OpRule:
     def rewrite(self, ctx: "RewriteContext") -> None:
         """Update attributes and shape constants after the dims' sizes changed (default: nothing)."""
 
+    def residual_pairs(self, ctx: NodeContext) -> list[tuple[int, int]]:
+        """(shortcut slot, branch slot) pairs for which the node is a residual sum: with the branch
+        input gone, its output is the shortcut input itself (`x + f(x)` becomes `x`), which is what
+        block removal (onnxprune.blocks) rewrites.  Default: none."""
+        return []
+
     def channel_affine(self, ctx: NodeContext) -> "tuple[np.ndarray, np.ndarray] | None":
         """(scale, shift) per channel of a node that maps each channel affinely (BatchNormalization),
         None for every other node: what scale-aware importance multiplies a filter by."""

@@ -14,3 +14,8 @@ def channel_mask_nodes(tensor: str, mask: str, index: str, shape: str, out: str)
     return [helper.make_node("Gather", [mask, index], [elements]),
             helper.make_node("Reshape", [elements, shape], [spread]),
             helper.make_node("Mul", [tensor, spread], [out])]
+
+
+def identity_node(source: str, out: str, name: str) -> onnx.NodeProto:
+    """`out = source` (block removal: a removed residual sum that was a graph output keeps its name)."""
+    return helper.make_node("Identity", [source], [out], name=name)

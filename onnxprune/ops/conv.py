@@ -41,8 +41,12 @@ def _group_pairs(c_in: int, c_out: int, groups: int) -> tuple[np.ndarray, np.nda
 
 
 def _weight_zero(weight: np.ndarray, axis: int) -> np.ndarray:
-    moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
-    return ~np.any(moved != 0, axis=1)
+    """Bool per index along `axis`: all zero there.  The leading axes are folded first (a fast
+    contiguous OR) instead of moving `axis` to the front, which copied the whole weight."""
+    nonzero = weight != 0
+    if axis:
+        nonzero = nonzero.reshape(-1, *weight.shape[axis:]).any(axis=0)
+    return ~nonzero.reshape(weight.shape[axis], -1).any(axis=1)
 
 
 class _ConvLike(OpRule):

@@ -12,7 +12,7 @@ import onnx
 
 from .base import PARAM, Coupling, NodeContext, OpRule, ZeroView
 from .registry import register
-from .values import Entry, Folds
+from .values import ConstEntry, DimEntry, Entry, Folds, computed_entry
 
 
 def couple_broadcast(ctx: NodeContext, slots: range | list[int], out_slot: int = 0) -> Coupling:
@@ -48,12 +48,20 @@ class SumLike(Broadcasting):
 
 @register("Add", "Sub")
 class AddSub(SumLike, Folds):
-    """Also shape arithmetic (folded)."""
+    """Also shape arithmetic (folded).  A residual sum: `x + f(x)` and `f(x) + x` leave x without
+    f, `x - f(x)` leaves x (not `f(x) - x`)."""
+
+    def residual_pairs(self, ctx: NodeContext) -> list[tuple[int, int]]:
+        if ctx.n_inputs != 2:
+            return []
+        return [(0, 1)] if ctx.node.op_type == "Sub" else [(0, 1), (1, 0)]
 
 
 @register("Sum", "Max", "Min", "Mean")
 class Reducing(SumLike):
-    pass
+    def residual_pairs(self, ctx: NodeContext) -> list[tuple[int, int]]:
+        """A two-input Sum is `x + f(x)`; Max, Min and Mean of x and f(x) are not x without f."""
+        return [(0, 1), (1, 0)] if ctx.node.op_type == "Sum" and ctx.n_inputs == 2 else []
 
 
 class MulLike(Broadcasting):
@@ -62,7 +70,35 @@ class MulLike(Broadcasting):
 
 @register("Mul")
 class MulRule(MulLike, Folds):
-    """Also shape arithmetic (folded)."""
+    """Also shape arithmetic (folded), and a size read from a tensor times a positive constant
+    (the legacy exporter's GQA `num_key_value_heads * n_rep`), which follows pruning by itself."""
+
+    def passes_shape_value(self, ctx: NodeContext, slot: int) -> bool:
+        return self._entries(ctx) is not None
+
+    def shape_entries(self, ctx: NodeContext, inputs) -> list[Entry] | None:
+        return self._entries(ctx)
+
+    def _entries(self, ctx: NodeContext) -> list[Entry] | None:
+        sides = [ctx.entries(0), ctx.entries(1)]
+        if any(side is None for side in sides):
+            return None
+        a, b = sides
+        if len(a) != len(b):
+            if min(len(a), len(b)) != 1:
+                return None
+            a, b = (a * len(b), b) if len(a) == 1 else (a, b * len(a))
+        out: list[Entry] = []
+        for x, y in zip(a, b):
+            if isinstance(x, ConstEntry) and isinstance(y, ConstEntry):
+                out.append(computed_entry(x.value * y.value))
+            elif isinstance(x, DimEntry) and isinstance(y, ConstEntry) and y.value > 0:
+                out.append(x._replace(factor=x.factor * y.value))
+            elif isinstance(y, DimEntry) and isinstance(x, ConstEntry) and x.value > 0:
+                out.append(y._replace(factor=y.factor * x.value))
+            else:
+                return None
+        return out
 
 
 @register("And")
@@ -95,9 +131,57 @@ class PowRule(Broadcasting):
         return views[0].value()
 
 
-@register("Where", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Or", "Xor")
+@register("Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Or", "Xor")
 class OtherBinary(Broadcasting):
     zero_mode = "never"
+
+
+@register("Equal")
+class EqualRule(OtherBinary):
+    """Also shape arithmetic: the legacy torch exporter turns `expand(b, -1, n, n)` into
+    `Where(Equal(shape, -1), 1, shape)`.  A size read from a tensor is never negative, so comparing
+    it with a negative constant is False whatever pruning does to it."""
+
+    def passes_shape_value(self, ctx: NodeContext, slot: int) -> bool:
+        return self._entries(ctx) is not None
+
+    def shape_entries(self, ctx: NodeContext, inputs) -> list[Entry] | None:
+        return self._entries(ctx)
+
+    def _entries(self, ctx: NodeContext) -> list[Entry] | None:
+        sides = [ctx.entries(0), ctx.entries(1)]
+        if any(side is None for side in sides) or len(sides[0]) != len(sides[1]):
+            return None
+        out = []
+        for a, b in zip(*sides):
+            if isinstance(a, ConstEntry) and isinstance(b, ConstEntry):
+                out.append(computed_entry(int(a.value == b.value)))
+            elif isinstance(a, ConstEntry) != isinstance(b, ConstEntry) and min(
+                    e.value for e in (a, b) if isinstance(e, ConstEntry)) < 0:
+                out.append(computed_entry(0))
+            else:
+                return None
+        return out
+
+
+@register("Where")
+class WhereRule(OtherBinary):
+    """Also shape arithmetic: picks each element of a shape vector from input 1 or 2 where the
+    condition's elements are known (see EqualRule)."""
+
+    def passes_shape_value(self, ctx: NodeContext, slot: int) -> bool:
+        return self._entries(ctx) is not None
+
+    def shape_entries(self, ctx: NodeContext, inputs) -> list[Entry] | None:
+        return self._entries(ctx)
+
+    def _entries(self, ctx: NodeContext) -> list[Entry] | None:
+        cond, a, b = ctx.entries(0), ctx.entries(1), ctx.entries(2)
+        if cond is None or a is None or b is None or not (len(cond) == len(a) == len(b)):
+            return None
+        if any(not isinstance(c, ConstEntry) for c in cond):
+            return None
+        return [x if c.value else y for c, x, y in zip(cond, a, b)]
 
 
 def couple_unary(ctx: NodeContext) -> Coupling:

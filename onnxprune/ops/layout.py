@@ -62,11 +62,23 @@ class ConcatRule(Folds):
         if out is None:
             return c
         axis = int(ctx.attr("axis")) % len(out)
+        shapes = [ctx.in_shape(slot) for slot in range(ctx.n_inputs)]
+        if any(shape is None or len(shape) != len(out) for shape in shapes):
+            return c
+        if any(not isinstance(shape[axis], int) for shape in shapes):
+            # parts of sizes known only at run time (RoPE's rotate_half halves head_dim with a
+            # Slice whose bounds come from Shape): the other axes still pass through
+            why = f"{ctx.label} joins parts whose sizes are known only at run time (like the halves of head_dim in RoPE's rotate_half)"
+            for slot in range(ctx.n_inputs):
+                for k in range(len(out)):
+                    if k != axis:
+                        c.link(ctx.in_dim(slot, k), ctx.out_dim(0, k))
+                c.pin(ctx.in_dim(slot, axis), why)
+            c.pin(ctx.out_dim(0, axis), why)
+            return c
         offset = 0
         for slot in range(ctx.n_inputs):
             shape = ctx.in_shape(slot)
-            if shape is None or not isinstance(shape[axis], int):
-                return Coupling()
             for k in range(len(out)):
                 if k != axis:
                     c.link(ctx.in_dim(slot, k), ctx.out_dim(0, k))
@@ -375,12 +387,32 @@ class FlattenRule(Mover):
 
 
 def _link_dim_entries(ctx: NodeContext, c: Coupling, entries) -> None:
-    """A target-shape element read from another tensor's axis ties that axis to the output axis."""
+    """A target-shape element read from another tensor's axis ties that axis to the output axis.
+    A size computed from constants at run time (ConstEntry.computed) has no constant surgery could
+    rewrite: its output axis is pinned."""
     for pos, entry in enumerate(entries):
         if isinstance(entry, DimEntry):
             tensor_is_const = ctx.index.is_const(entry.tensor)
             source = Dim(entry.tensor, entry.axis, entry.shape_node, 0) if tensor_is_const else Dim(entry.tensor, entry.axis)
-            c.link(source, ctx.out_dim(0, pos))
+            size = ctx.index.shape(entry.tensor)[entry.axis] if ctx.index.shape(entry.tensor) else None
+            if entry.factor == 1:
+                c.link(source, ctx.out_dim(0, pos))
+            elif isinstance(size, int):  # element j of the output axis is element j // factor of the source's
+                whole = np.arange(size * entry.factor)
+                c.link(source, ctx.out_dim(0, pos), whole // entry.factor, whole)
+            else:
+                c.pin(ctx.out_dim(0, pos), f"{ctx.label} takes this size as a multiple of a size not known")
+        elif isinstance(entry, ConstEntry) and entry.computed and entry.value > 1:
+            _unmention(c, ctx.out_dim(0, pos))
+            c.pin(ctx.out_dim(0, pos), f"{ctx.label} takes this size from a value computed at run time")
+
+
+def _unmention(c: Coupling, dim: Dim) -> None:
+    """Drop every edge, choice and freedom that mentions `dim` (so that a pin on it holds)."""
+    c.edges = [e for e in c.edges if dim not in (e.a, e.b)]
+    c.choices = [[e for e in edges if dim not in (e.a, e.b)] for edges in c.choices]
+    c.choices = [edges for edges in c.choices if edges]
+    c.free_dims.discard(dim)
 
 
 def _target_sizes(ctx: NodeContext, src, dst, entries, allow_zero: int) -> tuple:
@@ -391,14 +423,21 @@ def _target_sizes(ctx: NodeContext, src, dst, entries, allow_zero: int) -> tuple
         if isinstance(entry, DimEntry):
             shape = ctx.index.shape(entry.tensor)
             if shape is not None:
-                dst[p] = shape[entry.axis]
+                dst[p] = entry.scaled(shape[entry.axis])
         elif entry.value > 0:
             dst[p] = entry.value
         elif entry.value == 0 and not allow_zero and p < len(src):
             dst[p] = src[p]
     minus = [p for p, e in enumerate(entries) if isinstance(e, ConstEntry) and e.value == -1]
     if len(minus) == 1 and not isinstance(dst[minus[0]], int):
-        # -1 is what is left: symbolic sizes on both sides (a dynamic batch) cancel out
+        # -1 is what is left: symbolic sizes on both sides (a dynamic batch) cancel out, named by
+        # the graph input size they are where inference named them apart
+        index = ctx.index
+        named = [index.dim_name(ctx.input(0), k) if not isinstance(s, int) else s for k, s in enumerate(src)]
+        src = [n if n is not None else s for n, s in zip(named, src)]
+        for p, entry in enumerate(entries):
+            if isinstance(entry, DimEntry) and entry.factor == 1 and not isinstance(dst[p], int):
+                dst[p] = index.dim_name(entry.tensor, entry.axis) or dst[p]
         src_rest, dst_rest = list(src), [d for p, d in enumerate(dst) if p != minus[0]]
         for d in [d for d in dst_rest if not isinstance(d, int)]:
             if d is not None and d in src_rest:
@@ -457,13 +496,50 @@ class ReshapeRule(PassesShape):
                 return c
         else:
             c = couple_blocks(ctx, blocks, src, dst)
-        _link_dim_entries(ctx, c, entries)
+        loose = _loose_dim_entries(ctx, entries, dst)
+        _link_dim_entries(ctx, c, [None if p in loose else e for p, e in enumerate(entries)])
         return c
 
     def rewrite(self, ctx: RewriteContext) -> None:
         entries = ctx.entries(1)
-        if entries is not None:
-            rewrite_const_entries(ctx, entries)
+        if entries is None:
+            return
+        rewrite_const_entries(ctx, entries)
+        src, out = ctx.in_shape(0), ctx.out_shape(0)
+        if src is None or out is None or len(out) != len(entries):
+            return
+        out = _target_sizes(ctx, src, out, entries, int(ctx.attr("allowzero", 0)))  # what couple saw
+        found = concat_parts(ctx.index, ctx.input(1), len(entries))
+        for p in _loose_dim_entries(ctx, entries, out):
+            entry = entries[p]
+            new = ctx.new_size(ctx.out_dim(0, p), out[p])
+            if new != ctx.new_size(Dim(entry.tensor, entry.axis), ctx.index.shape(entry.tensor)[entry.axis]):
+                producer, parts = found
+                ctx.writer.set_input_const(producer, parts[p][0], np.array([new], dtype=np.int64))
+
+
+def _loose_dim_entries(ctx: NodeContext, entries, dst) -> set[int]:
+    """Positions of a Reshape target read from a tensor's axis (`x.reshape(b, n, c)` with `c` the
+    residual width, legacy exporter) that need not tie that axis to the output's: both sizes are
+    known and the element is a part of its own in a Concat only this Reshape reads, so surgery can
+    write the output's new size there as a constant whenever the two sizes come apart (heads
+    pruned while the residual stream is not)."""
+    found = concat_parts(ctx.index, ctx.input(1), len(entries))
+    if found is None or ctx.index.consumers.get(ctx.input(1)) != [(ctx.i, 1)] or dst is None:
+        return set()
+    producer, parts = found
+    widths: dict[int, int] = {}
+    for slot, _ in parts:
+        widths[slot] = widths.get(slot, 0) + 1
+    loose = set()
+    for p, entry in enumerate(entries):
+        if not isinstance(entry, DimEntry) or entry.factor != 1 or ctx.index.is_const(entry.tensor) or widths[parts[p][0]] != 1:
+            continue
+        source = ctx.index.shape(entry.tensor)
+        if source is not None and isinstance(source[entry.axis], int) and p < len(dst) and isinstance(dst[p], int) \
+                and source[entry.axis] > 1:
+            loose.add(p)
+    return loose
 
 
 @register("Expand")
@@ -482,7 +558,20 @@ class ExpandRule(Mover, Folds):
         return inputs[0]
 
     def refine_shape(self, ctx: NodeContext):
-        return refine_from_target(ctx, 1)
+        """Sizes the target gives, and the input's size where the target entry is 1 (keep)."""
+        refined = refine_from_target(ctx, 1)
+        src, entries = ctx.in_shape(0), ctx.entries(1)
+        shape = refined or ctx.out_shape(0)
+        if src is None or entries is None or shape is None or len(shape) != max(len(src), len(entries)):
+            return refined
+        shape = list(shape)
+        for p in range(len(shape)):
+            k, e = p - (len(shape) - len(src)), p - (len(shape) - len(entries))
+            if not isinstance(shape[p], int) and k >= 0 and e >= 0 and isinstance(entries[e], ConstEntry) \
+                    and entries[e].value == 1 and isinstance(src[k], int):
+                shape[p] = src[k]
+        better = tuple(shape)
+        return better if better != ctx.out_shape(0) else None
 
     def couple(self, ctx: NodeContext) -> Coupling:
         c = Coupling()
@@ -597,6 +686,11 @@ class ShapeRule(OpRule):
 
     def reads_elements(self, ctx: NodeContext, slot: int) -> bool:
         return False
+
+    def shape_sink(self, ctx: NodeContext, slot: int) -> bool:
+        """The Shape of a shape vector (the legacy exporter's Expand targets) reads only how many
+        entries it has, which pruning never changes: no escape."""
+        return True
 
     def fold_inputs(self, ctx: NodeContext):
         return ()

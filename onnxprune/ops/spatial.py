@@ -48,7 +48,7 @@ def _keeps_size(entry, tensor: str, axis: int, size) -> bool:
     """A Resize target element that leaves axis `axis` of `tensor` as it is: read from that very
     axis (it then follows pruning), or a constant equal to its size."""
     if isinstance(entry, DimEntry):
-        return (entry.tensor, entry.axis) == (tensor, axis)
+        return (entry.tensor, entry.axis, entry.factor) == (tensor, axis, 1)
     return entry.value == size
 
 

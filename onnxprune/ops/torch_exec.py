@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import torch
 import torch.nn.functional as F
 
@@ -340,6 +341,38 @@ def _resize(ctx, xs):
     return F.interpolate(x, mode="bilinear" if x.dim() == 4 else "linear", align_corners=coord == "align_corners", **kwargs)
 
 
+
+@torch_op("Split")
+def _split(ctx, xs):
+    x = xs[0]
+    axis = int(ctx.attr("axis", 0)) % x.dim()
+    sizes = _ints(xs[1]) if len(xs) > 1 and xs[1] is not None else ctx.attr("split")
+    if sizes is None:  # equal parts, the last one smaller (opset 18 num_outputs) when they do not divide
+        parts = len(ctx.node.output)
+        sizes = [-(-x.shape[axis] // parts)] * (parts - 1)
+        sizes.append(x.shape[axis] - sum(sizes))
+    return list(torch.split(x, [int(s) for s in sizes], dim=axis))
+
+
+@torch_op("Expand")
+def _expand(ctx, xs):
+    x = xs[0]
+    return x.expand(torch.broadcast_shapes(x.shape, tuple(_ints(xs[1]))))
+
+
+@torch_op("ConstantOfShape")
+def _constant_of_shape(ctx, xs):
+    value = ctx.attr("value")
+    fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
+    return torch.full(_ints(xs[0]), fill[0].item(), dtype=torch.from_numpy(fill).dtype)
+
+
+@torch_op("Range")
+def _range(ctx, xs):
+    start, limit, delta = (x.item() for x in xs)
+    return torch.arange(start, limit, delta, dtype=xs[0].dtype)
+
+
 def float_constants(model: onnx.ModelProto, index) -> dict[str, np.ndarray]:
     """Every float constant of the graph (initializers and Constant-node values) by name."""
     values = {}
@@ -374,6 +407,8 @@ class GraphModule(torch.nn.Module):
                                     "has no torch implementation in onnxprune.ops.torch_exec")
             self.nodes.append((NodeContext(index, i), TORCH_OPS[node.op_type]))
         self.outputs = [vi.name for vi in model.graph.output]
+        self.extra: list[str] = []
+        """Intermediate tensors returned after the outputs (feature distillation)."""
 
     def forward(self, **inputs: torch.Tensor) -> list[torch.Tensor]:
         values = dict(self.fixed)
@@ -384,7 +419,7 @@ class GraphModule(torch.nn.Module):
             out = fn(ctx, args)
             outs = out if isinstance(out, (list, tuple)) else [out]
             values.update((name, v) for name, v in zip(ctx.node.output, outs) if name)
-        return [values[n] for n in self.outputs]
+        return [values[n] for n in self.outputs + self.extra]
 
     def trained(self) -> dict[str, np.ndarray]:
         """The trainable constants' current values, in their ONNX dtype."""

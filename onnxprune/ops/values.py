@@ -38,14 +38,29 @@ multi-GB model would double the memory; decoding one weight again costs a memcpy
 
 class ConstEntry(NamedTuple):
     value: int
-    source: str  # constant tensor holding the value
+    source: str  # constant tensor holding the value; "" when computed (nothing to rewrite)
     pos: int     # flat position in that tensor
+
+    @property
+    def computed(self) -> bool:
+        """Worked out from constants at run time (ConstantOfShape, Mul, Equal): no stored constant
+        holds it, so a pruned axis cannot be given a new size through it."""
+        return not self.source
+
+
+def computed_entry(value: int) -> ConstEntry:
+    return ConstEntry(int(value), "", -1)
 
 
 class DimEntry(NamedTuple):
     tensor: str
     axis: int
     shape_node: int  # the Shape node that read it (a constant's dims are per use)
+    factor: int = 1  # the element is factor * that size (GQA's `num_key_value_heads * n_rep`)
+
+    def scaled(self, size):
+        """This element's value when the axis has `size` (None when the size is not known)."""
+        return size * self.factor if isinstance(size, int) else (size if self.factor == 1 else None)
 
 
 Entry = ConstEntry | DimEntry
@@ -112,6 +127,10 @@ class Values:
             node = index.model.graph.node[node_i]
             inputs = [self.entries(n, depth + 1) if n else None for n in node.input]
             result = rule_for(node, index.opset).shape_entries(NodeContext(index, node_i), inputs)
+            if result is None:
+                value = self.const(name)
+                if value is not None and value.ndim <= 1 and value.dtype.kind in "iub" and value.size <= FOLD_LIMIT:
+                    result = [computed_entry(int(v)) for v in value.reshape(-1)]
         self._entries[name] = result
         return result
 
@@ -193,7 +212,7 @@ def refine_from_target(ctx: NodeContext, target_slot: int) -> tuple["Size", ...]
             elif isinstance(entry, DimEntry):
                 source = ctx.index.shape(entry.tensor)
                 if source is not None and isinstance(source[entry.axis], int):
-                    size = source[entry.axis]
+                    size = entry.scaled(source[entry.axis])
         refined.append(size)
     refined = tuple(refined)
     return refined if refined != ctx.index.shape(ctx.output(0)) else None
@@ -226,8 +245,48 @@ def rewrite_const_entries(ctx, entries, skip=lambda pos, value: False) -> None:
                 flat[pos] = new
             ctx.set_const(slot, value)
             continue
+        if slot is None and not _read_only_by(ctx.index, source, ctx.i):
+            _write_private_target(ctx, entries, by_pos, source)
+            continue
         for pos, new in changes.items():
             ctx.writer.set_const_element(source, pos, new)
+
+
+def _read_only_by(index, source: str, node_i: int) -> bool:
+    """Every use of the constant `source` leads, through the nodes that compute from it, to node
+    `node_i` alone: an in-place edit of it changes nothing else."""
+    todo, seen = [source], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in index.graph_outputs or not index.consumers.get(name) or len(seen) > MAX_DEPTH:
+            return False
+        for consumer, _ in index.consumers[name]:
+            if consumer != node_i:
+                todo.extend(o for o in index.model.graph.node[consumer].output if o)
+    return True
+
+
+def _write_private_target(ctx, entries, by_pos: dict[int, int], source: str) -> None:
+    """A shape constant read elsewhere too and reached through other nodes (a Cast, Squeeze):
+    this node gets the whole edited target as a constant of its own (per use, like any shared
+    constant), when the target is constant; otherwise surgery stops rather than write a wrong
+    shape."""
+    from ..errors import OnnxPruneError
+
+    target = next((s for s, name in enumerate(ctx.node.input) if name and ctx.rule.shape_sink(ctx, s)), None)
+    value = None if target is None else ctx.index.const(ctx.input(target))
+    if value is None:
+        raise OnnxPruneError(f"{ctx.label}: shape constant '{source}' is shared with other nodes and reached "
+                             f"through a computation onnxprune cannot give a private copy of")
+    value = value.copy()
+    flat = value.reshape(-1)
+    offset = len(entries) - flat.size
+    for pos, new in by_pos.items():
+        flat[pos - offset] = new
+    ctx.set_const(target, value)
 
 
 def concat_parts(index, target: str, n_entries: int) -> tuple[int, list[tuple[int, int]]] | None:
