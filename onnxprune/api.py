@@ -381,12 +381,21 @@ class PrunableModel:
                 plan.options["max_loss"] = max_loss
         if isinstance(criterion, str) and criterion in WEIGHT_CRITERIA:
             # the ranking just made is one of the two compared (ranks: normalisation does not matter)
-            warning = structure_warning(self.depgraph, known={criterion: scores} if aggregate == "sum" else None)
+            warning = structure_warning(self.depgraph, known={criterion: scores} if aggregate == "sum" else None,
+                                        feeds=self._synthetic_feeds())
             plan.warnings += [warning] if warning else []
         estimate = self.cost(keep)
         base = self.cost_model.base
         plan.summary = {"params": [base.params, estimate.params], "macs": [base.macs, estimate.macs]}
         return plan
+
+    def _synthetic_feeds(self) -> dict[str, np.ndarray] | None:
+        """The inputs verification runs the model on (computed once, verification reuses them),
+        for the structure warning's activation check; None for models above FILE_ROUTE_ABOVE,
+        where a run with every channel's activation as an output costs too much at plan time."""
+        from .runtime import FILE_ROUTE_ABOVE, weights_size
+
+        return self.check_runs().feeds if weights_size(self.model) <= FILE_ROUTE_ABOVE else None
 
     # --- depth: whole residual blocks (onnxprune.blocks) ------------------------------------
     @cached_property
@@ -534,6 +543,7 @@ class PrunableModel:
             exact = exact and not (rewrite.inexact_layernorm and inexact_rewrites(depgraph, keep, rewrite))
             checked = self.check_runs(data)  # the original's outputs, computed before surgery
             chunks, quality_labels = self._quality_inputs(data)
+            quality_labels = labels if labels is not None else quality_labels
             quality_reference = None
             if chunks is not None and not self.path.is_file():
                 from .quality import first_output
@@ -555,7 +565,7 @@ class PrunableModel:
 
                 options = reconstruct if isinstance(reconstruct, ReconstructOptions) else ReconstructOptions()
                 pruned, recovery = recover(self.model, pruned, self.depgraph, keep, self.calibration(data), options,
-                                           labels if labels is not None else quality_labels, self.show_progress)
+                                           quality_labels, self.show_progress)
             return Pruning(pruned, plan, weightless_copy(self.model), checked.feeds, exact,
                            self.cost_model.base, before_layers, self.path, checked.outputs, self.loaded.had_external_data,
                            self.cost_shapes, recovery, self.origins(), chunks, quality_labels, quality_reference,
@@ -650,10 +660,12 @@ class Pruning:
                                          source=staged)
             measured = None
             if self.quality_batches is not None:
-                from .quality import compare, first_output
+                from .quality import compare, first_output, measure_all
 
-                before = self.quality_reference if self.quality_reference is not None else first_output(str(self.path), self.quality_batches)
-                measured = compare(before, first_output(staged or self.model, self.quality_batches), self.labels)
+                if self.quality_reference is not None:
+                    measured = compare(self.quality_reference, first_output(staged or self.model, self.quality_batches), self.labels)
+                else:  # streamed: one batch of outputs at a time
+                    (measured,) = measure_all(str(self.path), [staged or self.model], self.quality_batches, self.labels)
         mapped = self.staged.arrays(self.model) if self.staged is not None else None  # stubs' data: the staged file
         after_index = ModelIndex.build(self.model, self.input_shapes, mapped)
         after = cost.model_cost(after_index)

@@ -139,29 +139,27 @@ def _print_result(summary: dict) -> None:
         kind = "exact (only dead channels removed)" if summary["exact"] else "outputs differ as expected"
     print(f"verified: onnx.checker ok, onnxruntime runs, output shapes unchanged; max relative output change "
           f"{summary['max_rel_error']:.2e} ({kind})")
-    if summary["quality"]:
+    if summary.get("recovery"):  # the same measure, before and after reconstruction
+        print(_format_recovery(summary["recovery"]))
+    elif summary["quality"]:
         from .quality import Quality
 
         print(f"quality against the original {Quality(**summary['quality']).describe('original', 'pruned')}")
-    if summary.get("recovery"):
-        print(_format_recovery(summary["recovery"]))
     print(f"wrote {summary['output']}")
 
 
 def _format_recovery(rec: dict) -> str:
-    """Agreement with the original on the --data samples, plain and reconstructed."""
+    """Agreement with the original on the --data samples (onnxprune.quality), plain and reconstructed."""
+    from .quality import Quality
+
     def line(label: str, f: dict) -> str:
-        top1 = f" top-1 agreement {f['top1_agreement']:.2%}," if f["top1_agreement"] is not None else ""
-        accuracy = f" accuracy {f['accuracy']:.2%}," if f["accuracy"] is not None else ""
-        return f"  {label:<14}{top1}{accuracy} relative output error {f['rel_error']:.3g}"
-    lines = [f"agreement with the original on {rec['plain']['samples']} --data samples"
-             + (f" (original accuracy {rec['reference_accuracy']:.2%})" if rec["reference_accuracy"] is not None else "") + ":",
-             line("pruned:", rec["plain"])]
+        return f"  {label + ':':<14} {Quality(**f).describe('original', label)}"
+    lines = ["agreement with the original:", line("pruned", rec["plain"])]
     fit = rec["reconstruction"]
     if fit is not None:
         fitted = sum(layer["fitted"] for layer in fit["layers"])
         if rec["reconstructed"] is not None:
-            lines.append(line("reconstructed:", rec["reconstructed"]))
+            lines.append(line("reconstructed", rec["reconstructed"]))
         else:
             lines.append("  reconstructed: agreed less with the original than plain pruning; kept the plainly pruned model")
         lines.append(f"  reconstruction: {fitted} of {len(fit['layers'])} layers re-fitted in {fit['seconds']:.1f} s"
@@ -318,7 +316,8 @@ def cmd_apply(args) -> int:
 
 def cmd_finetune(args) -> int:
     from .finetune import FinetuneOptions, finetune
-    from .recovery import compare
+    from .quality import QUALITY_BATCH, measure_all
+    from .runtime import batches
     from .save import save_model
 
     check_output_paths(args.model, (args.output,), args.overwrite)
@@ -329,20 +328,18 @@ def cmd_finetune(args) -> int:
     if min(options.epochs, options.batch_size) < 1 or options.lr <= 0:
         raise InputError("options: --epochs and --batch-size must be at least 1, --lr positive")
     result = finetune(student.model, teacher.model, feeds, options, progress=not args.json and sys.stderr.isatty())
-    (before,), _ = compare(teacher.model, [student.model], feeds)
-    (after,), _ = compare(teacher.model, [result.model], feeds)
+    before, after = measure_all(teacher.model, [student.model, result.model], list(batches(feeds, QUALITY_BATCH)))
     save_model(result.model, args.output, True if student.loaded.had_external_data else None)
     summary = {"input": str(args.model), "teacher": str(args.teacher), "output": str(args.output), "steps": result.steps,
                "seconds": result.seconds, "first_loss": result.first_loss, "epoch_losses": result.losses,
-               "trained": result.trained, "before": vars(before), "after": vars(after)}
+               "trained": result.trained, "before": before.to_json(), "after": after.to_json()}
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
     print(f"distilled {len(result.trained)} weight tensors in {result.steps} steps ({result.seconds:.0f} s); "
           f"loss {result.first_loss:.4g} -> {result.losses[-1]:.4g} (epoch means: {', '.join(f'{v:.3g}' for v in result.losses)})")
     for label, f in (("before", before), ("after", after)):
-        top1 = f", top-1 agreement {f.top1_agreement:.2%}" if f.top1_agreement is not None else ""
-        print(f"{label}: relative output error {f.rel_error:.3g}{top1} (against the teacher, {f.samples} --data samples)")
+        print(f"{label}: against the teacher {f.describe()}")
     print(f"wrote {args.output}")
     return 0
 

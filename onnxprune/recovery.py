@@ -9,14 +9,17 @@ exact in expectation); a bias is created where the layer has none and can take o
 
 The inputs of each layer are the *pruned* model's own activations, with the layers before it
 already re-fitted, so later layers correct the error left by earlier ones (fully sequential, as
-He et al.).  That costs one pass of the data through each model all the same: both models run
-segment by segment, from one layer to fit to the next, over the calibration batches, and what a
-segment leaves for later segments (the cut) waits in a scratch folder, one file per batch.
+He et al.).  That still costs one pass of the data through each model: the original runs first,
+as a whole model (one onnxruntime session that also returns every layer's output), and keeps for
+each layer and batch only the sampled output positions and its outputs there (`_Spill`); then the
+pruned model runs segment by segment, from one layer to fit to the next, and what a segment
+leaves for later segments (the cut) waits in RAM or a scratch folder, one file per batch.
 
 Memory does not grow with the number of samples: per layer and conv group only the sums
 X^T X, X^T Y, X, Y and |Y|^2 are kept (shapes set by the layer's widths), accumulated batch by
 batch over a fixed number of sampled output positions per sample (`positions`); RAM holds one
-batch of activations (the scratch folder on disk holds the cut for every batch).
+batch of activations and, up to `memory_mb`, the sampled targets and the cut (beyond that they
+go to the scratch folder on disk, which does grow with the data).
 
 Op knowledge (patches of a conv, which input is the weight, where a bias goes) comes from the op
 rules (`NodeContext.rule.linear_view`, onnxprune/ops/reconstruct.py).
@@ -37,7 +40,8 @@ from tqdm import tqdm
 from .depgraph import DepGraph
 from .graph import ModelIndex, copy_fields
 from .ops import IN, OUT, NodeContext
-from .runtime import batches, make_session, sample_count
+from .quality import QUALITY_BATCH, Quality, measure_all
+from .runtime import batches, make_session, sample_count, with_outputs
 from .ops import Dim
 from .surgery import ModelWriter, kept_elements
 
@@ -92,31 +96,16 @@ class ReconstructReport:
 
 
 @dataclass
-class Fidelity:
-    """Agreement of a model with the original on the calibration data.  `top1_agreement` compares
-    the argmax over the last axis of the first output (every position of a sequence model), None
-    when that axis has one element; `rel_error` is ||y - y_original|| / ||y_original|| over all
-    outputs; `accuracy` needs labels."""
-
-    samples: int
-    rel_error: float
-    top1_agreement: float | None
-    accuracy: float | None = None
-
-
-@dataclass
 class Recovery:
-    """The quality report of a prune with data: the plain pruned model and, with reconstruction,
-    the reconstructed one."""
+    """The quality report of a prune with data (onnxprune.quality, against the original): the
+    plain pruned model and, with reconstruction, the reconstructed one."""
 
-    plain: Fidelity
-    reconstructed: Fidelity | None = None
+    plain: Quality
+    reconstructed: Quality | None = None
     reconstruction: ReconstructReport | None = None
-    reference_accuracy: float | None = None
 
     def to_json(self) -> dict:
-        return {"plain": vars(self.plain), "reconstructed": vars(self.reconstructed) if self.reconstructed else None,
-                "reference_accuracy": self.reference_accuracy,
+        return {"plain": self.plain.to_json(), "reconstructed": self.reconstructed.to_json() if self.reconstructed else None,
                 "reconstruction": self.reconstruction.to_json() if self.reconstruction else None}
 
 
@@ -153,13 +142,11 @@ class _Stats:
         self.n += x.shape[1]
         self.sx += x.sum(axis=1, dtype=np.float64)
         self.sy += y.sum(axis=1, dtype=np.float64)
-        if x.shape[0] == 1:  # a 2-D product reaches BLAS
-            self.xx[0] += x[0].T @ x[0]
-            self.xy[0] += x[0].T @ y[0]
-        else:  # many small groups (depthwise): one einsum beats a loop of tiny products
-            self.xx += np.einsum("gsf,gsh->gfh", x, x)
-            self.xy += np.einsum("gsf,gso->gfo", x, y)
-        self.yy += np.einsum("gso,gso->g", y, y, dtype=np.float64)
+        xt = x.transpose(0, 2, 1)
+        self.xx += np.matmul(xt, x)  # batched float32 BLAS products (one per group), float64 sums
+        self.xy += np.matmul(xt, y)
+        flat = y.reshape(y.shape[0], -1)
+        self.yy += np.einsum("gk,gk->g", flat, flat)
 
     def compensate(self, w: np.ndarray) -> np.ndarray:
         """The bias that makes `w`'s mean residual zero: the removed channels' mean contribution
@@ -373,6 +360,59 @@ def _segment(model: onnx.ModelProto, nodes: list, inputs: list[str], outputs: li
     return copy
 
 
+class _Spill:
+    """Values kept for later, in RAM up to `budget` bytes and in the scratch folder beyond."""
+
+    def __init__(self, folder: Path, name: str, budget: int):
+        self.folder, self.name, self.budget = folder, name, budget
+        self.memory: dict[tuple[int, int], object] = {}
+        self.bytes = 0
+
+    def _path(self, key: tuple[int, int]) -> Path:
+        return self.folder / f"{self.name}-{key[0]}-{key[1]}.pkl"
+
+    def put(self, key: tuple[int, int], value: tuple[tuple[np.ndarray, ...], np.ndarray]) -> None:
+        size = value[1].nbytes + sum(a.nbytes for a in value[0])
+        if self.bytes + size <= self.budget:
+            self.memory[key] = value
+            self.bytes += size
+            return
+        with open(self._path(key), "wb") as f:
+            pickle.dump(value, f, protocol=5)
+
+    def pop(self, key: tuple[int, int]):
+        if key in self.memory:
+            value = self.memory.pop(key)
+            self.bytes -= value[1].nbytes + sum(a.nbytes for a in value[0])
+            return value
+        path = self._path(key)
+        with open(path, "rb") as f:
+            value = pickle.load(f)  # our own scratch file, written by put() above
+        path.unlink()
+        return value
+
+
+def _original_targets(dg: DepGraph, keep: dict[int, np.ndarray], views: list,
+                      per_sample: list[int], parts: list[dict[str, np.ndarray]], store: _Spill,
+                      rng: np.random.Generator) -> None:
+    """What each layer must reproduce: one run of the whole original model per batch (one
+    onnxruntime session that also returns every layer's output, so the original is not cut into
+    segments), keeping for layer k and batch j only the sampled positions and the original's
+    outputs there, restricted to the channels the pruned layer still makes."""
+    kept = kept_elements(dg, keep)
+    names = list(dict.fromkeys(view.output for view in views))
+    session = make_session(with_outputs(dg.index, names), arrays=dg.index.external)  # mapped weights, read in place
+    for j, part in enumerate(parts):
+        values = dict(zip(names, session.run(names, part)))
+        for k, view in enumerate(views):
+            y = values[view.output]
+            axis = view.channel_axis % y.ndim
+            if Dim(view.output, axis) in kept:
+                y = np.take(y, kept[Dim(view.output, axis)], axis=axis)
+            pos = view.positions(y.shape, per_sample[k], rng)
+            store.put((k, j), (pos, np.ascontiguousarray(view.targets(y, pos), dtype=np.float32)))
+
+
 def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph, keep: dict[int, np.ndarray],
                 feeds: dict[str, np.ndarray], options: ReconstructOptions | None = None,
                 progress: bool = False) -> ReconstructReport:
@@ -403,35 +443,28 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph
     if not views:
         report.seconds = time.perf_counter() - start
         return report
-    kept = kept_elements(dg, keep)  # the original's outputs lose the channels the pruned layer no longer makes
     parts = list(batches(feeds, options.batch))
     n_samples = sample_count(feeds)
-    rng = np.random.default_rng(options.seed)
-    producer_of = {o: i for i, node in enumerate(original.graph.node) for o in node.output if o}
-    bar = tqdm(total=len(views), desc="reconstruct", unit="layer", disable=not progress, leave=False)
+    per_sample = []
+    for view in views:
+        features = view.matrices(index.const(pruned.graph.node[view.node].input[view.weight_slot])).shape[1]
+        per_sample.append(int(min(options.positions, max(1, -(-options.rows_wanted * features // n_samples)))))
+    bar = tqdm(total=len(views) + 1, desc="reconstruct", unit="layer", disable=not progress, leave=False)
     with tempfile.TemporaryDirectory(prefix="onnxprune-reconstruct-") as scratch:
         folder = Path(scratch)
+        budget = options.memory_mb << 19  # half for the targets, half for the pruned model's cut
+        targets = _Spill(folder, "targets", budget)
+        _original_targets(dg, keep, views, per_sample, parts, targets, np.random.default_rng(options.seed))
+        bar.update(1)
         ours = _Stepper(pruned, index, parts, folder, "pruned")
-        theirs = _Stepper(original, dg.index, parts, folder, "original")
-        ours.budget = theirs.budget = options.memory_mb << 19  # half each
+        ours.budget = budget
         for k, view in enumerate(views):
-            pending = {v.output for v in views[k + 1:]}
-            target_end = max(theirs.position, producer_of[view.output] + 1)
             stats = None
-            features = view.matrices(index.const(pruned.graph.node[view.node].input[view.weight_slot])).shape[1]
-            per_sample = int(min(options.positions, max(1, -(-options.rows_wanted * features // n_samples))))
-            original_parts = theirs.advance(target_end, [view.output], pending)
-            for x_part in ours.advance(view.node, [view.input], {v.input for v in views[k:]}):
-                y = next(original_parts)[view.output]
-                axis = view.channel_axis % y.ndim
-                if Dim(view.output, axis) in kept:
-                    y = np.take(y, kept[Dim(view.output, axis)], axis=axis)
-                pos = view.positions(y.shape, per_sample, rng)
-                rows, targets = view.rows(x_part[view.input], pos), view.targets(y, pos)
-                stats = stats or _Stats(rows.shape[0], rows.shape[2], targets.shape[2])
-                stats.add(rows, targets)
-            for _ in original_parts:  # let the original's stepper finish its cut
-                pass
+            for j, x_part in enumerate(ours.advance(view.node, [view.input], {v.input for v in views[k:]})):
+                pos, y = targets.pop((k, j))
+                rows = view.rows(x_part[view.input], pos)
+                stats = stats or _Stats(rows.shape[0], rows.shape[2], y.shape[2])
+                stats.add(rows, y)
             report.layers.append(_fit(view, stats, index, writer, options))
             bar.update(1)
     bar.close()
@@ -465,61 +498,29 @@ def _fit(view, stats: _Stats, index: ModelIndex, writer: ModelWriter, options: R
                     before, after if fitted else before, fitted, w is w0)
 
 
-# --- quality ------------------------------------------------------------------------------------
-
-def compare(reference: onnx.ModelProto | bytes | str, candidates: list[onnx.ModelProto | bytes | str],
-            feeds: dict[str, np.ndarray], labels: np.ndarray | None = None, batch: int = 16,
-            reference_arrays: dict[str, np.ndarray] | None = None) -> tuple[list[Fidelity], float | None]:
-    """Fidelity of each candidate to `reference` on `feeds`, streamed batch by batch (the
-    reference runs once), and the reference's own accuracy when labels are given.
-    `reference_arrays` holds the data of reference initializers that are stubs (mapped weights)."""
-    ref = make_session(reference, prepack=False, arrays=reference_arrays)
-    sessions = [make_session(c, prepack=False) for c in candidates]
-    k = len(candidates)
-    d2, a2 = np.zeros(k), 0.0
-    agree, total, correct, ref_correct = np.zeros(k), 0, np.zeros(k), 0
-    classifier = None
-    offset = 0
-    for part in batches(feeds, batch):
-        expected = ref.run(None, part)
-        first = np.asarray(expected[0])
-        classifier = first.ndim >= 2 and first.shape[-1] > 1 if classifier is None else classifier
-        a2 += sum(float(np.sum(np.asarray(e, dtype=np.float64) ** 2)) for e in expected)
-        top_ref = first.argmax(axis=-1) if classifier else None
-        n = sample_count(part)
-        if labels is not None and classifier:
-            ref_correct += int(np.sum(top_ref.reshape(n, -1)[:, 0] == labels[offset:offset + n]))
-        for j, session in enumerate(sessions):
-            got = session.run(None, part)
-            d2[j] += sum(float(np.sum((np.asarray(g, dtype=np.float64) - np.asarray(e, dtype=np.float64)) ** 2))
-                         for g, e in zip(got, expected))
-            if classifier:
-                top = np.asarray(got[0]).argmax(axis=-1)
-                agree[j] += int(np.sum(top == top_ref))
-                if labels is not None:
-                    correct[j] += int(np.sum(top.reshape(n, -1)[:, 0] == labels[offset:offset + n]))
-        total += top_ref.size if classifier else 0
-        offset += n
-    results = [Fidelity(offset, float(np.sqrt(d2[j] / max(a2, 1e-30))),
-                        float(agree[j] / total) if classifier and total else None,
-                        float(correct[j] / offset) if labels is not None and classifier else None) for j in range(k)]
-    return results, (ref_correct / offset if labels is not None and classifier else None)
-
-
 def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph, keep: dict[int, np.ndarray],
             feeds: dict[str, np.ndarray], options: ReconstructOptions | None, labels: np.ndarray | None = None,
             progress: bool = False) -> tuple[onnx.ModelProto, Recovery]:
     """The quality report of a prune with data, reconstructing first when `options` is given.
     Reconstruction that would make the model agree less with the original on the calibration data
     than plain pruning is dropped (the report says so: `reconstructed` is then None)."""
-    mapped = dg.index.external  # the original's weights, when they are mapped (its initializers are then stubs)
+    parts = list(batches(feeds, QUALITY_BATCH))
     if options is None:
-        (plain,), ref_acc = compare(original, [pruned], feeds, labels, reference_arrays=mapped)
-        return pruned, Recovery(plain, reference_accuracy=ref_acc)
+        (plain,) = measure_all(original, [pruned], parts, labels, dg.index.external)
+        return pruned, Recovery(plain)
     plain_bytes = pruned.SerializeToString()
     report = reconstruct(original, pruned, dg, keep, feeds, options, progress)
-    (plain, fitted), ref_acc = compare(original, [plain_bytes, pruned], feeds, labels, reference_arrays=mapped)
-    if fitted.rel_error > plain.rel_error:
+    plain, fitted = measure_all(original, [plain_bytes, pruned], parts, labels, dg.index.external)
+    if _worse(fitted, plain):
         restored = onnx.ModelProto.FromString(plain_bytes)
-        return restored, Recovery(plain, None, report, ref_acc)
-    return pruned, Recovery(plain, fitted, report, ref_acc)
+        return restored, Recovery(plain, None, report)
+    return pruned, Recovery(plain, fitted, report)
+
+
+def _worse(fitted: Quality, plain: Quality) -> bool:
+    """Whether the reconstructed model agrees less with the original: by top-1 agreement where the
+    output is classifier-like (a largest-difference measure can rise while every decision
+    improves), else by the relative error."""
+    if fitted.top1_agreement is not None and plain.top1_agreement is not None:
+        return fitted.top1_agreement < plain.top1_agreement
+    return fitted.rel_error > plain.rel_error

@@ -123,22 +123,24 @@ class ConvView(LinearView):
         return _sample(list(y_shape[2:]), per_sample, y_shape[0], rng)
 
     def rows(self, x, pos):
+        """im2col at the sampled positions only: one gather of (S, C) per kernel offset, with
+        out-of-range taps (padding) zeroed by a mask instead of padding the whole batch."""
         n, out = pos[0], pos[1:]
         spatial = x.shape[2:]
         begin = self._begin_pads(spatial)
-        # pad only as far as the sampled windows reach
-        ends = [max(int(o.max(initial=0)) * s + (k - 1) * d + 1 - (size + b), 0)
-                for o, s, k, d, size, b in zip(out, self.strides, self.kernel, self.dilations, spatial, begin)]
-        xp = np.pad(x, [(0, 0), (0, 0)] + [(b, e) for b, e in zip(begin, ends)]) if any(begin) or any(ends) else x
-        r = len(self.kernel)
-        index = [n.reshape(-1, *([1] * (r + 1))), np.arange(x.shape[1]).reshape(1, -1, *([1] * r))]
-        for axis, (o, s, k, d) in enumerate(zip(out, self.strides, self.kernel, self.dilations)):
-            shape = [1] * (r + 2)
-            shape[0] = -1
-            offs = [1] * (r + 2)
-            offs[2 + axis] = -1
-            index.append(o.reshape(shape) * s + (np.arange(k) * d).reshape(offs))
-        patches = xp[tuple(index)]  # (S, C, k...)
+        starts = [o * s - b for o, s, b in zip(out, self.strides, begin)]
+        patches = np.empty((len(n), x.shape[1], int(np.prod(self.kernel))), dtype=x.dtype)
+        for t, offset in enumerate(np.ndindex(*self.kernel)):
+            coords, valid = [], None
+            for start, k, d, size in zip(starts, offset, self.dilations, spatial):
+                c = start + k * d
+                inside = (c >= 0) & (c < size)
+                valid = inside if valid is None else valid & inside
+                coords.append(np.clip(c, 0, size - 1))
+            taps = x[(n, slice(None), *coords)]  # (S, C)
+            if not valid.all():
+                taps[~valid] = 0
+            patches[:, :, t] = taps
         s = patches.shape[0]
         return patches.reshape(s, self.groups, -1).transpose(1, 0, 2)
 
