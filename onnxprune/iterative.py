@@ -98,7 +98,7 @@ def iterate(model: "PrunableModel", feeds: dict[str, np.ndarray], options: Itera
     after each on `feeds` (calibration inputs, no labels needed; `labels` only add accuracy to
     the report)."""
     from .api import PrunableModel
-    from .recovery import compare
+    from .quality import measure
 
     options.validate()
     shapes = model.cost_shapes  # every step counts MACs at the original's sizes
@@ -117,10 +117,10 @@ def iterate(model: "PrunableModel", feeds: dict[str, np.ndarray], options: Itera
         if options.distill is not None:
             distill = FinetuneOptions(**{**vars(options.distill), "features": {n: kept.get(n, {}) for n in options.features}})
             pruned = finetune(pruned, original, feeds, distill).model
-        (fidelity,), _ = compare(original, [pruned], feeds, labels)
+        fidelity = measure(original, pruned, feeds, labels)
         current = PrunableModel(pruned, input_shapes=shapes)
         reports.append(StepReport(k, target, current.cost_model.base.macs / base, fidelity.rel_error,
-                                  fidelity.top1_agreement, fidelity.accuracy, time.perf_counter() - start))
+                                  fidelity.top1_agreement, fidelity.accuracy_after, time.perf_counter() - start))
     bar.close()
     return IterativeResult(current.model, reports, kept)
 

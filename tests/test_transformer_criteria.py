@@ -103,7 +103,9 @@ def test_reconstruct_compensates_llama_down_projection(exports):
     assert fits[label].fitted and fits[label].error_after < fits[label].error_before
     added = [n for n in result.model.graph.node if n.input and n.input[0] == f"{down.output[0]}/unbiased"]
     assert len(added) == 1 and added[0].output[0] == down.output[0]
-    assert result.recovery.reconstructed.rel_error < result.recovery.plain.rel_error
+    # the model as a whole: more next-token decisions agree with the original's (the metric that
+    # decides whether reconstruction is kept; the max-normalised error moves by under 1% either way)
+    assert result.recovery.reconstructed.top1_agreement > result.recovery.plain.top1_agreement
     onnx.checker.check_model(result.model, full_check=True)
     assert [o.shape for o in run(result.model, 3)] == [o.shape for o in run(m.model, 3)]
 
