@@ -29,30 +29,24 @@ def bias_add_node(x: str, bias: str, out: str, name: str) -> onnx.NodeProto:
 
 
 def layer_norm_over_width_nodes(x: str, scale: str, bias: str | None, consts: "LayerNormConstants", out: str,
-                                prefix: str) -> list[onnx.NodeProto]:
-    """LayerNormalization over the last axis of `x` whose statistics divide by the original width
-    N although `x` holds only N' of its channels (the others were exactly zero):
-        mean = sum(x) / N,   var = (sum((x - mean)^2) + (N - N') mean^2) / N,
-        out  = (x - mean) / sqrt(var + eps) * scale + bias
-    (the removed channels add 0 to sum(x) and (0 - mean)^2 each to the sum of squares).
-    `consts` names the constants: reduction axes [-1], 1/N, (N - N')/N and eps."""
+                                prefix: str, epsilon: float) -> list[onnx.NodeProto]:
+    """LayerNormalization over the last axis of `x` whose statistics run over the original width
+    N although `x` holds only N' of its channels (the others were exactly zero): `x` is padded
+    back to N with zeros, normalised by an ordinary LayerNormalization (gamma and beta padded with
+    zeros: the padded channels are sliced off again) and the N' kept channels are sliced out.
+    The removed channels count as the zeros they were in the mean and the variance, so removing
+    dead channels keeps every output; and LayerNormalization, Pad and Slice are ops every runtime
+    and converter implements natively (ncnn's pnnx among them), unlike a decomposition.
+    `consts` names the constants: the pads of `x` and of gamma/beta, and the Slice bounds."""
     t = lambda name: f"{prefix}{name}"  # noqa: E731
-    normed = t("scaled") if bias else out
-    nodes = [helper.make_node("ReduceSum", [x, consts.axes], [t("sum")], keepdims=1),
-             helper.make_node("Mul", [t("sum"), consts.inv_n], [t("mean")]),
-             helper.make_node("Sub", [x, t("mean")], [t("centred")]),
-             helper.make_node("Mul", [t("centred"), t("centred")], [t("squares")]),
-             helper.make_node("ReduceSum", [t("squares"), consts.axes], [t("sum_squares")], keepdims=1),
-             helper.make_node("Mul", [t("mean"), t("mean")], [t("mean_squared")]),
-             helper.make_node("Mul", [t("mean_squared"), consts.removed], [t("removed_squares")]),
-             helper.make_node("Mul", [t("sum_squares"), consts.inv_n], [t("kept_var")]),
-             helper.make_node("Add", [t("kept_var"), t("removed_squares")], [t("var")]),
-             helper.make_node("Add", [t("var"), consts.eps], [t("var_eps")]),
-             helper.make_node("Sqrt", [t("var_eps")], [t("std")]),
-             helper.make_node("Div", [t("centred"), t("std")], [t("normalized")]),
-             helper.make_node("Mul", [t("normalized"), scale], [normed])]
+    nodes = [helper.make_node("Pad", [x, consts.pads], [t("padded")], mode="constant"),
+             helper.make_node("Pad", [scale, consts.scale_pads], [t("scale")], mode="constant")]
+    inputs = [t("padded"), t("scale")]
     if bias:
-        nodes.append(helper.make_node("Add", [normed, bias], [out]))
+        nodes.append(helper.make_node("Pad", [bias, consts.bias_pads], [t("bias")], mode="constant"))
+        inputs.append(t("bias"))
+    nodes.append(helper.make_node("LayerNormalization", inputs, [t("normalized")], axis=-1, epsilon=epsilon))
+    nodes.append(helper.make_node("Slice", [t("normalized"), consts.starts, consts.ends, consts.axes], [out]))
     for k, node in enumerate(nodes):
         node.name = f"{prefix}{k}"
     return nodes
@@ -92,9 +86,11 @@ def variance_over_width_nodes(var: onnx.NodeProto, mean: str, kept_fraction: str
 
 
 class LayerNormConstants(NamedTuple):
-    """Names of the constants `layer_norm_over_width_nodes` reads."""
+    """Names of the (int64) constants `layer_norm_over_width_nodes` reads."""
 
+    pads: str
+    scale_pads: str
+    bias_pads: str | None
+    starts: str
+    ends: str
     axes: str
-    inv_n: str
-    removed: str
-    eps: str

@@ -86,8 +86,8 @@ class LayerNormRule(OpRule):
     The channel axis is coupled from input to output with gamma and beta (per-channel parameters),
     and the input's channels are *consumed* (each enters the mean and the variance).  After
     pruning, surgery rewrites the node so its statistics still divide by the original width N
-    (build.layer_norm_over_width_nodes): a removed channel that was exactly zero adds nothing to
-    either sum, so removing dead channels keeps every output.  An output channel is zero only
+    (build.layer_norm_over_width_nodes: padded back to N with zeros, normalised, sliced): a removed
+    channel that was exactly zero is a zero there too, so removing dead channels keeps every output.  An output channel is zero only
     where gamma and beta both are (otherwise it is -mean/std * gamma + beta), which is what makes a
     residual channel dead.  With RewriteOptions.inexact_layernorm the node is only sliced
     (statistics over the pruned width, Torch-Pruning's behaviour), which changes outputs.
@@ -160,25 +160,23 @@ class LayerNormRule(OpRule):
     def inexact(self, ctx: NodeContext, kept, options: RewriteOptions) -> bool:
         return options.inexact_layernorm and self._pruned(ctx, kept) is not None
 
-    def added_params(self, ctx: NodeContext, kept) -> int:
-        """1/N, (N - N')/N and eps (the exact rewrite; the inexact one adds none)."""
-        return 3 if self._pruned(ctx, kept) is not None else 0
-
     def rewrite(self, ctx: RewriteContext) -> None:
         widths = self._pruned(ctx, ctx.kept)
         if widths is None or ctx.options.inexact_layernorm:
             return  # inexact: the sliced gamma and beta are all the node needs
         n, n_kept = widths
-        dtype = _EXACT_TYPES[ctx.index.elem_types[ctx.input(0)]]
+        rank = ctx.in_rank(0)
         node = ctx.writer.model.graph.node[ctx.i]
         prefix = f"{node.name or node.output[0]}/over_width_{n}/"
         add = ctx.writer.add_constant
-        consts = LayerNormConstants(add(prefix + "axes", np.array([-1], dtype=np.int64)),
-                                    add(prefix + "inv_n", np.array(1.0 / n, dtype=dtype)),
-                                    add(prefix + "removed", np.array((n - n_kept) / n, dtype=dtype)),
-                                    add(prefix + "eps", np.array(ctx.attr("epsilon", 1e-5), dtype=dtype)))
+        int64 = lambda name, values: add(prefix + name, np.array(values, dtype=np.int64))  # noqa: E731
+        pads = lambda name, r: int64(name, [0] * (2 * r - 1) + [n - n_kept])  # noqa: E731  (zeros after the last axis)
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        nodes = layer_norm_over_width_nodes(node.input[0], node.input[1], bias, consts, node.output[0], prefix)
+        consts = LayerNormConstants(pads("pads", rank), pads("scale_pads", ctx.in_rank(1)),
+                                    pads("bias_pads", ctx.in_rank(2)) if bias else None,
+                                    int64("starts", [0]), int64("ends", [n_kept]), int64("axes", [-1]))
+        nodes = layer_norm_over_width_nodes(node.input[0], node.input[1], bias, consts, node.output[0], prefix,
+                                            float(ctx.attr("epsilon", 1e-5)))
         nodes[-1].name = node.name  # the node that writes the output keeps the name, and all the origin metadata
         for new in nodes:
             new.metadata_props.extend(node.metadata_props)
