@@ -95,3 +95,21 @@ def test_executor_matches_onnxruntime_on_the_corpus(name):
         assert np.abs(e).max() > 1e-3, "the inputs leave this output at zero: they test nothing"
         err = np.linalg.norm((g - e).astype(np.float64)) / np.linalg.norm(e.astype(np.float64))
         assert err <= 1e-4, (name, err)
+
+
+def test_executor_runs_the_exact_layernorm_rewrite():
+    """A LayerNorm on pruned channels becomes Pad -> LayerNormalization -> Slice (ops/norm.py):
+    the executor computes it as onnxruntime does, so `finetune` trains pruned transformers."""
+    import handbuilt as hb
+    import onnxprune
+
+    model = hb.layernorm("channel")
+    plan = onnxprune.PrunableModel(model).plan(ratio=0.5)
+    pruned = onnxprune.PrunableModel(model).apply(plan).model
+    assert "Pad" in {n.op_type for n in pruned.graph.node}
+    name = pruned.graph.input[0].name
+    dims = [d.dim_value or 2 for d in pruned.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
+    ref = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
+    got = GraphModule(pruned, ModelIndex.build(pruned), set())(**{name: torch.from_numpy(x)})[0].detach().numpy()
+    assert np.linalg.norm(ref - got) <= 1e-5 * np.linalg.norm(ref)

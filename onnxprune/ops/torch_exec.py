@@ -318,6 +318,32 @@ def _slice(ctx, xs):
     return x[tuple(index)]
 
 
+@torch_op("Pad")
+def _pad(ctx, xs):
+    """Constant padding (what the exact LayerNorm rewrite writes); other modes are refused."""
+    if ctx.attr("mode", "constant") not in ("constant", b"constant") or (len(xs) > 3 and xs[3] is not None):
+        raise UnsupportedOp(f"{ctx.label}: Pad other than constant padding of every axis")
+    x, pads = xs[0], _ints(xs[1])
+    value = float(xs[2].reshape(-1)[0]) if len(xs) > 2 and xs[2] is not None and xs[2].numel() else 0.0
+    r = x.dim()
+    if any(p < 0 for p in pads):
+        raise UnsupportedOp(f"{ctx.label}: Pad with negative pads")
+    flat = [p for axis in reversed(range(r)) for p in (pads[axis], pads[axis + r])]  # torch: last axis first
+    return torch.nn.functional.pad(x, flat, value=value)
+
+
+@torch_op("LayerNormalization")
+def _layer_norm(ctx, xs):
+    x, scale = xs[0], xs[1]
+    bias = xs[2] if len(xs) > 2 else None
+    axis = int(ctx.attr("axis", -1)) % x.dim()
+    if len([o for o in ctx.node.output if o]) > 1:
+        raise UnsupportedOp(f"{ctx.label}: LayerNormalization with its Mean/InvStdDev outputs")
+    return torch.nn.functional.layer_norm(x, tuple(x.shape[axis:]), scale.expand(x.shape[axis:]),
+                                          None if bias is None else bias.expand(x.shape[axis:]),
+                                          float(ctx.attr("epsilon", 1e-5)))
+
+
 @torch_op("Gather")
 def _gather(ctx, xs):
     x, idx = xs
