@@ -14,17 +14,24 @@ import ast
 import onnx
 
 
-def node_scope(node: onnx.NodeProto) -> str | None:
+def _dynamo_scopes(node: onnx.NodeProto) -> list[str] | None:
+    """The module paths enclosing a node, outermost first, from the dynamo exporter's metadata
+    (None when it has none; [] when it cannot be read)."""
     meta = {p.key: p.value for p in node.metadata_props}
     scopes = meta.get("pkg.torch.onnx.name_scopes")
-    if scopes:
-        try:
-            names = ast.literal_eval(scopes)
-        except (ValueError, SyntaxError):
-            names = []
-        modules = [n for n in names[:-1] if n]
-        if modules:
-            return modules[-1]
+    if not scopes:
+        return None
+    try:
+        names = ast.literal_eval(scopes)
+    except (ValueError, SyntaxError):
+        return []
+    return [n for n in names[:-1] if n]
+
+
+def node_scope(node: onnx.NodeProto) -> str | None:
+    modules = _dynamo_scopes(node)
+    if modules:
+        return modules[-1]
     name = node.name
     if name.startswith("/") and name.count("/") >= 2:  # legacy torch exporter: /1/body/body.0/Conv
         return "/".join(name.split("/")[1:-1]) or None
@@ -40,14 +47,9 @@ def scope_chain(node: onnx.NodeProto) -> list[str]:
     `['blocks', 'blocks/blocks.0', 'blocks/blocks.0/attn']` from `/blocks/blocks.0/attn/MatMul`);
     empty when the node names no layer.  Block removal uses it to find the one layer that computes
     a residual branch (onnxprune.blocks)."""
-    meta = {p.key: p.value for p in node.metadata_props}
-    scopes = meta.get("pkg.torch.onnx.name_scopes")
-    if scopes:
-        try:
-            names = ast.literal_eval(scopes)
-        except (ValueError, SyntaxError):
-            return []
-        return [n for n in names[:-1] if n]
+    modules = _dynamo_scopes(node)
+    if modules is not None:
+        return modules
     name = node.name
     if name.startswith("/") and name.count("/") >= 2:
         parts = name.split("/")[1:-1]

@@ -316,6 +316,20 @@ def _set(mod: nn.Module, attr: str, value: torch.Tensor) -> None:
         setattr(mod, attr, value)
 
 
+def _cut_dense(mod: nn.Module, cut: ModuleCut, out_axis: int, sizes: tuple[str, str]) -> None:
+    """Slice a linear layer's weight (output features on `out_axis`, inputs on the other) and bias,
+    and set its size attributes `sizes` (output, input; an absent one is left alone)."""
+    if cut.out is not None:
+        _set(mod, "weight", _take(mod.weight, out_axis, cut.out))
+        if mod.bias is not None:
+            _set(mod, "bias", _take(mod.bias, 0, cut.out))
+        setattr(mod, sizes[0], len(cut.out))
+    if cut.inp is not None:
+        _set(mod, "weight", _take(mod.weight, 1 - out_axis, cut.inp))
+        if hasattr(mod, sizes[1]):
+            setattr(mod, sizes[1], len(cut.inp))
+
+
 def _cut_module(mod: nn.Module, cut: ModuleCut, exact_layernorm: bool = True) -> None:
     if isinstance(mod, CONV + CONV_T):
         transposed = isinstance(mod, CONV_T)
@@ -340,14 +354,7 @@ def _cut_module(mod: nn.Module, cut: ModuleCut, exact_layernorm: bool = True) ->
             _set(mod, "weight", _take(mod.weight, in_axis, cut.inp))
             mod.in_channels = len(cut.inp)
     elif isinstance(mod, nn.Linear):
-        if cut.out is not None:
-            _set(mod, "weight", _take(mod.weight, 0, cut.out))
-            if mod.bias is not None:
-                _set(mod, "bias", _take(mod.bias, 0, cut.out))
-            mod.out_features = len(cut.out)
-        if cut.inp is not None:
-            _set(mod, "weight", _take(mod.weight, 1, cut.inp))
-            mod.in_features = len(cut.inp)
+        _cut_dense(mod, cut, out_axis=0, sizes=("out_features", "in_features"))
     elif isinstance(mod, NORM):
         for attr in ("weight", "bias", "running_mean", "running_var"):
             if getattr(mod, attr, None) is not None:
@@ -367,15 +374,7 @@ def _cut_module(mod: nn.Module, cut: ModuleCut, exact_layernorm: bool = True) ->
             mod.__class__ = _original_width_class(type(mod))  # the statistics the pruned ONNX computes
             mod.original_width = width
     elif tt.is_conv1d(mod):
-        if cut.out is not None:
-            _set(mod, "weight", _take(mod.weight, 1, cut.out))
-            if mod.bias is not None:
-                _set(mod, "bias", _take(mod.bias, 0, cut.out))
-            mod.nf = len(cut.out)
-        if cut.inp is not None:
-            _set(mod, "weight", _take(mod.weight, 0, cut.inp))
-            if hasattr(mod, "nx"):
-                mod.nx = len(cut.inp)
+        _cut_dense(mod, cut, out_axis=1, sizes=("nf", "nx"))  # GPT-2's Conv1D stores its weight [in, out]
     elif isinstance(mod, nn.Embedding):
         _set(mod, "weight", _take(mod.weight, 1, cut.out))
         mod.embedding_dim = len(cut.out)
