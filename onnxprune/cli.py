@@ -544,6 +544,15 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
     _add_input_shape(p)
 
 
+def _add_channel_limits(group) -> None:
+    """The allocation limits prune and iterate share (AllocationOptions' max_ratio, round_to,
+    ignore, protect_ends)."""
+    group.add_argument("--max-ratio", type=float, default=0.9, help="never remove more than this fraction of a group (default 0.9)")
+    group.add_argument("--round-to", type=int, default=1, help="keep channel counts that are multiples of N (4 or 8 suit ncnn)")
+    group.add_argument("--ignore", action="append", metavar="REGEX", help="leave groups alone whose initializer or node name matches (repeatable)")
+    group.add_argument("--protect-ends", action="store_true", help="leave the first and last layers' channels alone")
+
+
 def _add_input_shape(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x640x640",
                    help="size of a dynamic input for the random verification inputs (repeatable, one per input; "
@@ -619,10 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--normalize", default="mean", choices=["mean", "max", "none"],
                        help="how scores are scaled per group before a global ranking (default mean; none: a layer with "
                             "small weights overall loses more)")
-    which.add_argument("--max-ratio", type=float, default=0.9, help="never remove more than this fraction of a group (default 0.9)")
-    which.add_argument("--round-to", type=int, default=1, help="keep channel counts that are multiples of N (4 or 8 suit ncnn)")
-    which.add_argument("--ignore", action="append", metavar="REGEX", help="leave groups alone whose initializer or node name matches (repeatable)")
-    which.add_argument("--protect-ends", action="store_true", help="leave the first and last layers' channels alone")
+    _add_channel_limits(which)
     which.add_argument("--inexact-layernorm", action="store_true",
                        help="slice LayerNorms on pruned residual channels and let their mean and variance run over the "
                             "pruned width (Torch-Pruning's behaviour, a plain LayerNormalization node): outputs change, "
@@ -684,10 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="with --distill-epochs: samples per step (default 16)")
     p.add_argument("--features", metavar="NAME,...", help="with --distill-epochs: also match these intermediate tensors "
                                                          "to the original's (through the channels kept over all steps)")
-    p.add_argument("--round-to", type=int, default=1, help="keep channel counts that are multiples of N")
-    p.add_argument("--max-ratio", type=float, default=0.9, help="never remove more than this fraction of a group (default 0.9)")
-    p.add_argument("--ignore", action="append", metavar="REGEX", help="leave groups alone whose initializer or node name matches")
-    p.add_argument("--protect-ends", action="store_true", help="leave the first and last layers' channels alone")
+    _add_channel_limits(p)
     _add_input_shape(p)
     p.add_argument("--overwrite", action="store_true", help="allow -o to name the input model")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -103,13 +103,18 @@ def _dataflow_successors(module: nn.Module, example_inputs) -> dict[str, list[st
     for name, sub in module.named_modules():
         if name and not list(sub.children()):
             handles.append(sub.register_forward_hook(hook(name)))
+    _forward_once(module, example_inputs, handles)
+    return successors
+
+
+def _forward_once(module: nn.Module, example_inputs, handles: list) -> None:
+    """One forward pass without gradients, for the hooks `handles` to watch; removes them after."""
     try:
         with torch.no_grad():
             module(*example_inputs)
     finally:
         for handle in handles:
             handle.remove()
-    return successors
 
 
 class _Mapper:
@@ -121,12 +126,10 @@ class _Mapper:
         self._successors: dict[str, list[str]] | None = None
 
     def successors(self, name: str, member: Member) -> list[str]:
-        if self._successors is None:
-            if self.example_inputs is None:
-                raise InputError(f"plan: '{member.initializer}' (node {member.node}) was folded by the exporter; "
-                                 "pass example_inputs so onnxprune can trace which BatchNorm follows module '{name}'")
-            self._successors = _dataflow_successors(self.module, self.example_inputs)
-        return self._successors.get(name, [])
+        if self.example_inputs is None:
+            raise InputError(f"plan: '{member.initializer}' (node {member.node}) was folded by the exporter; "
+                             f"pass example_inputs so onnxprune can trace which BatchNorm follows module '{name}'")
+        return self.dataflow().get(name, [])
 
     def dataflow(self) -> dict[str, list[str]]:
         """Module name -> the modules that consume its output (traced once on example_inputs)."""
@@ -409,12 +412,7 @@ def _branch_calls(module: nn.Module, names: list[str], example_inputs) -> dict[s
     modules = dict(module.named_modules())
     handles = [modules[n].register_forward_hook(lambda _m, a, k, o, n=n: calls.__setitem__(n, (a, k, o)), with_kwargs=True)
                for n in names]
-    try:
-        with torch.no_grad():
-            module(*example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    _forward_once(module, example_inputs, handles)
     return calls
 
 
