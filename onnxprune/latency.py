@@ -49,7 +49,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from .allocation import AllocationOptions, _keep_top, _refill, _rounded_keep, by_ratio, eligible_groups
+from .allocation import AllocationOptions, _keep_top, _refill_uniform, _rounded_keep, by_ratio, eligible_groups
 from .depgraph import DepGraph
 from .errors import InputError
 from .graph import ModelIndex
@@ -495,7 +495,9 @@ def uniform(groups: list[Group], scores: dict[int, np.ndarray], terms: list[Laye
             budget_sum: float, alloc: AllocationOptions) -> dict[int, np.ndarray]:
     """As `--target-macs` allocates, with predicted latency for MACs: the smallest uniform ratio
     whose predicted table sum is at most `budget_sum` (or the largest ratio allowed), then the
-    best removed channels given back, `round_to` at a time, while the prediction stays within it."""
+    best removed channels given back, `round_to` at a time and group by group as --target-macs
+    does (allocation._refill_uniform), while the prediction stays within it: a refill by raw score
+    across groups would turn uniform into a global ranking."""
     low, high = 0.0, min(alloc.max_ratio, 0.999)
     for _ in range(20):
         mid = (low + high) / 2
@@ -503,8 +505,8 @@ def uniform(groups: list[Group], scores: dict[int, np.ndarray], terms: list[Laye
             low = mid
         else:
             high = mid
-    return _refill(groups, scores, by_ratio(groups, scores, high, alloc), lambda k: table.predicted_sum(terms, k),
-                   budget_sum, alloc.round_to)
+    return _refill_uniform(groups, scores, by_ratio(groups, scores, high, alloc), lambda k: table.predicted_sum(terms, k),
+                           budget_sum, alloc.round_to)
 
 
 @dataclass

@@ -85,6 +85,27 @@ def test_timings_are_exclusive_of_nested_stages():
     assert t.total == pytest.approx(sum(t.seconds.values()))
 
 
+def test_uniform_latency_allocation_stays_uniform_with_rounding(sample: Path):
+    """The latency allocator's default (uniform) gives channels back as --target-macs does, by group
+    within one round_to step: it used to give them back by raw score across groups (the digits CNN
+    at half of a MACs-proportional table with round_to 8: 24, 40, 56, 48 of 32, 64, 64, 64), which
+    on PP-OCRv4 det left one group at 90% and the rest at 58% and the detector finding nothing."""
+    model = onnxprune.load(sample)
+    dg = model.depgraph
+    scores = model.importance("l1")
+    terms = latency.layer_terms(dg)
+    groups = latency.eligible_groups(dg, onnxprune.AllocationOptions())
+    table = latency.LatencyTable({t.node: [(0.0, 0.0), (1.0, float(t.base))] for t in terms})
+    full = table.predicted_sum(terms, {})
+    keep = latency.uniform(groups, scores, terms, table, 0.5 * full, onnxprune.AllocationOptions(round_to=8))
+    removed = {g.id: 1 - keep[g.id].sum() / g.n_channels for g in groups}
+    for a in groups:
+        for b in groups:
+            assert abs(removed[a.id] - removed[b.id]) <= max(8 / a.n_channels, 8 / b.n_channels) + 1e-9, removed
+    assert all(keep[g.id].sum() % 8 == 0 for g in groups)
+    assert 0.45 * full <= table.predicted_sum(terms, keep) <= 0.5 * full * 1.01
+
+
 def test_latency_table_interpolates_and_maps_to_fractions():
     table = latency.LatencyTable({0: [(0.25, 1.0), (1.0, 4.0)]}, slope=0.2, intercept=0.2, full_sum=4.0)
     assert table.layer_seconds(0, 0.5) == pytest.approx(2.0)
