@@ -9,13 +9,13 @@
    Goal: within 5% of the target.
 2. The shipped digits CNN (trained), batch 64 (at batch 1 its latency is per-call overhead):
    `target_latency` F against `target_macs` with `round_to=8`, the MACs fraction found by
-   bisection so that its measured latency equals what `target_latency` achieved (within 3%, or
-   the closest of 7 tries).  One-shot (no fine-tuning) test accuracy of both on the 360 held-out
+   bisection (first try at target_latency's MACs fraction) so that its measured latency equals
+   what `target_latency` achieved (within 3%, or the closest of 7 tries).  One-shot (no fine-tuning) test accuracy of both on the 360 held-out
    images.  Goal: accuracy at least that of `target_macs`.
 3. With `--real yolo,det[,rec]`: the real pretrained models of scripts/bench_recovery.py (its
    tasks, calibration and evaluation data, disjoint, and its metric: recall of the original's
    boxes for YOLOv8n and PP-OCRv4 det, character accuracy for rec), `--real-batch` (default 1),
-   targets 0.5 and 0.7: `target_latency` F against `target_macs` M with `round_to=8`, M bisected
+   targets 0.5 and 0.7 (`--real-targets`): `target_latency` F against `target_macs` M with `round_to=8`, M bisected
    as in 2 until it times the same as the target_latency model, the two timed against each other
    (single runs alternating; one measurement between the two compared instead of two against the
    original), then each side again against the original.  Both sides rank with the same activation
@@ -27,7 +27,7 @@ Not a test: prints markdown tables.  Time is bounded by few rounds; the machine 
 
     python scripts/bench_latency_target.py [--rounds 7] [--workdir /tmp/onnxprune_bench] [--threads 0]
         [--engine ncnn] [--models resnet50 mobilenetv2_full] [--batches 1 8]
-        [--real yolo,det] [--real-batch 1] [--calib N] [--eval N] [--no-reconstruct]
+        [--real yolo,det] [--real-targets 0.5 0.7] [--real-batch 1] [--calib N] [--eval N] [--no-reconstruct]
 """
 
 from __future__ import annotations
@@ -82,13 +82,15 @@ def table_one(args) -> list[dict]:
 
 
 def macs_at_latency(prune: Callable[[float], object], latency: float, measure: Callable[[object], float],
-                    tries: int = 7):
+                    tries: int = 7, first: float | None = None):
     """The `target_macs` whose measured latency matches `latency`: bisection on the MACs fraction
     (`prune(macs)` -> pruned model, `measure(model)` -> its latency fraction) until within 3%, or
-    the closest of `tries`.  Returns (macs fraction, its measured latency, the object prune made)."""
+    the closest of `tries`; the first try at `first` (the other side's MACs fraction: one noisy
+    measurement far from the answer then cannot send the search away from it), else mid-range.
+    Returns (macs fraction, its measured latency, the object prune made)."""
     low, high, found = 0.05, 1.0, []
-    for _ in range(tries):
-        macs = (low + high) / 2
+    for attempt in range(tries):
+        macs = first if attempt == 0 and first is not None else (low + high) / 2
         candidate = prune(macs)
         got = measure(candidate)
         found.append((abs(got - latency), macs, got, candidate))
@@ -123,7 +125,8 @@ def table_two(args) -> list[dict]:
         by_latency = model.apply(plan).model
         lat = measured_fraction(by_latency, path, batch, args.threads, args.rounds, args.engine)
         macs, macs_lat, by_macs = macs_at_latency(lambda m: onnxprune.load(path).prune(target_macs=m, round_to=8).model,
-                                                  lat, lambda m: measured_fraction(m, path, batch, args.threads, args.rounds, args.engine))
+                                                  lat, lambda m: measured_fraction(m, path, batch, args.threads, args.rounds, args.engine),
+                                                  first=plan.summary["macs"][1] / plan.summary["macs"][0])
         rows.append({"target": target, "lat": lat, "lat_acc": accuracy(by_latency, x, labels),
                      "lat_macs": plan.summary["macs"][1] / plan.summary["macs"][0], "macs": macs, "macs_lat": macs_lat,
                      "macs_acc": accuracy(by_macs, x, labels), "original_acc": accuracy(model.model, x, labels)})
@@ -150,7 +153,7 @@ def table_real(args) -> list[dict]:
         criterion = activation_criterion(pm.depgraph, feeds)  # one calibration pass, shared by every plan below
         print(f"# {task.name}: activation criterion {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         baseline = task.score(task.model_path)
-        for target in (0.5, 0.7):
+        for target in args.real_targets:
             rows.append(real_row(args, task, pm, criterion, feeds, target) | {"baseline": baseline})
             print(f"# {rows[-1]}", file=sys.stderr, flush=True)
     return rows
@@ -186,9 +189,10 @@ def real_row(args, task, pm, criterion, feeds: dict, target: float) -> dict:
         return latency_ratio(timed_session(pair[1].model, args.threads, engine, sample), lat_session, sample, args.rounds)
 
     print(f"# {task.name} {target}: target_latency plan {plan_seconds:.0f} s", file=sys.stderr, flush=True)
-    macs, head_to_head, (macs_plan, macs_result) = macs_at_latency(by_macs, 1.0, against_latency_side)
+    lat_macs = lat_result.after.macs / lat_result.before.macs
+    macs, head_to_head, (macs_plan, macs_result) = macs_at_latency(by_macs, 1.0, against_latency_side, first=lat_macs)
     row = {"model": task.name, "target": target, "plan_s": plan_seconds, "allocator": lat_plan.options["measured_latency"],
-           "lat": fraction(lat_result), "lat_macs": lat_result.after.macs / lat_result.before.macs,
+           "lat": fraction(lat_result), "lat_macs": lat_macs,
            "macs": macs, "macs_lat": fraction(macs_result), "macs_macs": macs_result.after.macs / macs_result.before.macs,
            "head_to_head": head_to_head,
            "lat_plain": task.score(lat_result.model), "macs_plain": task.score(macs_result.model)}
@@ -237,6 +241,7 @@ def main() -> None:
     parser.add_argument("--skip-models", action="store_true")
     parser.add_argument("--real", default="", help="comma-separated tasks of scripts/bench_recovery.py (yolo, det, rec, "
                         "digits) for section 3: target_latency against target_macs at equal latency on real models")
+    parser.add_argument("--real-targets", nargs="+", type=float, default=[0.5, 0.7], help="section 3's latency targets")
     parser.add_argument("--real-batch", type=int, default=1, help="batch at which section 3 measures latency (default 1)")
     parser.add_argument("--calib", type=int, help="section 3's calibration samples (default: bench_recovery's per task)")
     parser.add_argument("--eval", type=int, help="section 3's evaluation samples (default: as --calib)")
