@@ -123,13 +123,16 @@ class ConvView(LinearView):
         return _sample(list(y_shape[2:]), per_sample, y_shape[0], rng)
 
     def rows(self, x, pos):
-        """im2col at the sampled positions only: one gather of (S, C) per kernel offset, with
-        out-of-range taps (padding) zeroed by a mask instead of padding the whole batch."""
+        """im2col at the sampled positions only: the batch goes channels-last once, so that each
+        kernel offset gathers whole (S, C) rows (a gather across the channel axis of NCHW misses
+        the cache on every element), with out-of-range taps (padding) zeroed by a mask instead of
+        padding the whole batch."""
         n, out = pos[0], pos[1:]
-        spatial = x.shape[2:]
+        spatial, channels = x.shape[2:], x.shape[1]
         begin = self._begin_pads(spatial)
         starts = [o * s - b for o, s, b in zip(out, self.strides, begin)]
-        patches = np.empty((len(n), x.shape[1], int(np.prod(self.kernel))), dtype=x.dtype)
+        last = np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(-1, channels)
+        taps = np.empty((int(np.prod(self.kernel)), len(n), channels), dtype=x.dtype)
         for t, offset in enumerate(np.ndindex(*self.kernel)):
             coords, valid = [], None
             for start, k, d, size in zip(starts, offset, self.dilations, spatial):
@@ -137,12 +140,11 @@ class ConvView(LinearView):
                 inside = (c >= 0) & (c < size)
                 valid = inside if valid is None else valid & inside
                 coords.append(np.clip(c, 0, size - 1))
-            taps = x[(n, slice(None), *coords)]  # (S, C)
+            np.take(last, np.ravel_multi_index((n, *coords), (x.shape[0], *spatial)), axis=0, out=taps[t])
             if not valid.all():
-                taps[~valid] = 0
-            patches[:, :, t] = taps
-        s = patches.shape[0]
-        return patches.reshape(s, self.groups, -1).transpose(1, 0, 2)
+                taps[t][~valid] = 0
+        # (taps, S, groups, C/groups) -> (groups, S, C/groups * taps): the weight's feature order
+        return taps.reshape(len(taps), len(n), self.groups, -1).transpose(2, 1, 3, 0).reshape(self.groups, len(n), -1)
 
     def targets(self, y, pos):
         values = y[(pos[0], slice(None), *pos[1:])]  # (S, Cout)
