@@ -122,17 +122,15 @@ class ConvView(LinearView):
     def positions(self, y_shape, per_sample, rng):
         return _sample(list(y_shape[2:]), per_sample, y_shape[0], rng)
 
-    def rows(self, x, pos):
-        """im2col at the sampled positions only: the batch goes channels-last once, so that each
-        kernel offset gathers whole (S, C) rows (a gather across the channel axis of NCHW misses
-        the cache on every element), with out-of-range taps (padding) zeroed by a mask instead of
-        padding the whole batch."""
+    def _taps(self, x_shape: tuple[int, ...], pos: tuple[np.ndarray, ...]) -> np.ndarray:
+        """(S, kernel taps): where each tap of each sampled window reads, as a flat index into one
+        channel of the batch (N x spatial); a tap in the padding reads index N x spatial, where
+        `rows` puts a zero."""
         n, out = pos[0], pos[1:]
-        spatial, channels = x.shape[2:], x.shape[1]
+        spatial = x_shape[2:]
         begin = self._begin_pads(spatial)
         starts = [o * s - b for o, s, b in zip(out, self.strides, begin)]
-        last = np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(-1, channels)
-        taps = np.empty((int(np.prod(self.kernel)), len(n), channels), dtype=x.dtype)
+        flat = np.empty((len(n), int(np.prod(self.kernel))), dtype=np.int64)
         for t, offset in enumerate(np.ndindex(*self.kernel)):
             coords, valid = [], None
             for start, k, d, size in zip(starts, offset, self.dilations, spatial):
@@ -140,11 +138,36 @@ class ConvView(LinearView):
                 inside = (c >= 0) & (c < size)
                 valid = inside if valid is None else valid & inside
                 coords.append(np.clip(c, 0, size - 1))
-            np.take(last, np.ravel_multi_index((n, *coords), (x.shape[0], *spatial)), axis=0, out=taps[t])
-            if not valid.all():
-                taps[t][~valid] = 0
-        # (taps, S, groups, C/groups) -> (groups, S, C/groups * taps): the weight's feature order
-        return taps.reshape(len(taps), len(n), self.groups, -1).transpose(2, 1, 3, 0).reshape(self.groups, len(n), -1)
+            flat[:, t] = np.where(valid, np.ravel_multi_index((n, *coords), (x_shape[0], *spatial)), x_shape[0] * int(np.prod(spatial)))
+        return flat
+
+    def rows(self, x, pos):
+        """im2col at the sampled windows only, by one gather (a padding tap reads a zero instead
+        of the batch being padded).  A depthwise conv whose windows read more values than the
+        batch holds (5x5 at 64 windows a sample) first lays the batch out channel-major with that
+        zero appended, so that each channel's taps come from one row in cache and land in their
+        final order (gathering across the channels of NCHW was 3-8x slower); otherwise the
+        windows are gathered from the batch as it is."""
+        taps = self._taps(x.shape, pos)
+        s, k = taps.shape
+        channels = x.shape[1]
+        cells = x.size // channels
+        if self.groups == channels and taps.size >= cells:
+            major = np.zeros((channels, cells + 1), dtype=x.dtype)
+            major[:, :-1] = np.moveaxis(x, 1, 0).reshape(channels, cells)
+            gathered = np.take(major, taps.reshape(-1), axis=1).reshape(self.groups, -1, s, k)  # (groups, C/groups, S, taps)
+            order = (0, 2, 1, 3)
+        else:
+            per_sample = cells // x.shape[0]
+            inside = np.minimum(taps, cells - 1)
+            gathered = x.reshape(x.shape[0], channels, per_sample)[inside // per_sample, :, inside % per_sample]  # (S, taps, C)
+            padding = taps == cells
+            if padding.any():
+                gathered[padding] = 0
+            gathered = gathered.reshape(s, k, self.groups, -1)
+            order = (2, 0, 3, 1)
+        # -> (groups, S, C/groups x taps): the weight's feature order
+        return gathered.transpose(order).reshape(self.groups, s, -1)
 
     def targets(self, y, pos):
         values = y[(pos[0], slice(None), *pos[1:])]  # (S, Cout)
