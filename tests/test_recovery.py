@@ -307,3 +307,34 @@ def test_cli_reconstruct_reports_agreement(tmp_path):
     assert rec["reconstructed"]["accuracy_after"] > rec["plain"]["accuracy_after"]
     assert rec["reconstructed"] == json.loads(out.stdout)["quality"]  # one measure, one spelling
     assert len(rec["reconstruction"]["layers"]) == 4
+
+
+@pytest.mark.parametrize("channels,groups,kernel,strides,dilations,pads,per_sample", [
+    (6, 6, (5, 5), (1, 1), (1, 1), (2, 2, 2, 2), 64),  # depthwise, windows read more than the batch holds
+    (6, 6, (3, 3), (2, 1), (1, 2), (1, 0, 2, 1), 3),  # depthwise, few windows
+    (6, 3, (3, 2), (1, 2), (2, 1), (0, 1, 1, 0), 64),  # grouped
+    (6, 1, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 64),  # dense, padded
+    (6, 1, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 5),  # pointwise
+])
+def test_conv_rows_reproduce_the_conv(channels, groups, kernel, strides, dilations, pads, per_sample):
+    """The im2col rows at sampled windows, times the weight read as matrices, plus the bias, are
+    the conv's own output there (onnxruntime's), in every gather path (padding, strides,
+    dilations, groups)."""
+    from onnxprune.graph import ModelIndex
+    from onnxprune.ops import NodeContext
+
+    rng = np.random.default_rng(2)
+    out_channels = 2 * groups if groups > 1 else 4
+    w = rng.standard_normal((out_channels, channels // groups, *kernel))
+    b = rng.standard_normal(out_channels)
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], group=groups, kernel_shape=list(kernel), strides=list(strides),
+                            dilations=list(dilations), pads=list(pads))
+    model = _model([conv], {"w": w, "b": b}, [3, channels, 9, 11], None)
+    ctx = NodeContext(ModelIndex.build(model), 0)
+    view = ctx.rule.linear_view(ctx)
+    x = rng.standard_normal((3, channels, 9, 11)).astype(np.float32)
+    y = _run(model, x)
+    pos = view.positions(y.shape, per_sample, rng)
+    rows = view.rows(x, pos)
+    fitted = rows.astype(np.float64) @ view.matrices(w) + b.reshape(groups, 1, -1)
+    np.testing.assert_allclose(fitted, view.targets(y, pos), rtol=1e-4, atol=1e-4)
