@@ -444,11 +444,9 @@ def _original_targets(dg: DepGraph, keep: dict[int, np.ndarray], views: list,
         values = dict(zip(names, session.run(names, part)))
         for k, view in enumerate(views):
             y = values[view.output]
-            axis = view.channel_axis % y.ndim
-            if Dim(view.output, axis) in kept:
-                y = np.take(y, kept[Dim(view.output, axis)], axis=axis)
-            pos = view.positions(y.shape, per_sample[k], rng)
-            store.put((k, j), (pos, np.ascontiguousarray(view.targets(y, pos), dtype=np.float32)))
+            channels = kept.get(Dim(view.output, view.channel_axis % y.ndim))
+            pos = view.positions(y.shape, per_sample[k], rng)  # drawn over all but the channel axis
+            store.put((k, j), (pos, np.ascontiguousarray(view.targets(y, pos, channels), dtype=np.float32)))
 
 
 def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph, keep: dict[int, np.ndarray],

@@ -68,8 +68,10 @@ class LinearView:
         """(groups, samples, features): the inputs that produce the outputs at `pos`."""
         raise NotImplementedError
 
-    def targets(self, y: np.ndarray, pos: tuple[np.ndarray, ...]) -> np.ndarray:
-        """(groups, samples, outputs per group): the outputs at `pos`."""
+    def targets(self, y: np.ndarray, pos: tuple[np.ndarray, ...], channels: np.ndarray | None = None) -> np.ndarray:
+        """(groups, samples, outputs per group): the outputs at `pos`, of these output channels
+        only when given (the original's output, of which the pruned layer keeps `channels`:
+        picked after the positions, from the few sampled values rather than the whole tensor)."""
         raise NotImplementedError
 
     def matrices(self, weight: np.ndarray) -> np.ndarray:
@@ -169,8 +171,10 @@ class ConvView(LinearView):
         # -> (groups, S, C/groups x taps): the weight's feature order
         return gathered.transpose(order).reshape(self.groups, s, -1)
 
-    def targets(self, y, pos):
+    def targets(self, y, pos, channels=None):
         values = y[(pos[0], slice(None), *pos[1:])]  # (S, Cout)
+        if channels is not None:
+            values = values[:, channels]
         return values.reshape(values.shape[0], self.groups, -1).transpose(1, 0, 2)
 
     def matrices(self, weight):
@@ -197,8 +201,9 @@ class DenseView(LinearView):
     def rows(self, x, pos):
         return x[pos][None]
 
-    def targets(self, y, pos):
-        return y[pos][None]
+    def targets(self, y, pos, channels=None):
+        values = y[pos]
+        return (values if channels is None else values[:, channels])[None]
 
     def matrices(self, weight):
         w = weight.T if self.transposed else weight
