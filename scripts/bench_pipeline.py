@@ -9,9 +9,13 @@ Per model, in one process and interleaved (baseline, onnxprune, baseline, onnxpr
 * baseline  = onnx.load(path) + onnx.save(model, out)
 * onnxprune = onnxprune.load + depgraph + plan(ratio=0.3, criterion="l1") + apply_keep (surgery)
               + onnxprune.save;  the stages are also reported one by one
-* verify    = onnxprune.verify.verify(original, pruned, synthetic inputs): what `apply()` adds
-              on top of the surgery (onnx.checker full check, onnxruntime on both models).
-              Reported separately; it is not part of the 2x goal.
+* verify    = what `apply()` adds on top of the surgery, in the command line's order:
+              `check_runs()` before planning (the original's run on the verification inputs,
+              which also measures the channels' activations for plan()'s structure warning), then
+              onnxprune.verify.verify(original, pruned, those inputs, their reference outputs)
+              (onnx.checker full check, onnxruntime on the pruned model).  Reported separately;
+              it is not part of the 2x goal.  `watch` is what measuring the activations adds to
+              the original's run (check_runs against a plain reference run), included in verify.
 
 Whole process (what a user waits for), interleaved the same way, each side a fresh interpreter
 from start to exit:
@@ -103,7 +107,6 @@ def baseline(path: Path, out: Path) -> float:
 def pipeline(path: Path, out: Path, with_verify: bool = True) -> tuple[dict[str, float], object, object]:
     """The onnxprune side, stage by stage.  Returns (times, PrunableModel, pruned ModelProto)."""
     import onnxprune
-    from onnxprune.data import synthetic_inputs
     from onnxprune.plan import resolve
     from onnxprune.surgery import apply_keep
     from onnxprune.verify import reference_outputs, verify
@@ -115,6 +118,9 @@ def pipeline(path: Path, out: Path, with_verify: bool = True) -> tuple[dict[str,
     t = time.perf_counter()
     model.depgraph  # noqa: B018 - builds the index (shape inference) and the dependency graph
     times["depgraph"] = time.perf_counter() - t
+    t = time.perf_counter()
+    checked = model.check_runs()  # verification's run of the original, first, as the command line makes it
+    reference_s = time.perf_counter() - t
     t = time.perf_counter()
     plan = model.plan(ratio=0.3, criterion="l1")
     times["plan"] = time.perf_counter() - t
@@ -128,9 +134,11 @@ def pipeline(path: Path, out: Path, with_verify: bool = True) -> tuple[dict[str,
     times["total"] = sum(times.values())
     if with_verify:
         t = time.perf_counter()
-        feeds = synthetic_inputs(model.index)  # the original runs from its file, as in the command line
-        verify(model.model, pruned, feeds, reference=reference_outputs(str(path), feeds))
-        times["verify"] = time.perf_counter() - t
+        verify(model.model, pruned, checked.feeds, reference=checked.outputs)
+        times["verify"] = reference_s + time.perf_counter() - t
+        t = time.perf_counter()
+        reference_outputs(str(path), checked.feeds)  # the same run without watching the activations
+        times["watch"] = reference_s - (time.perf_counter() - t)
     return times, model, pruned
 
 
@@ -217,7 +225,7 @@ def main() -> None:
 
     print(f"\nPipeline vs onnx.load+onnx.save, {args.reps} interleaved reps, median (ratio = median of paired ratios, [min-max]); "
           f"cpu_count={os.cpu_count()}\n")
-    print("| model | weights MB | kept | onnx load+save s | onnxprune s | ratio (goal <= 2x) | load / depgraph / plan / surgery / save s | verify s (x baseline) | peak RSS / weights: baseline / onnxprune / +verify |")
+    print("| model | weights MB | kept | onnx load+save s | onnxprune s | ratio (goal <= 2x) | load / depgraph / plan / surgery / save s | verify s (x baseline), of which watch s | peak RSS / weights: baseline / onnxprune / +verify |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["stages"]
@@ -226,7 +234,7 @@ def main() -> None:
         print(f"| {r['case']} | {r['weights'] / 1e6:.1f} | {r['kept']:.0%} | {r['base']:.3f} | {r['prune']:.3f} | "
               f"{r['ratio']:.2f}x [{r['ratio_spread'][0]:.2f}-{r['ratio_spread'][1]:.2f}] {ok} | "
               f"{s['load']:.3f} / {s['depgraph']:.3f} / {s['plan']:.3f} / {s['surgery']:.3f} / {s['save']:.3f} | "
-              f"{s['verify']:.3f} ({r['verify_ratio']:.1f}x) | {mem} |")
+              f"{s['verify']:.3f} ({r['verify_ratio']:.1f}x), {s['watch']:.3f} | {mem} |")
     print(f"\nWhole process, start to exit, verification included ({args.process_reps} interleaved pairs, median of paired ratios):\n")
     print("| model | python -c 'onnx.load + onnx.save' s | onnxprune prune --ratio 0.3 s | ratio (goal <= 3x) |")
     print("|---|---|---|---|")
