@@ -7,8 +7,10 @@ ResNet-50-sized model (about 100 MB of weights); print the time as a ratio to a 
 Per model, in one process and interleaved (baseline, onnxprune, baseline, onnxprune, ...):
 
 * baseline  = onnx.load(path) + onnx.save(model, out)
-* onnxprune = onnxprune.load + depgraph + plan(ratio=0.3, criterion="l1") + apply_keep (surgery)
-              + onnxprune.save;  the stages are also reported one by one
+* onnxprune = onnxprune.load + depgraph + plan(ratio=0.3, criterion="l1") + surgery(plan, output=out)
+              + save, the API calls the command line makes: a model with external data is written
+              as it goes (staged beside `out`, renamed into place by save), an inline one is saved
+              by onnxprune.save;  the stages are also reported one by one
 * verify    = what `apply()` adds on top of the surgery, in the command line's order:
               `check_runs()` before planning (the original's run on the verification inputs,
               which also measures the channels' activations for plan()'s structure warning), then
@@ -104,13 +106,15 @@ def baseline(path: Path, out: Path) -> float:
     return elapsed
 
 
-def pipeline(path: Path, out: Path, with_verify: bool = True) -> tuple[dict[str, float], object, object]:
-    """The onnxprune side, stage by stage.  Returns (times, PrunableModel, pruned ModelProto)."""
+def pipeline(path: Path, out: Path, with_verify: bool = True) -> tuple[dict[str, float], object]:
+    """The onnxprune side, stage by stage, through the API calls the command line makes (a model
+    with external data is written as it goes, see PrunableModel.surgery).  Returns (times,
+    PrunableModel)."""
     import onnxprune
-    from onnxprune.plan import resolve
-    from onnxprune.surgery import apply_keep
-    from onnxprune.verify import reference_outputs, verify
+    from onnxprune.verify import reference_outputs
 
+    for stale in (out, out.with_name(out.name + ".data")):  # another case's output data would be counted as kept
+        stale.unlink(missing_ok=True)
     times: dict[str, float] = {}
     t = time.perf_counter()
     model = onnxprune.load(path, mapped=True)  # as the command line loads it
@@ -125,21 +129,23 @@ def pipeline(path: Path, out: Path, with_verify: bool = True) -> tuple[dict[str,
     plan = model.plan(ratio=0.3, criterion="l1")
     times["plan"] = time.perf_counter() - t
     t = time.perf_counter()
-    keep = resolve(plan, model.depgraph, "plan")
-    pruned = apply_keep(model.depgraph, keep)
+    pruning = model.surgery(plan, output=out)
     times["surgery"] = time.perf_counter() - t
-    t = time.perf_counter()
-    onnxprune.save(pruned, out)
-    times["save"] = time.perf_counter() - t
-    times["total"] = sum(times.values())
     if with_verify:
         t = time.perf_counter()
-        verify(model.model, pruned, checked.feeds, reference=checked.outputs)
+        result = pruning.verify()
         times["verify"] = reference_s + time.perf_counter() - t
         t = time.perf_counter()
         reference_outputs(str(path), checked.feeds)  # the same run without watching the activations
         times["watch"] = reference_s - (time.perf_counter() - t)
-    return times, model, pruned
+    t = time.perf_counter()
+    if pruning.staged is not None:
+        pruning.staged.commit()  # what PruneResult.save does with a staged output
+    else:
+        onnxprune.save(pruning.model, out)
+    times["save"] = time.perf_counter() - t
+    times["total"] = sum(v for k, v in times.items() if k not in ("verify", "watch"))
+    return times, model
 
 
 def peak_memory(path: Path, out: Path, mode: str) -> int:
@@ -187,11 +193,11 @@ def main() -> None:
         out_base, out_prune = args.workdir / "out_baseline.onnx", args.workdir / "out_pruned.onnx"
         # warm-up (imports, page cache, allocator)
         baseline(path, out_base)
-        _, model, pruned = pipeline(path, out_prune)
+        _, model = pipeline(path, out_prune)
         weights = sum(a.nbytes for a in model.loaded.arrays.values()) + sum(
             len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes for t in model.model.graph.initializer if t.name not in model.loaded.arrays)
-        kept_params = sum(len(t.raw_data) for t in pruned.graph.initializer) / max(weights, 1)
-        del model, pruned
+        kept_params = file_bytes(out_prune) / max(file_bytes(path), 1)
+        del model
         base_t, prune_t, ratios = [], [], []
         stages: dict[str, list[float]] = {}
         for rep in range(args.reps):
@@ -201,7 +207,7 @@ def main() -> None:
                 if side == "base":
                     b = baseline(path, out_base)
                 else:
-                    times, _, _ = pipeline(path, out_prune)
+                    times, _ = pipeline(path, out_prune)
                     for k, v in times.items():
                         stages.setdefault(k, []).append(v)
                 gc.collect()
