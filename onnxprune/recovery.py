@@ -17,7 +17,9 @@ leaves for later segments (the cut) waits in RAM or a scratch folder, one file p
 
 Memory does not grow with the number of samples: per layer and conv group only the sums
 X^T X, X^T Y, X, Y and |Y|^2 are kept (shapes set by the layer's widths), accumulated batch by
-batch over a fixed number of sampled output positions per sample (`positions`); RAM holds one
+batch over a fixed number of sampled output positions per sample (`positions`), from a buffer
+of fewer than `_Stats.MIN_ROWS` rows past one batch, on one BLAS thread for the small products
+(`_blas_threads`: onnxruntime's pool runs the model beside them); RAM holds one
 batch of activations and, up to `memory_mb`, the sampled targets and the cut (beyond that they
 go to the scratch folder on disk, which does grow with the data).
 
