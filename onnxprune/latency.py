@@ -176,6 +176,19 @@ def one_node_model(index: ModelIndex, node_i: int) -> tuple[onnx.ModelProto, lis
     return model, runtime_inputs
 
 
+def node_positions(original: ModelIndex, pruned: ModelIndex, nodes: list[int]) -> dict[int, int]:
+    """Where each of the original's `nodes` is in the pruned model, found by its first output's
+    name (surgery keeps the names of the layers' outputs but may add nodes, such as constants
+    and slices, which shift positions).  A node whose output is gone is left out."""
+    by_output = {n.output[0]: i for i, n in enumerate(pruned.model.graph.node) if n.output and n.output[0]}
+    found = {}
+    for node_i in nodes:
+        outputs = original.model.graph.node[node_i].output
+        if outputs and outputs[0] in by_output:
+            found[node_i] = by_output[outputs[0]]
+    return found
+
+
 def _warm(session, feeds: dict[str, np.ndarray], seconds: float = 0.1) -> None:
     """Run until at least 2 runs and `seconds` have passed: a fresh session's first runs are many
     times slower (thread pool start-up, memory arenas growing)."""
@@ -382,10 +395,11 @@ def measure_table(dg: DepGraph, groups: list[Group], scores: dict[int, np.ndarra
         keep = by_ratio(groups, scores, 1 - f, _uniform(alloc)) if f < 1 else {}
         model = dg.index.model if not keep else apply_keep(dg, keep)
         index = dg.index if not keep else ModelIndex.build(model)
-        seconds = layer_latencies(index, nodes, options.batch, options.threads, memo, options.engine)
+        at = node_positions(dg.index, index, nodes)
+        seconds = layer_latencies(index, sorted(set(at.values())), options.batch, options.threads, memo, options.engine)
         for t in terms:
-            if t.node in seconds:
-                table.points.setdefault(t.node, []).append((t.fraction(keep), seconds[t.node]))
+            if at.get(t.node) in seconds:
+                table.points.setdefault(t.node, []).append((t.fraction(keep), seconds[at[t.node]]))
         if f == 0.5:
             half_keep = keep
     for node, pts in table.points.items():  # np.interp needs increasing x; equal x: keep the mean
