@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import onnxprune  # noqa: E402
+from onnxprune.names import DATA_CRITERION_NAMES  # noqa: E402
 
 
 def _session(model) -> ort.InferenceSession:
@@ -389,11 +390,12 @@ def bench(task, fractions: list[float], distill_minutes: float, methods: str = "
     feeds = {name: task.calib}
     for fraction in fractions:
         rows_wanted = (("plain L1", "l1", False), ("scaled", "scaled", False), ("activation", "activation", False),
-                       ("activation + reconstruct", "activation", True), ("L1 + reconstruct", "l1", True))
+                       ("activation + reconstruct", "activation", True), ("L1 + reconstruct", "l1", True),
+                       ("thinet", "thinet", False), ("thinet + reconstruct", "thinet", True))
         if methods != "all":
             rows_wanted = [r for r in rows_wanted if r[0] in methods.split(",")]
         for label, criterion, reconstruct in rows_wanted:
-            plan = pm.plan(criterion, feeds if criterion == "activation" else None, target_macs=fraction)
+            plan = pm.plan(criterion, feeds if criterion in DATA_CRITERION_NAMES else None, target_macs=fraction)
             t = time.perf_counter()
             result = pm.apply(plan, feeds if reconstruct else None, reconstruct=reconstruct)
             seconds = time.perf_counter() - t
