@@ -58,6 +58,11 @@ class ThinetOptions:
     max_features: int = 4096
     """Consumers with more features per conv group (a Gemm after a Flatten) keep only the diagonal
     of G (each channel's own contribution energy): the full X^T X would not fit."""
+    refit: bool = False
+    """Greedy on the error left after the consumers' remaining weights are re-fitted by ridge
+    least squares, as `--reconstruct` re-fits them (Optimal Brain Surgeon on input channels)."""
+    ridge: float = 1e-3
+    """With `refit`: the ridge strength, relative to the mean input variance (as ReconstructOptions.ridge)."""
     batch: int = 16
     seed: int = 0
 
@@ -77,6 +82,10 @@ class _Consumer:
         self.gram = np.zeros(channels) if self.diagonal else np.zeros((channels, channels))
         self.sum_z = np.zeros((channels, self.mats.shape[0] * self.mats.shape[2]))
         self.n = 0
+        self.refit = options.refit and not self.diagonal
+        if self.refit:  # the features' moments, for the re-fitted error
+            self.xx = np.zeros((self.mats.shape[0], self.mats.shape[1], self.mats.shape[1]))
+            self.sx = np.zeros(self.mats.shape[:2])
 
     def _fold(self, m: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
         """Sum `m` over each channel's features along `axes`."""
@@ -85,6 +94,7 @@ class _Consumer:
         return m
 
     def add(self, x: np.ndarray, y_shape: tuple[int, ...], per_sample: int, rng: np.random.Generator) -> None:
+        self.out_positions = int(np.prod(y_shape)) // (y_shape[0] * y_shape[self.view.channel_axis])
         pos = self.view.positions(y_shape, per_sample, rng)
         rows = np.ascontiguousarray(self.view.rows(x, pos), dtype=np.float32)  # (groups, S, features)
         self.n += rows.shape[1]
@@ -99,34 +109,119 @@ class _Consumer:
                     self.gram[self.ids[g, k]] += np.einsum("so,so->", z, z, dtype=np.float64)
             return
         xx = np.matmul(rows.transpose(0, 2, 1), rows)  # (groups, features, features), float32 BLAS
+        if self.refit:
+            self.xx += xx
+            self.sx += rows.sum(axis=1, dtype=np.float64)
         xx *= np.matmul(self.mats, self.mats.transpose(0, 2, 1))  # W W^T per batch: memory for one layer at a time
         block = self._fold(xx.astype(np.float64), (1, 2))  # (groups, c, c)
         self.gram[self.ids[:, :, None], self.ids[:, None, :]] += block
 
+    @property
+    def scale(self) -> float:
+        """From sums over the sampled rows to the mean per calibration sample of sums over the
+        whole output (so consumers that sample fewer positions, or have fewer, weigh right)."""
+        return self.out_positions / max(self.n, 1)
+
     def result(self, centered: bool) -> np.ndarray:
-        """G over the point's elements (a full matrix; diagonal where only that was kept)."""
+        """G over the point's elements (a full matrix; diagonal where only that was kept), per
+        calibration sample and whole output."""
         gram = np.diag(self.gram) if self.diagonal else self.gram.copy()
         if centered and self.n:
             mean = self.sum_z / self.n
             gram -= self.n * (np.diag((mean ** 2).sum(axis=1)) if self.diagonal else mean @ mean.T)
-        return gram
+        return gram * self.scale
+
+
+    def problems(self, classes: np.ndarray, ridge: float) -> list["_Refit"]:
+        """One re-fit problem per conv group, its features labelled by the group's channels."""
+        out = []
+        for g in range(self.mats.shape[0]):
+            mean = self.sx[g] / self.n
+            h = (self.xx[g] - self.n * np.outer(mean, mean)) * self.scale  # centered: the fit has an intercept
+            h += ridge * max(np.trace(h) / len(h), 1e-12) * np.eye(len(h))
+            out.append(_Refit(h, self.mats[g].astype(np.float64), classes[self.owner[g]]))
+        return out
+
+
+class _Refit:
+    """The error left in one consumer (one conv group) when some of its input channels go and the
+    rest of its weights are re-fitted: removing features f from the current fit W raises the
+    squared error by tr(W_f^T (P_ff)^-1 W_f), P the inverse of the (ridged) second moments, and
+    moves the fit to W - P_:f (P_ff)^-1 W_f (Optimal Brain Surgeon, block form)."""
+
+    def __init__(self, h: np.ndarray, w: np.ndarray, labels: np.ndarray):
+        self.p = np.linalg.inv(h)
+        self.w = w
+        self.features = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+        self.cost: dict[int, float] = {}
+        self._update_costs()
+
+    def _update_costs(self) -> None:
+        self.cost = {}
+        by_size: dict[int, list[int]] = {}
+        for c, f in self.features.items():
+            by_size.setdefault(len(f), []).append(c)
+        for size, channels in by_size.items():
+            idx = np.stack([self.features[c] for c in channels])  # (m, size)
+            blocks = self.p[idx[:, :, None], idx[:, None, :]]
+            w = self.w[idx]  # (m, size, outputs)
+            delta = np.einsum("mko,mko->m", w, np.linalg.solve(blocks, w))
+            self.cost.update(zip(channels, np.maximum(delta, 0.0)))
+
+    def remove(self, channel: int) -> None:
+        f = self.features.pop(channel)
+        pf = self.p[:, f]
+        inv = np.linalg.inv(self.p[np.ix_(f, f)])
+        self.w -= pf @ (inv @ self.w[f])
+        self.p -= pf @ inv @ pf.T
+        if self.features:
+            self._update_costs()
+        else:
+            self.cost = {}
+
+
+def refit_order(n: int, problems: list[_Refit], fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy removal of n channels on the re-fitted error: (order, cumulative error), as
+    `greedy_order`.  `fixed` is each channel's error where no re-fit applies (identity points)."""
+    total = fixed.astype(np.float64).copy()
+    touching: dict[int, list[_Refit]] = {}
+    for prob in problems:
+        for c, cost in prob.cost.items():
+            total[c] += cost
+            touching.setdefault(c, []).append(prob)
+    removed = np.zeros(n, dtype=bool)
+    order, error, err = np.empty(n, dtype=np.int64), np.empty(n), 0.0
+    for t in range(n):
+        j = int(np.argmin(np.where(removed, np.inf, total)))
+        err += total[j]
+        removed[j] = True
+        order[t], error[t] = j, err
+        for prob in touching.get(j, []):
+            for c, cost in prob.cost.items():
+                total[c] -= cost
+            prob.remove(j)
+            for c, cost in prob.cost.items():
+                total[c] += cost
+    return order, error
 
 
 class _Identity:
     """A consumption point without a linear consumer: each element's own values (sum, squares)."""
 
     def __init__(self, channels: int):
-        self.squares, self.sums, self.n = np.zeros(channels), np.zeros(channels), 0
+        self.squares, self.sums, self.n, self.samples = np.zeros(channels), np.zeros(channels), 0, 0
 
     def add(self, x: np.ndarray, axis: int) -> None:
         moved = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1).astype(np.float64)
         self.squares += (moved ** 2).sum(axis=1)
         self.sums += moved.sum(axis=1)
         self.n += moved.shape[1]
+        self.samples += x.shape[0] if axis else 1
 
     def result(self, centered: bool) -> np.ndarray:
+        """Per calibration sample, as _Consumer.result."""
         energy = self.squares - (self.sums ** 2 / self.n if centered and self.n else 0)
-        return np.diag(energy)
+        return np.diag(energy / max(self.samples, 1))
 
 
 def greedy_order(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,10 +244,14 @@ def greedy_order(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def greedy_scores(gram: np.ndarray) -> np.ndarray:
-    """Scores whose ranking is the greedy removal order (see the module docstring): the running
-    maximum of the relative error of the removed set, plus a rank-sized epsilon."""
-    n = len(gram)
-    order, error = greedy_order(gram)
+    """Scores whose ranking is the greedy removal order (see the module docstring)."""
+    return order_scores(*greedy_order(gram))
+
+
+def order_scores(order: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """Scores from a removal order and the cumulative error along it: the running maximum of the
+    relative error of the removed set, plus a rank-sized epsilon."""
+    n = len(order)
     whole = error[-1] if n and error[-1] > 0 else 1.0
     rising = np.maximum.accumulate(np.maximum(error, 0) / whole) + 1e-9 * np.arange(1, n + 1) / max(n, 1)
     scores = np.empty(n)
@@ -181,14 +280,12 @@ def _consumers(dg: DepGraph, point: Dim) -> list:
     return views
 
 
-def group_grams(dg: DepGraph, feeds: dict[str, np.ndarray], options: ThinetOptions | None = None,
-                progress: bool = False) -> dict[int, np.ndarray]:
-    """Per prunable group, the Gram matrix G of its channels' contributions to the layers that
-    read them (summed over those layers), from one onnxruntime pass of the original model over
-    `feeds` for all groups."""
+def _collect(dg: DepGraph, feeds: dict[str, np.ndarray], options: ThinetOptions,
+             progress: bool) -> tuple[dict[int, list[Dim]], dict[Dim, list]]:
+    """Each group's consumption points, and per point the statistics of its consumers, from one
+    onnxruntime pass of the original model over `feeds` for all groups."""
     from .runtime import batches, make_session, run_chunked, sample_count, with_outputs
 
-    options = options or ThinetOptions()
     index = dg.index
     points = {g.id: consumption_points(dg, g) for g in dg.prunable_groups}
     n_samples = sample_count(feeds)
@@ -217,24 +314,50 @@ def group_grams(dg: DepGraph, feeds: dict[str, np.ndarray], options: ThinetOptio
                 per_sample = positions_per_sample(c.mats.shape[1], n_samples, options.positions, options.rows_wanted)
                 c.add(x, values[c.view.output].shape, per_sample, rng)
         del values
-    grams = {}
-    for group in dg.prunable_groups:
-        gram = np.zeros((group.n_channels, group.n_channels))
-        for point in points[group.id]:
-            for c in stats[point]:
-                gram += _fold_classes(c.result(options.centered), group.classes[point], group.n_channels)
-        grams[group.id] = gram
-    return grams
+    return points, stats
+
+
+def _group_gram(group: Group, points: list[Dim], stats: dict[Dim, list], centered: bool) -> np.ndarray:
+    gram = np.zeros((group.n_channels, group.n_channels))
+    for point in points:
+        for c in stats[point]:
+            gram += _fold_classes(c.result(centered), group.classes[point], group.n_channels)
+    return gram
+
+
+def group_grams(dg: DepGraph, feeds: dict[str, np.ndarray], options: ThinetOptions | None = None,
+                progress: bool = False) -> dict[int, np.ndarray]:
+    """Per prunable group, the Gram matrix G of its channels' contributions to the layers that
+    read them (summed over those layers)."""
+    options = options or ThinetOptions()
+    points, stats = _collect(dg, feeds, options, progress)
+    return {g.id: _group_gram(g, points[g.id], stats, options.centered) for g in dg.prunable_groups}
+
+
+def _refit_scores(group: Group, points: list[Dim], stats: dict[Dim, list], ridge: float) -> np.ndarray:
+    """`refit`: the greedy order on the re-fitted error; consumers without a re-fit problem (no
+    linear view, or only a diagonal kept) add their own error, which no re-fit changes."""
+    problems, fixed = [], np.zeros(group.n_channels)
+    for point in points:
+        for c in stats[point]:
+            if isinstance(c, _Consumer) and c.refit:
+                problems += c.problems(group.classes[point], ridge)
+            else:
+                fixed += np.diag(_fold_classes(c.result(True), group.classes[point], group.n_channels))
+    return order_scores(*refit_order(group.n_channels, problems, fixed))
 
 
 def thinet_criterion(dg: DepGraph, feeds: dict[str, np.ndarray], options: ThinetOptions | None = None,
                      progress: bool = False) -> Criterion:
     """The ThiNet criterion on calibration inputs `feeds`: the groups' Gram matrices
     (`group_grams`), then each group's greedy order as scores."""
-    grams = group_grams(dg, feeds, options, progress)
+    options = options or ThinetOptions()
+    points, stats = _collect(dg, feeds, options, progress)
 
     def criterion(dg_: DepGraph, group: Group) -> np.ndarray:
-        return greedy_scores(grams[group.id])
+        if options.refit:
+            return _refit_scores(group, points[group.id], stats, options.ridge)
+        return greedy_scores(_group_gram(group, points[group.id], stats, options.centered))
 
     criterion.__name__ = "thinet"  # what a plan records, with these options or others
     return criterion

@@ -104,11 +104,30 @@ def test_gram_is_that_of_the_contributions_computed_directly(centered):
         per_position = out.shape[0] * 16
         z = z.reshape(6, len(h), 4, 16) - z.reshape(6, len(h), 4, 16).sum(axis=(1, 3), keepdims=True) / per_position
         z = z.reshape(6, -1)
-    expected = z @ z.T
+    expected = z @ z.T / len(h)  # per calibration sample
     got = consumer.result(centered)
     assert consumer.n == len(h) * 16
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
     assert np.all(got[:3, 3:] == 0) and np.all(got[3:, :3] == 0)
+
+
+@pytest.mark.parametrize("matmul", [False, True], ids=["gemm", "matmul-add"])
+def test_gram_of_a_dense_consumer(matmul):
+    """A Gemm (transB, PyTorch's Linear) or MatMul + Add reading h: z_c(s, o) = h_c(s) W[o, c], so
+    G = (h^T h) * (W^T W); the criterion's group Gram for h is that (up to the sampled rows: all)."""
+    from onnxprune.thinet import group_grams
+    from test_recovery import gemm_chain
+
+    model = gemm_chain(matmul)
+    x = np.random.default_rng(6).standard_normal((24, 8)).astype(np.float32)
+    pm = PrunableModel(model)
+    grams = group_grams(pm.depgraph, {"x": x}, ThinetOptions(batch=8))
+    (gid,) = [g.id for g in pm.depgraph.prunable_groups]
+    h = ort.InferenceSession(_with_h(model).SerializeToString(), providers=["CPUExecutionProvider"]).run(["h"], {"x": x})[0]
+    w = pm.depgraph.index.const("d2.w").astype(np.float64)
+    w = w if matmul else w.T  # as [in, out]
+    expected = (h.T.astype(np.float64) @ h) * (w @ w.T) / len(h)  # per calibration sample
+    np.testing.assert_allclose(grams[gid], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def _with_h(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -181,3 +200,24 @@ def test_cli_thinet(tmp_path):
     onnx.checker.check_model(onnx.load(tmp_path / "p.onnx"), full_check=True)
     summary = json.loads(out.stdout)
     assert summary["quality"]["top1_agreement"] > 0.8  # digits at 50% of MACs, no reconstruction
+
+
+def test_refit_errors_are_the_least_squares_residuals():
+    """With `refit`, the cumulative error along the greedy order is, at every step, the ridge
+    least-squares residual of re-fitting the consumer on the channels still kept (computed here
+    directly), and a channel that the others predict exactly goes first at no cost."""
+    from onnxprune.thinet import _Refit, refit_order
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((200, 6))
+    x[:, 4] = x[:, :4] @ np.array([1.0, -2.0, 0.5, 3.0])  # channel 4: a combination of 0..3, and the largest
+    w = rng.standard_normal((6, 3))
+    h = x.T @ x + 1e-6 * np.eye(6)
+    order, error = refit_order(6, [_Refit(h, w.copy(), np.arange(6))], np.zeros(6))
+    assert error[0] < 1e-4 * error[-1] and order[0] in (0, 1, 2, 3, 4)  # some channel of the dependent five
+    for t in range(6):
+        keep = sorted(set(range(6)) - set(order[:t + 1]))
+        target = x @ w
+        fit = np.linalg.solve(h[np.ix_(keep, keep)], (x[:, keep].T @ target)) if keep else np.zeros((0, 3))
+        residual = np.sum((x[:, keep] @ fit - target) ** 2) if keep else np.sum(target ** 2)
+        assert np.isclose(error[t], residual, rtol=1e-3, atol=1e-6 * error[-1]), (t, error[t], residual)
