@@ -30,7 +30,7 @@ from .depgraph import DepGraph, build_depgraph
 from .errors import InputError
 from .graph import ModelIndex, weightless_copy
 from .inputs import ChosenInputs, check_input_shapes, choose_inputs, declared_dims
-from .importance import (CRITERIA, NORMALIZATIONS, WEIGHT_CRITERIA, Criterion, ScoreStats, activation_criterion, importance,
+from .importance import (CRITERIA, NORMALIZATIONS, WEIGHT_CRITERIA, ChannelTally, Criterion, ScoreStats, activation_criterion, importance,
                          structure_warning, wanda_criterion)
 from .names import DATA_CRITERION_NAMES
 from .load import LoadedModel, check_supported, load_model
@@ -251,19 +251,32 @@ class PrunableModel:
         """The inputs verification uses (the first samples of `data`, or inputs chosen so that the
         original runs, see inputs.choose_inputs) and the original's outputs on them, computed once.
         Run first, so that a model onnxruntime cannot run on them is refused (bad input, naming
-        what to pass) before any work, and never blamed on the pruning."""
+        what to pass) before any work, and never blamed on the pruning.  The same run measures
+        the channels' activations (`activity`, for the structure warning) up to FILE_ROUTE_ABOVE;
+        above, a run with every channel's activation as an output costs too much to add."""
         from . import verify as verification
+        from .runtime import FILE_ROUTE_ABOVE, weights_size, with_outputs
 
         key = data if data is None or isinstance(data, (str, Path)) else id(data)
         if self._checked is not None and self._checked[0] == key:
             return self._checked[1]
-        runnable = str(self.path) if self.path.is_file() else self.model  # from the file: no serialised copy
+        tally = ChannelTally(self.depgraph) if weights_size(self.model) <= FILE_ROUTE_ABOVE else None
+        outputs = [o.name for o in self.model.graph.output]
+        watched = [n for n in tally.names if n not in outputs] if tally is not None else []
+        runnable, arrays = str(self.path) if self.path.is_file() else self.model, None  # from the file: no serialised copy
+        if watched:
+            runnable, arrays = with_outputs(self.index, watched), self.index.external
         with self.timings.stage(Stage.VERIFICATION):
             if data is None:
-                chosen = choose_inputs(self.index, self.input_shapes or {}, self.path, runnable)
+                chosen = choose_inputs(self.index, self.input_shapes or {}, self.path, runnable, arrays=arrays)
             else:
                 feeds = verification_inputs(self.index, data)
-                chosen = ChosenInputs(feeds, verification.reference_outputs(runnable, feeds, str(self.path)))
+                chosen = ChosenInputs(feeds, verification.reference_outputs(runnable, feeds, str(self.path), arrays))
+            if tally is not None:
+                values = dict(zip(outputs + watched, chosen.outputs))
+                for name in tally.names:
+                    tally.add(name, values[name])
+                chosen = ChosenInputs(chosen.feeds, chosen.outputs[:len(outputs)], tally.criterion())
         self._checked = (key, chosen)
         return chosen
 
@@ -388,21 +401,14 @@ class PrunableModel:
                 plan.options["max_loss"] = max_loss
         if isinstance(criterion, str) and criterion in WEIGHT_CRITERIA:
             # the ranking just made is one of the two compared (ranks: normalisation does not matter)
+            checked = self._checked[1] if self._checked is not None else self.check_runs()  # the CLI's, with --data
             warning = structure_warning(self.depgraph, known={criterion: scores} if aggregate == "sum" else None,
-                                        feeds=self._synthetic_feeds())
+                                        measured=checked.activity)
             plan.warnings += [warning] if warning else []
         estimate = self.cost(keep)
         base = self.cost_model.base
         plan.summary = {"params": [base.params, estimate.params], "macs": [base.macs, estimate.macs]}
         return plan
-
-    def _synthetic_feeds(self) -> dict[str, np.ndarray] | None:
-        """The inputs verification runs the model on (computed once, verification reuses them),
-        for the structure warning's activation check; None for models above FILE_ROUTE_ABOVE,
-        where a run with every channel's activation as an output costs too much at plan time."""
-        from .runtime import FILE_ROUTE_ABOVE, weights_size
-
-        return self.check_runs().feeds if weights_size(self.model) <= FILE_ROUTE_ABOVE else None
 
     # --- depth: whole residual blocks (onnxprune.blocks) ------------------------------------
     @cached_property

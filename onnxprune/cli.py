@@ -324,20 +324,26 @@ def cmd_finetune(args) -> int:
     student, teacher = load(args.model), load(args.teacher)
     feeds = student.calibration(args.data)
     options = FinetuneOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, minutes=args.minutes,
-                              features=_feature_index(teacher, args.features, args.plan))
-    if min(options.epochs, options.batch_size) < 1 or options.lr <= 0:
-        raise InputError("options: --epochs and --batch-size must be at least 1, --lr positive")
+                              features=_feature_index(teacher, args.features, args.plan), holdout=args.holdout)
+    if min(options.epochs, options.batch_size) < 1 or options.lr <= 0 or not 0 <= options.holdout < 1:
+        raise InputError("options: --epochs and --batch-size must be at least 1, --lr positive, --holdout in [0, 1)")
     result = finetune(student.model, teacher.model, feeds, options, progress=not args.json and sys.stderr.isatty())
     before, after = measure_all(teacher.model, [student.model, result.model], list(batches(feeds, QUALITY_BATCH)))
     save_model(result.model, args.output, True if student.loaded.had_external_data else None)
     summary = {"input": str(args.model), "teacher": str(args.teacher), "output": str(args.output), "steps": result.steps,
                "seconds": result.seconds, "first_loss": result.first_loss, "epoch_losses": result.losses,
-               "trained": result.trained, "before": before.to_json(), "after": after.to_json()}
+               "trained": result.trained, "holdout_losses": result.holdout_losses, "kept_epoch": result.kept_epoch,
+               "before": before.to_json(), "after": after.to_json()}
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
     print(f"distilled {len(result.trained)} weight tensors in {result.steps} steps ({result.seconds:.0f} s); "
           f"loss {result.first_loss:.4g} -> {result.losses[-1]:.4g} (epoch means: {', '.join(f'{v:.3g}' for v in result.losses)})")
+    if result.kept_epoch == 0:
+        print(f"no epoch lowered the loss on the held-out samples ({result.holdout_losses[0]:.4g}): the model is written unchanged")
+    elif result.kept_epoch is not None:
+        print(f"kept epoch {result.kept_epoch} of {len(result.losses)}: held-out loss "
+              f"{result.holdout_losses[0]:.4g} -> {result.holdout_losses[result.kept_epoch]:.4g}")
     for label, f in (("before", before), ("after", after)):
         print(f"{label}: against the teacher {f.describe()}")
     print(f"wrote {args.output}")
@@ -659,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the cosine schedule (default 1e-4)")
     p.add_argument("--batch-size", type=int, default=16, help="samples per step (default 16)")
     p.add_argument("--minutes", type=float, help="stop after this much wall time (the schedule then spans it)")
+    p.add_argument("--holdout", type=float, default=0.125,
+                   help="fraction of --data not trained on; the epoch with the lowest loss on it is written, or the "
+                        "model unchanged if none beat it (default 0.125; 0: the last epoch, trained on all of --data)")
     p.add_argument("--features", metavar="NAME,...", help="also match these intermediate tensors (names in both graphs) "
                                                          "to the teacher's, each one's normalised squared error added to the loss")
     p.add_argument("--plan", help="the plan that pruned the teacher into the model (prune --plan-out): needed when a "

@@ -8,6 +8,10 @@ name, in their own dtype and shape, and nothing else changed.
 
 Needs torch (`pip install 'onnxprune[torch]'`).  Adam with a cosine learning-rate schedule; an
 optional time budget (`minutes`) ends training early, the schedule then being set by the budget.
+A slice of the samples (`holdout`) is not trained on: the weights written are those of the epoch
+with the lowest loss on it, or the student's own when no epoch beat them, so distillation that
+overfits a small calibration set (or a learning rate too high for the model) never returns a
+model further from the teacher on unseen samples than it started.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class FinetuneOptions:
     keeps, see `kept_channels`; {} where the shapes are the same), each one's normalised squared
     error added to the output loss with weight `feature_weight`."""
     feature_weight: float = 1.0
+    holdout: float = 0.125
+    """Fraction of the samples kept out of training to choose the epoch written (0: the last
+    epoch's weights, as trained on every sample); none are held out below 8 samples."""
 
 
 FeatureIndex = dict[int, np.ndarray]
@@ -89,6 +96,11 @@ class FinetuneResult:
     trained: list[str] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
+    holdout_losses: list[float] = field(default_factory=list)
+    """The loss on the held-out samples before training, then after each epoch ([] without them)."""
+    kept_epoch: int | None = None
+    """The epoch whose weights were written (0: none beat the untrained student, which is
+    returned unchanged); None without held-out samples (the last epoch's)."""
 
 
 def trainable_constants(index: ModelIndex) -> set[str]:
@@ -181,25 +193,42 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto | str | Path, fe
     teacher_run = make_session(teacher_source)
     n_out = len(student.graph.output)
     n = sample_count(feeds)
-    per_epoch = -(-n // options.batch_size)
+    rng = np.random.default_rng(options.seed)
+    held = np.sort(rng.permutation(n)[:int(n * options.holdout)]) if n >= 8 and options.holdout > 0 else np.array([], int)
+    train = np.setdiff1d(np.arange(n), held)
+    n_train = len(train)
+    per_epoch = -(-n_train // options.batch_size)
     total = per_epoch * options.epochs
     optimizer = torch.optim.Adam(net.parameters(), lr=options.lr)
-    rng = np.random.default_rng(options.seed)
     result = FinetuneResult(student, trained=sorted(names))
     deadline = start + options.minutes * 60 if options.minutes else None
+
+    def loss_on(part: dict[str, np.ndarray], targets: list[np.ndarray]):
+        outputs = net(**{k: torch.from_numpy(v) for k, v in part.items()})
+        loss = sum(_nmse(o, t) for o, t in zip(outputs[:n_out], targets[:n_out]) if np.issubdtype(t.dtype, np.floating))
+        for o, t, name in zip(outputs[n_out:], targets[n_out:], features):
+            loss = loss + options.feature_weight * _nmse(o, np.ascontiguousarray(_select(t, features[name])))
+        return loss
+
+    checks = [({k: v[held[i:i + options.batch_size]] for k, v in feeds.items()}) for i in range(0, len(held), options.batch_size)]
+    checks = [(part, teacher_run.run(None, part)) for part in checks]
+
+    def held_out_loss() -> float:
+        with torch.no_grad():
+            return float(np.mean([float(loss_on(part, targets)) for part, targets in checks]))
+
+    best = (held_out_loss(), 0, None) if checks else None  # (loss, epoch, weights; None: the student's own)
+    if best is not None:
+        result.holdout_losses.append(best[0])
     bar = tqdm(total=total, desc="distill", unit="step", disable=not progress, leave=False)
     step = 0
     for epoch in range(options.epochs):
-        order = rng.permutation(n)
+        order = train[rng.permutation(n_train)]
         losses = []
         for b in range(per_epoch):
             idx = np.sort(order[b * options.batch_size:(b + 1) * options.batch_size])
             part = {k: v[idx] for k, v in feeds.items()}
-            targets = teacher_run.run(None, part)
-            outputs = net(**{k: torch.from_numpy(v) for k, v in part.items()})
-            loss = sum(_nmse(o, t) for o, t in zip(outputs[:n_out], targets[:n_out]) if np.issubdtype(t.dtype, np.floating))
-            for o, t, name in zip(outputs[n_out:], targets[n_out:], features):
-                loss = loss + options.feature_weight * _nmse(o, np.ascontiguousarray(_select(t, features[name])))
+            loss = loss_on(part, teacher_run.run(None, part))
             if step == 0:
                 result.first_loss = float(loss.detach())
             # cosine schedule over the steps, or over the time budget
@@ -215,10 +244,18 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto | str | Path, fe
             if deadline is not None and time.perf_counter() >= deadline:
                 break
         result.losses.append(float(np.mean(losses)))
+        if best is not None:
+            result.holdout_losses.append(held_out_loss())
+            if result.holdout_losses[-1] < best[0]:
+                best = (result.holdout_losses[-1], epoch + 1, net.trained())
         if deadline is not None and time.perf_counter() >= deadline:
             break
     bar.close()
-    result.model = _write_back(student, index, net.trained())
+    if best is None:
+        result.model = _write_back(student, index, net.trained())
+    else:
+        result.kept_epoch = best[1]
+        result.model = student if best[2] is None else _write_back(student, index, best[2])
     result.steps = step
     result.seconds = time.perf_counter() - start
     return result

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -207,6 +207,9 @@ class ChosenInputs:
 
     feeds: dict[str, np.ndarray]
     outputs: list[np.ndarray]
+    activity: Callable | None = None
+    """The channels' mean |activation| on `feeds`, as a criterion (importance.ChannelTally), from
+    the same run; None where that run did not watch them (api.check_runs says when)."""
 
 
 def _shape_assignments(index: ModelIndex, shapes: dict[str, tuple[int, ...]], batch: int) -> Iterator[dict[str, tuple[int, ...]]]:
@@ -282,14 +285,16 @@ def _first_line(exc: Exception) -> str:
 
 
 def choose_inputs(index: ModelIndex, shapes: dict[str, tuple[int, ...]] | None = None, source: Path = Path("<model>"),
-                  model: onnx.ModelProto | str | None = None, seed: int = 0, batch: int = BATCH) -> ChosenInputs:
+                  model: onnx.ModelProto | str | None = None, seed: int = 0, batch: int = BATCH,
+                  arrays: dict[str, np.ndarray] | None = None) -> ChosenInputs:
     """Deterministic random inputs on which the original model runs (see the module docstring).
-    `model` is what onnxruntime loads (the file's path avoids a serialised copy); default the index's model."""
+    `model` is what onnxruntime loads (the file's path avoids a serialised copy); default the
+    index's model.  `arrays` holds the data of `model`'s stub initializers (see probe_session)."""
     from .runtime import run_chunked
 
     shapes = dict(shapes or {})
     check_input_shapes(index, shapes, source)
-    session = probe_session(model if model is not None else index.model, source, None if model is not None else index.external)
+    session = probe_session(model if model is not None else index.model, source, arrays if model is not None else index.external)
     tried: list[str] = []
     last_error = ""
     attempts = 0

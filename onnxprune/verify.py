@@ -39,12 +39,14 @@ def _io_signature(model: onnx.ModelProto) -> list[tuple]:
     return [(vi.name, str(vi.type)) for vi in list(model.graph.input) + list(model.graph.output) if vi.name not in init]
 
 
-def reference_outputs(original: onnx.ModelProto | str, feeds: dict[str, np.ndarray], source: str = "<model>") -> list[np.ndarray]:
-    """The original model's outputs on `feeds` (from the model or its file's path).  When the
-    original itself cannot run on them, the inputs are at fault, not the pruning: bad input."""
+def reference_outputs(original: onnx.ModelProto | str, feeds: dict[str, np.ndarray], source: str = "<model>",
+                      arrays: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """The original model's outputs on `feeds` (from the model or its file's path; `arrays`, the
+    data of its stub initializers).  When the original itself cannot run on them, the inputs are
+    at fault, not the pruning: bad input."""
     from .inputs import probe_session
 
-    session = probe_session(original, source)
+    session = probe_session(original, source, arrays)
     try:
         return run_chunked(session, feeds)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for a run that fails

@@ -7,11 +7,17 @@ ResNet-50-sized model (about 100 MB of weights); print the time as a ratio to a 
 Per model, in one process and interleaved (baseline, onnxprune, baseline, onnxprune, ...):
 
 * baseline  = onnx.load(path) + onnx.save(model, out)
-* onnxprune = onnxprune.load + depgraph + plan(ratio=0.3, criterion="l1") + apply_keep (surgery)
-              + onnxprune.save;  the stages are also reported one by one
-* verify    = onnxprune.verify.verify(original, pruned, synthetic inputs): what `apply()` adds
-              on top of the surgery (onnx.checker full check, onnxruntime on both models).
-              Reported separately; it is not part of the 2x goal.
+* onnxprune = onnxprune.load + depgraph + plan(ratio=0.3, criterion="l1") + surgery(plan, output=out)
+              + save, the API calls the command line makes: a model with external data is written
+              as it goes (staged beside `out`, renamed into place by save), an inline one is saved
+              by onnxprune.save;  the stages are also reported one by one
+* verify    = what `apply()` adds on top of the surgery, in the command line's order:
+              `check_runs()` before planning (the original's run on the verification inputs,
+              which also measures the channels' activations for plan()'s structure warning), then
+              onnxprune.verify.verify(original, pruned, those inputs, their reference outputs)
+              (onnx.checker full check, onnxruntime on the pruned model).  Reported separately;
+              it is not part of the 2x goal.  `watch` is what measuring the activations adds to
+              the original's run (check_runs against a plain reference run), included in verify.
 
 Whole process (what a user waits for), interleaved the same way, each side a fresh interpreter
 from start to exit:
@@ -100,14 +106,15 @@ def baseline(path: Path, out: Path) -> float:
     return elapsed
 
 
-def pipeline(path: Path, out: Path, with_verify: bool = True) -> tuple[dict[str, float], object, object]:
-    """The onnxprune side, stage by stage.  Returns (times, PrunableModel, pruned ModelProto)."""
+def pipeline(path: Path, out: Path, with_verify: bool = True) -> tuple[dict[str, float], object]:
+    """The onnxprune side, stage by stage, through the API calls the command line makes (a model
+    with external data is written as it goes, see PrunableModel.surgery).  Returns (times,
+    PrunableModel)."""
     import onnxprune
-    from onnxprune.data import synthetic_inputs
-    from onnxprune.plan import resolve
-    from onnxprune.surgery import apply_keep
-    from onnxprune.verify import reference_outputs, verify
+    from onnxprune.verify import reference_outputs
 
+    for stale in (out, out.with_name(out.name + ".data")):  # another case's output data would be counted as kept
+        stale.unlink(missing_ok=True)
     times: dict[str, float] = {}
     t = time.perf_counter()
     model = onnxprune.load(path, mapped=True)  # as the command line loads it
@@ -116,22 +123,29 @@ def pipeline(path: Path, out: Path, with_verify: bool = True) -> tuple[dict[str,
     model.depgraph  # noqa: B018 - builds the index (shape inference) and the dependency graph
     times["depgraph"] = time.perf_counter() - t
     t = time.perf_counter()
+    checked = model.check_runs()  # verification's run of the original, first, as the command line makes it
+    reference_s = time.perf_counter() - t
+    t = time.perf_counter()
     plan = model.plan(ratio=0.3, criterion="l1")
     times["plan"] = time.perf_counter() - t
     t = time.perf_counter()
-    keep = resolve(plan, model.depgraph, "plan")
-    pruned = apply_keep(model.depgraph, keep)
+    pruning = model.surgery(plan, output=out)
     times["surgery"] = time.perf_counter() - t
-    t = time.perf_counter()
-    onnxprune.save(pruned, out)
-    times["save"] = time.perf_counter() - t
-    times["total"] = sum(times.values())
     if with_verify:
         t = time.perf_counter()
-        feeds = synthetic_inputs(model.index)  # the original runs from its file, as in the command line
-        verify(model.model, pruned, feeds, reference=reference_outputs(str(path), feeds))
-        times["verify"] = time.perf_counter() - t
-    return times, model, pruned
+        result = pruning.verify()
+        times["verify"] = reference_s + time.perf_counter() - t
+        t = time.perf_counter()
+        reference_outputs(str(path), checked.feeds)  # the same run without watching the activations
+        times["watch"] = reference_s - (time.perf_counter() - t)
+    t = time.perf_counter()
+    if pruning.staged is not None:
+        pruning.staged.commit()  # what PruneResult.save does with a staged output
+    else:
+        onnxprune.save(pruning.model, out)
+    times["save"] = time.perf_counter() - t
+    times["total"] = sum(v for k, v in times.items() if k not in ("verify", "watch"))
+    return times, model
 
 
 def peak_memory(path: Path, out: Path, mode: str) -> int:
@@ -179,11 +193,11 @@ def main() -> None:
         out_base, out_prune = args.workdir / "out_baseline.onnx", args.workdir / "out_pruned.onnx"
         # warm-up (imports, page cache, allocator)
         baseline(path, out_base)
-        _, model, pruned = pipeline(path, out_prune)
+        _, model = pipeline(path, out_prune)
         weights = sum(a.nbytes for a in model.loaded.arrays.values()) + sum(
             len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes for t in model.model.graph.initializer if t.name not in model.loaded.arrays)
-        kept_params = sum(len(t.raw_data) for t in pruned.graph.initializer) / max(weights, 1)
-        del model, pruned
+        kept_params = file_bytes(out_prune) / max(file_bytes(path), 1)
+        del model
         base_t, prune_t, ratios = [], [], []
         stages: dict[str, list[float]] = {}
         for rep in range(args.reps):
@@ -193,7 +207,7 @@ def main() -> None:
                 if side == "base":
                     b = baseline(path, out_base)
                 else:
-                    times, _, _ = pipeline(path, out_prune)
+                    times, _ = pipeline(path, out_prune)
                     for k, v in times.items():
                         stages.setdefault(k, []).append(v)
                 gc.collect()
@@ -217,7 +231,7 @@ def main() -> None:
 
     print(f"\nPipeline vs onnx.load+onnx.save, {args.reps} interleaved reps, median (ratio = median of paired ratios, [min-max]); "
           f"cpu_count={os.cpu_count()}\n")
-    print("| model | weights MB | kept | onnx load+save s | onnxprune s | ratio (goal <= 2x) | load / depgraph / plan / surgery / save s | verify s (x baseline) | peak RSS / weights: baseline / onnxprune / +verify |")
+    print("| model | weights MB | kept | onnx load+save s | onnxprune s | ratio (goal <= 2x) | load / depgraph / plan / surgery / save s | verify s (x baseline), of which watch s | peak RSS / weights: baseline / onnxprune / +verify |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["stages"]
@@ -226,7 +240,7 @@ def main() -> None:
         print(f"| {r['case']} | {r['weights'] / 1e6:.1f} | {r['kept']:.0%} | {r['base']:.3f} | {r['prune']:.3f} | "
               f"{r['ratio']:.2f}x [{r['ratio_spread'][0]:.2f}-{r['ratio_spread'][1]:.2f}] {ok} | "
               f"{s['load']:.3f} / {s['depgraph']:.3f} / {s['plan']:.3f} / {s['surgery']:.3f} / {s['save']:.3f} | "
-              f"{s['verify']:.3f} ({r['verify_ratio']:.1f}x) | {mem} |")
+              f"{s['verify']:.3f} ({r['verify_ratio']:.1f}x), {s['watch']:.3f} | {mem} |")
     print(f"\nWhole process, start to exit, verification included ({args.process_reps} interleaved pairs, median of paired ratios):\n")
     print("| model | python -c 'onnx.load + onnx.save' s | onnxprune prune --ratio 0.3 s | ratio (goal <= 3x) |")
     print("|---|---|---|---|")

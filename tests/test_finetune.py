@@ -76,6 +76,22 @@ def test_loss_falls_and_only_weights_change(digits):
     assert err(result.model) < err(pruned)
 
 
+def test_held_out_samples_choose_the_epoch_written(digits):
+    """An eighth of the samples is not trained on; the epoch with the lowest loss on them is the
+    one written.  A learning rate far too high makes every epoch worse than the untrained
+    student: the student comes back unchanged (kept_epoch 0) rather than a damaged model."""
+    pruned, x, _ = digits
+    teacher = onnxprune.load(ROOT / "models" / "digits_cnn.onnx").model
+    good = finetune(pruned, teacher, {"x": x[:96]}, FinetuneOptions(epochs=3, lr=1e-3, batch_size=16))
+    assert len(good.holdout_losses) == 4 and good.kept_epoch == int(np.argmin(good.holdout_losses)) > 0
+    bad = finetune(pruned, teacher, {"x": x[:96]}, FinetuneOptions(epochs=2, lr=10.0, batch_size=16))
+    assert min(bad.holdout_losses[1:]) > bad.holdout_losses[0], bad.holdout_losses
+    assert bad.kept_epoch == 0 and bad.model is pruned
+    everything = finetune(pruned, teacher, {"x": x[:96]}, FinetuneOptions(epochs=1, lr=10.0, batch_size=16, holdout=0))
+    assert everything.kept_epoch is None and everything.holdout_losses == [] and everything.steps == 6
+    assert _structure(everything.model) == _structure(pruned) and everything.model is not pruned
+
+
 def test_cli_finetune(digits, tmp_path):
     pruned, x, _ = digits
     onnx.save(pruned, tmp_path / "pruned.onnx")

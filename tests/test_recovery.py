@@ -237,7 +237,7 @@ def test_warning_fires_on_ppocrv4_rec_and_not_on_the_digits_cnn():
     if path is None:
         pytest.skip("rapidocr-onnxruntime is not installed (pip install '.[test]')")
     warnings = onnxprune.load(path).plan("l1", ratio=0.05).warnings
-    assert any("the filter norms misjudge this model" in w and "on synthetic inputs it correlates" in w for w in warnings), warnings
+    assert any("the filter norms misjudge this model" in w and "on the verification inputs it correlates" in w for w in warnings), warnings
 
 
 def test_warning_reusing_the_plans_ranking_is_the_same_warning():
