@@ -20,9 +20,20 @@ rank-sized epsilon, so scores rise strictly along the order and keeping the k be
 the channels the greedy removal reaches last).  Scores are therefore comparable across groups
 (a global ranking removes first where removing costs least).
 
+Statistics are per calibration sample and over a consumer's whole output (the sampled rows'
+sums scaled by output positions / rows), so consumers that sample fewer positions, or have fewer,
+weigh as they should when a group sums them.
+
 `centered`: the contributions' mean over the data is subtracted first, i.e. the error left when
 the removed channels' mean contribution is folded into the consumer's bias, which is what
 `--reconstruct` does (bias compensation); ThiNet's own error is uncentered.
+
+`refit`: the error left after the consumer's remaining weights are re-fitted by ridge least
+squares, as `--reconstruct` re-fits them (Optimal Brain Surgeon on input channels, block form):
+with H the ridged, centered second moments of the consumer's im2col features and W its current
+fit, removing a channel's features f raises the error by tr(W_f^T (P_ff)^-1 W_f), P = H^-1, and
+moves the fit to W - P_:f (P_ff)^-1 W_f; the greedy step removes the cheapest channel and updates
+P and W.  It keeps each consumer's features' X^T X (features^2 per conv group, not per sample).
 
 Op knowledge (patches, weight matrices, which feature reads which channel) comes from the op rules
 (`linear_view`, onnxprune/ops/reconstruct.py); a consumption point with no such view (an
