@@ -28,13 +28,6 @@ weigh as they should when a group sums them.
 the removed channels' mean contribution is folded into the consumer's bias, which is what
 `--reconstruct` does (bias compensation); ThiNet's own error is uncentered.
 
-`refit`: the error left after the consumer's remaining weights are re-fitted by ridge least
-squares, as `--reconstruct` re-fits them (Optimal Brain Surgeon on input channels, block form):
-with H the ridged, centered second moments of the consumer's im2col features and W its current
-fit, removing a channel's features f raises the error by tr(W_f^T (P_ff)^-1 W_f), P = H^-1, and
-moves the fit to W - P_:f (P_ff)^-1 W_f; the greedy step removes the cheapest channel and updates
-P and W.  It keeps each consumer's features' X^T X (features^2 per conv group, not per sample).
-
 Op knowledge (patches, weight matrices, which feature reads which channel) comes from the op rules
 (`linear_view`, onnxprune/ops/reconstruct.py); a consumption point with no such view (an
 activation-only computation, a weight that cannot be read as a matrix) counts each channel's own
@@ -69,11 +62,6 @@ class ThinetOptions:
     max_features: int = 4096
     """Consumers with more features per conv group (a Gemm after a Flatten) keep only the diagonal
     of G (each channel's own contribution energy): the full X^T X would not fit."""
-    refit: bool = False
-    """Greedy on the error left after the consumers' remaining weights are re-fitted by ridge
-    least squares, as `--reconstruct` re-fits them (Optimal Brain Surgeon on input channels)."""
-    ridge: float = 1e-3
-    """With `refit`: the ridge strength, relative to the mean input variance (as ReconstructOptions.ridge)."""
     batch: int = 16
     seed: int = 0
 
@@ -93,10 +81,6 @@ class _Consumer:
         self.gram = np.zeros(channels) if self.diagonal else np.zeros((channels, channels))
         self.sum_z = np.zeros((channels, self.mats.shape[0] * self.mats.shape[2]))
         self.n = 0
-        self.refit = options.refit and not self.diagonal
-        if self.refit:  # the features' moments, for the re-fitted error
-            self.xx = np.zeros((self.mats.shape[0], self.mats.shape[1], self.mats.shape[1]))
-            self.sx = np.zeros(self.mats.shape[:2])
 
     def _fold(self, m: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
         """Sum `m` over each channel's features along `axes`."""
@@ -120,9 +104,6 @@ class _Consumer:
                     self.gram[self.ids[g, k]] += np.einsum("so,so->", z, z, dtype=np.float64)
             return
         xx = np.matmul(rows.transpose(0, 2, 1), rows)  # (groups, features, features), float32 BLAS
-        if self.refit:
-            self.xx += xx
-            self.sx += rows.sum(axis=1, dtype=np.float64)
         xx *= np.matmul(self.mats, self.mats.transpose(0, 2, 1))  # W W^T per batch: memory for one layer at a time
         block = self._fold(xx.astype(np.float64), (1, 2))  # (groups, c, c)
         self.gram[self.ids[:, :, None], self.ids[:, None, :]] += block
@@ -141,79 +122,6 @@ class _Consumer:
             mean = self.sum_z / self.n
             gram -= self.n * (np.diag((mean ** 2).sum(axis=1)) if self.diagonal else mean @ mean.T)
         return gram * self.scale
-
-
-    def problems(self, classes: np.ndarray, ridge: float) -> list["_Refit"]:
-        """One re-fit problem per conv group, its features labelled by the group's channels."""
-        out = []
-        for g in range(self.mats.shape[0]):
-            mean = self.sx[g] / self.n
-            h = (self.xx[g] - self.n * np.outer(mean, mean)) * self.scale  # centered: the fit has an intercept
-            h += ridge * max(np.trace(h) / len(h), 1e-12) * np.eye(len(h))
-            out.append(_Refit(h, self.mats[g].astype(np.float64), classes[self.owner[g]]))
-        return out
-
-
-class _Refit:
-    """The error left in one consumer (one conv group) when some of its input channels go and the
-    rest of its weights are re-fitted: removing features f from the current fit W raises the
-    squared error by tr(W_f^T (P_ff)^-1 W_f), P the inverse of the (ridged) second moments, and
-    moves the fit to W - P_:f (P_ff)^-1 W_f (Optimal Brain Surgeon, block form)."""
-
-    def __init__(self, h: np.ndarray, w: np.ndarray, labels: np.ndarray):
-        self.p = np.linalg.inv(h)
-        self.w = w
-        self.features = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
-        self.cost: dict[int, float] = {}
-        self._update_costs()
-
-    def _update_costs(self) -> None:
-        self.cost = {}
-        by_size: dict[int, list[int]] = {}
-        for c, f in self.features.items():
-            by_size.setdefault(len(f), []).append(c)
-        for size, channels in by_size.items():
-            idx = np.stack([self.features[c] for c in channels])  # (m, size)
-            blocks = self.p[idx[:, :, None], idx[:, None, :]]
-            w = self.w[idx]  # (m, size, outputs)
-            delta = np.einsum("mko,mko->m", w, np.linalg.solve(blocks, w))
-            self.cost.update(zip(channels, np.maximum(delta, 0.0)))
-
-    def remove(self, channel: int) -> None:
-        f = self.features.pop(channel)
-        pf = self.p[:, f]
-        inv = np.linalg.inv(self.p[np.ix_(f, f)])
-        self.w -= pf @ (inv @ self.w[f])
-        self.p -= pf @ inv @ pf.T
-        if self.features:
-            self._update_costs()
-        else:
-            self.cost = {}
-
-
-def refit_order(n: int, problems: list[_Refit], fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy removal of n channels on the re-fitted error: (order, cumulative error), as
-    `greedy_order`.  `fixed` is each channel's error where no re-fit applies (identity points)."""
-    total = fixed.astype(np.float64).copy()
-    touching: dict[int, list[_Refit]] = {}
-    for prob in problems:
-        for c, cost in prob.cost.items():
-            total[c] += cost
-            touching.setdefault(c, []).append(prob)
-    removed = np.zeros(n, dtype=bool)
-    order, error, err = np.empty(n, dtype=np.int64), np.empty(n), 0.0
-    for t in range(n):
-        j = int(np.argmin(np.where(removed, np.inf, total)))
-        err += total[j]
-        removed[j] = True
-        order[t], error[t] = j, err
-        for prob in touching.get(j, []):
-            for c, cost in prob.cost.items():
-                total[c] -= cost
-            prob.remove(j)
-            for c, cost in prob.cost.items():
-                total[c] += cost
-    return order, error
 
 
 class _Identity:
@@ -255,14 +163,10 @@ def greedy_order(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def greedy_scores(gram: np.ndarray) -> np.ndarray:
-    """Scores whose ranking is the greedy removal order (see the module docstring)."""
-    return order_scores(*greedy_order(gram))
-
-
-def order_scores(order: np.ndarray, error: np.ndarray) -> np.ndarray:
-    """Scores from a removal order and the cumulative error along it: the running maximum of the
-    relative error of the removed set, plus a rank-sized epsilon."""
-    n = len(order)
+    """Scores whose ranking is the greedy removal order (see the module docstring): the running
+    maximum of the relative error of the removed set, plus a rank-sized epsilon."""
+    n = len(gram)
+    order, error = greedy_order(gram)
     whole = error[-1] if n and error[-1] > 0 else 1.0
     rising = np.maximum.accumulate(np.maximum(error, 0) / whole) + 1e-9 * np.arange(1, n + 1) / max(n, 1)
     scores = np.empty(n)
@@ -345,19 +249,6 @@ def group_grams(dg: DepGraph, feeds: dict[str, np.ndarray], options: ThinetOptio
     return {g.id: _group_gram(g, points[g.id], stats, options.centered) for g in dg.prunable_groups}
 
 
-def _refit_scores(group: Group, points: list[Dim], stats: dict[Dim, list], ridge: float) -> np.ndarray:
-    """`refit`: the greedy order on the re-fitted error; consumers without a re-fit problem (no
-    linear view, or only a diagonal kept) add their own error, which no re-fit changes."""
-    problems, fixed = [], np.zeros(group.n_channels)
-    for point in points:
-        for c in stats[point]:
-            if isinstance(c, _Consumer) and c.refit:
-                problems += c.problems(group.classes[point], ridge)
-            else:
-                fixed += np.diag(_fold_classes(c.result(True), group.classes[point], group.n_channels))
-    return order_scores(*refit_order(group.n_channels, problems, fixed))
-
-
 def thinet_criterion(dg: DepGraph, feeds: dict[str, np.ndarray], options: ThinetOptions | None = None,
                      progress: bool = False) -> Criterion:
     """The ThiNet criterion on calibration inputs `feeds`: the groups' Gram matrices
@@ -366,8 +257,6 @@ def thinet_criterion(dg: DepGraph, feeds: dict[str, np.ndarray], options: Thinet
     points, stats = _collect(dg, feeds, options, progress)
 
     def criterion(dg_: DepGraph, group: Group) -> np.ndarray:
-        if options.refit:
-            return _refit_scores(group, points[group.id], stats, options.ridge)
         return greedy_scores(_group_gram(group, points[group.id], stats, options.centered))
 
     criterion.__name__ = "thinet"  # what a plan records, with these options or others

@@ -200,24 +200,3 @@ def test_cli_thinet(tmp_path):
     onnx.checker.check_model(onnx.load(tmp_path / "p.onnx"), full_check=True)
     summary = json.loads(out.stdout)
     assert summary["quality"]["top1_agreement"] > 0.8  # digits at 50% of MACs, no reconstruction
-
-
-def test_refit_errors_are_the_least_squares_residuals():
-    """With `refit`, the cumulative error along the greedy order is, at every step, the ridge
-    least-squares residual of re-fitting the consumer on the channels still kept (computed here
-    directly), and a channel that the others predict exactly goes first at no cost."""
-    from onnxprune.thinet import _Refit, refit_order
-
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((200, 6))
-    x[:, 4] = x[:, :4] @ np.array([1.0, -2.0, 0.5, 3.0])  # channel 4: a combination of 0..3, and the largest
-    w = rng.standard_normal((6, 3))
-    h = x.T @ x + 1e-6 * np.eye(6)
-    order, error = refit_order(6, [_Refit(h, w.copy(), np.arange(6))], np.zeros(6))
-    assert error[0] < 1e-4 * error[-1] and order[0] in (0, 1, 2, 3, 4)  # some channel of the dependent five
-    for t in range(6):
-        keep = sorted(set(range(6)) - set(order[:t + 1]))
-        target = x @ w
-        fit = np.linalg.solve(h[np.ix_(keep, keep)], (x[:, keep].T @ target)) if keep else np.zeros((0, 3))
-        residual = np.sum((x[:, keep] @ fit - target) ** 2) if keep else np.sum(target ** 2)
-        assert np.isclose(error[t], residual, rtol=1e-3, atol=1e-6 * error[-1]), (t, error[t], residual)
