@@ -375,7 +375,7 @@ def distill(pruned: onnx.ModelProto, original_path: Path, name: str, calib: np.n
 
     teacher = onnxprune.load(original_path).model
     options = FinetuneOptions(epochs=1000, lr=1e-4, batch_size=batch, minutes=minutes)
-    return finetune(pruned, teacher, {name: calib}, options).model
+    return finetune(pruned, teacher, {name: calib}, options)
 
 
 def bench(task, fractions: list[float], distill_minutes: float, methods: str = "all", plan_options: dict | None = None,
@@ -413,9 +413,11 @@ def bench(task, fractions: list[float], distill_minutes: float, methods: str = "
             rows.append(row)
             if refit and criterion == "activation" and distill_minutes > 0:
                 try:
-                    model = distill(result.model, original, name, task.calib, distill_minutes, task.batch)
-                    row2 = {"model": task.name, "macs": macs, "method": f"activation + reconstruct + distill ({distill_minutes:g} min)",
-                            "score": task.score(model)}
+                    tuned = distill(result.model, original, name, task.calib, distill_minutes, task.batch)
+                    held = tuned.holdout_losses
+                    row2 = {"model": task.name, "macs": macs, "method": f"activation + reconstruct + distill ({distill_minutes:g} min; "
+                            f"kept epoch {tuned.kept_epoch} of {len(tuned.losses)}, held-out loss {held[0]:.3g} -> {min(held):.3g})",
+                            "score": task.score(tuned.model)}
                 except ImportError as exc:
                     row2 = {"model": task.name, "macs": macs, "method": f"distill skipped: {exc}", "score": float("nan")}
                 except Exception as exc:  # noqa: BLE001 - a benchmark row reports the failure and the table goes on

@@ -134,16 +134,39 @@ def test_bias_is_created_when_absent():
 
 
 def test_statistics_do_not_grow_with_samples():
-    """The running sums have shapes set by the layer's widths, whatever the number of rows."""
+    """The running sums have shapes set by the layer's widths, whatever the number of rows, and
+    the buffer of rows waiting to be summed never holds more than one batch past MIN_ROWS."""
     rng = np.random.default_rng(0)
     shapes = []
     for rows in (10, 1000):
         stats = _Stats(2, 7, 3)
-        for _ in range(3):
+        for _ in range(60):
             stats.add(rng.standard_normal((2, rows, 7)), rng.standard_normal((2, rows, 3)))
+            assert sum(x.shape[1] for x, _ in stats.pending) < _Stats.MIN_ROWS
+        stats.flush()
         shapes.append([a.shape for a in (stats.sx, stats.sy, stats.xx, stats.xy, stats.yy)])
-        assert stats.n == 3 * rows
+        assert stats.n == 60 * rows and not stats.pending
     assert shapes[0] == shapes[1] == [(2, 7), (2, 3), (2, 7, 7), (2, 7, 3), (2,)]
+
+
+def test_statistics_are_the_sums_of_all_rows():
+    """Buffered or not, in whatever batch sizes the rows come, the sums are X^T X, X^T Y, the
+    column sums and |Y|^2 of all rows together (float32 products: to float32 precision)."""
+    rng = np.random.default_rng(1)
+    sizes = [3, 300, 1, 17, 255, 40]
+    xs = [rng.standard_normal((3, n, 5)).astype(np.float32) + 2 for n in sizes]
+    ys = [rng.standard_normal((3, n, 4)).astype(np.float32) for n in sizes]
+    stats = _Stats(3, 5, 4)
+    for x, y in zip(xs, ys):
+        stats.add(x, y)
+    stats.flush()
+    x, y = np.concatenate(xs, axis=1).astype(np.float64), np.concatenate(ys, axis=1).astype(np.float64)
+    assert stats.n == sum(sizes)
+    np.testing.assert_allclose(stats.xx, x.transpose(0, 2, 1) @ x, rtol=1e-5)
+    np.testing.assert_allclose(stats.xy, x.transpose(0, 2, 1) @ y, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(stats.sx, x.sum(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(stats.sy, y.sum(axis=1), rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(stats.yy, (y ** 2).sum(axis=(1, 2)), rtol=1e-5)
 
 
 def test_digits_reconstruction_never_worse_than_plain_pruning():
@@ -284,3 +307,34 @@ def test_cli_reconstruct_reports_agreement(tmp_path):
     assert rec["reconstructed"]["accuracy_after"] > rec["plain"]["accuracy_after"]
     assert rec["reconstructed"] == json.loads(out.stdout)["quality"]  # one measure, one spelling
     assert len(rec["reconstruction"]["layers"]) == 4
+
+
+@pytest.mark.parametrize("channels,groups,kernel,strides,dilations,pads,per_sample", [
+    (6, 6, (5, 5), (1, 1), (1, 1), (2, 2, 2, 2), 64),  # depthwise, windows read more than the batch holds
+    (6, 6, (3, 3), (2, 1), (1, 2), (1, 0, 2, 1), 3),  # depthwise, few windows
+    (6, 3, (3, 2), (1, 2), (2, 1), (0, 1, 1, 0), 64),  # grouped
+    (6, 1, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 64),  # dense, padded
+    (6, 1, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 5),  # pointwise
+])
+def test_conv_rows_reproduce_the_conv(channels, groups, kernel, strides, dilations, pads, per_sample):
+    """The im2col rows at sampled windows, times the weight read as matrices, plus the bias, are
+    the conv's own output there (onnxruntime's), in every gather path (padding, strides,
+    dilations, groups)."""
+    from onnxprune.graph import ModelIndex
+    from onnxprune.ops import NodeContext
+
+    rng = np.random.default_rng(2)
+    out_channels = 2 * groups if groups > 1 else 4
+    w = rng.standard_normal((out_channels, channels // groups, *kernel))
+    b = rng.standard_normal(out_channels)
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], group=groups, kernel_shape=list(kernel), strides=list(strides),
+                            dilations=list(dilations), pads=list(pads))
+    model = _model([conv], {"w": w, "b": b}, [3, channels, 9, 11], None)
+    ctx = NodeContext(ModelIndex.build(model), 0)
+    view = ctx.rule.linear_view(ctx)
+    x = rng.standard_normal((3, channels, 9, 11)).astype(np.float32)
+    y = _run(model, x)
+    pos = view.positions(y.shape, per_sample, rng)
+    rows = view.rows(x, pos)
+    fitted = rows.astype(np.float64) @ view.matrices(w) + b.reshape(groups, 1, -1)
+    np.testing.assert_allclose(fitted, view.targets(y, pos), rtol=1e-4, atol=1e-4)
