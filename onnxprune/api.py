@@ -298,6 +298,13 @@ class PrunableModel:
             if feeds is None:
                 raise InputError("options: --criterion wanda needs calibration data (--data FILE.npz)")
             criterion = wanda_criterion(self.depgraph, feeds)
+        elif criterion == "thinet":
+            from .thinet import thinet_criterion
+
+            feeds = self.calibration(data)
+            if feeds is None:
+                raise InputError("options: --criterion thinet needs calibration data (--data FILE.npz)")
+            criterion = thinet_criterion(self.depgraph, feeds, progress=self.show_progress)
         elif isinstance(criterion, str) and criterion not in CRITERIA:
             raise InputError(f"options: unknown criterion '{criterion}' (choose from {', '.join(list(CRITERIA) + list(DATA_CRITERION_NAMES))})")
         if normalize not in NORMALIZATIONS:

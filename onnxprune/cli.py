@@ -593,11 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
     scores.add_argument("--scores", action="store_true", help="also show each prunable group's score distribution (min, "
                         "quartiles, max, dead channels) as prune --threshold compares it")
     scores.add_argument("--criterion", default="l1", choices=CRITERIA,
-                        help="importance criterion (default l1, as prune); activation, apoz and wanda need --data")
+                        help="importance criterion (default l1, as prune); activation, apoz, wanda and thinet need --data")
     scores.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="as prune (default sum)")
     scores.add_argument("--normalize", default="mean", choices=["mean", "max", "none"],
                         help="as prune (default mean: scores divided by their group's mean, so T = 0.5 means half the mean)")
-    scores.add_argument("--data", help="calibration inputs for --criterion activation, apoz or wanda")
+    scores.add_argument("--data", help="calibration inputs for --criterion activation, apoz, wanda or thinet")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("prune", help="remove channels and write a smaller, verified model",
@@ -628,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--criterion", choices=CRITERIA,
                        help="importance criterion; default: activation with --data, else scaled (filter norm times the "
                             "per-channel scale after it, with its bias, times the consumers' weight norm); activation, "
-                            "apoz and wanda (|W| x ||X||, Wanda per channel or head) need --data")
+                            "apoz, wanda (|W| x ||X||, Wanda per channel or head) and thinet (ThiNet: channels removed "
+                            "greedily so that the consuming layers' outputs change least on the data) need --data")
     which.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="combine the scores of a group's layers (default sum)")
     _add_global_ranking(which, "rank channels across all groups instead of per group")
     which.add_argument("--normalize", default="mean", choices=["mean", "max", "none"],

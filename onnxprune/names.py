@@ -10,5 +10,5 @@ from __future__ import annotations
 CRITERION_NAMES = ("l1", "l2", "bn", "fpgm", "lamp", "random", "scaled")
 """Weight-based criteria (onnxprune.importance.CRITERIA)."""
 
-DATA_CRITERION_NAMES = ("activation", "apoz", "wanda")
+DATA_CRITERION_NAMES = ("activation", "apoz", "wanda", "thinet")
 """Criteria measured with onnxruntime on calibration data."""

@@ -451,6 +451,13 @@ def _original_targets(dg: DepGraph, keep: dict[int, np.ndarray], views: list,
             store.put((k, j), (pos, np.ascontiguousarray(view.targets(y, pos, channels), dtype=np.float32)))
 
 
+def positions_per_sample(features: int, n_samples: int, positions: int, rows_wanted: int) -> int:
+    """Output positions to sample per calibration sample for a layer with `features` inputs per
+    group: enough for `rows_wanted` rows per feature over the data, at most `positions`, at least
+    one (reconstruction's fits, and ThiNet's contribution statistics, onnxprune.thinet)."""
+    return int(min(positions, max(1, -(-rows_wanted * features // n_samples))))
+
+
 def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph, keep: dict[int, np.ndarray],
                 feeds: dict[str, np.ndarray], options: ReconstructOptions | None = None,
                 progress: bool = False) -> ReconstructReport:
@@ -483,10 +490,8 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, dg: DepGraph
         return report
     parts = list(batches(feeds, options.batch))
     n_samples = sample_count(feeds)
-    per_sample = []
-    for view in views:
-        features = view.matrices(index.const(pruned.graph.node[view.node].input[view.weight_slot])).shape[1]
-        per_sample.append(int(min(options.positions, max(1, -(-options.rows_wanted * features // n_samples)))))
+    per_sample = [positions_per_sample(view.matrices(index.const(pruned.graph.node[view.node].input[view.weight_slot])).shape[1],
+                                       n_samples, options.positions, options.rows_wanted) for view in views]
     bar = tqdm(total=len(views) + 1, desc="reconstruct", unit="layer", disable=not progress, leave=False)
     with tempfile.TemporaryDirectory(prefix="onnxprune-reconstruct-") as scratch:
         folder = Path(scratch)

@@ -35,22 +35,6 @@ def peak_rss_mb() -> float:
     return int(line.split()[1]) / 1024
 
 
-def one_pass_cpu_seconds(model, x, batch: int) -> float:
-    """The process CPU time of one pass (as bench_recovery.one_pass_seconds: session made
-    beforehand, best of 2)."""
-    from bench_recovery import _session
-
-    session = _session(model)
-    name = session.get_inputs()[0].name
-    best = float("inf")
-    for _ in range(2):
-        start = time.process_time()
-        for i in range(0, len(x), batch):
-            session.run(None, {name: x[i:i + batch]})
-        best = min(best, time.process_time() - start)
-    return best
-
-
 def one_row(model: str, samples: int, tree: Path) -> dict:
     sys.path[:0] = [str(tree), str(tree / "scripts")]
     import onnxprune
@@ -73,7 +57,7 @@ def one_row(model: str, samples: int, tree: Path) -> dict:
         task = Digits(samples, 1) if model == "digits" else Rec(samples, 1, Path(tmp))
         options = ReconstructOptions()
         t_pass = one_pass_seconds(task.model_path, task.calib, batch=options.batch)
-        cpu_pass = one_pass_cpu_seconds(task.model_path, task.calib, batch=options.batch)
+        cpu_pass = one_pass_seconds(task.model_path, task.calib, batch=options.batch, clock=time.process_time)
         pm = onnxprune.load(task.model_path)
         feeds = {pm.index.model.graph.input[0].name: task.calib}
         plan = pm.plan("l1", target_macs=0.75)

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import onnxprune  # noqa: E402
+from onnxprune.names import DATA_CRITERION_NAMES  # noqa: E402
 
 
 def _session(model) -> ort.InferenceSession:
@@ -48,16 +49,17 @@ def _run(model, x: np.ndarray, batch: int = 16) -> np.ndarray:
     return np.concatenate([session.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
-def one_pass_seconds(model, x: np.ndarray, batch: int = 16) -> float:
-    """One pass of the calibration data through the model (session made beforehand, best of 2)."""
+def one_pass_seconds(model, x: np.ndarray, batch: int = 16, clock=time.perf_counter) -> float:
+    """One pass of the calibration data through the model (session made beforehand, best of 2),
+    in wall time or on another `clock` (time.process_time: the process's CPU time)."""
     session = _session(model)
     name = session.get_inputs()[0].name
     best = float("inf")
     for _ in range(2):
-        t = time.perf_counter()
+        t = clock()
         for i in range(0, len(x), batch):
             session.run(None, {name: x[i:i + batch]})
-        best = min(best, time.perf_counter() - t)
+        best = min(best, clock() - t)
     return best
 
 
@@ -377,7 +379,10 @@ def distill(pruned: onnx.ModelProto, original_path: Path, name: str, calib: np.n
     return finetune(pruned, teacher, {name: calib}, options)
 
 
-def bench(task, fractions: list[float], distill_minutes: float, methods: str = "all") -> list[dict]:
+def bench(task, fractions: list[float], distill_minutes: float, methods: str = "all", plan_options: dict | None = None,
+          reconstruct: "onnxprune.recovery.ReconstructOptions | bool" = True) -> list[dict]:
+    """The rows for one task; `plan_options` go to every plan (protect_ends), `reconstruct` to
+    every reconstruction row (ridge, positions)."""
     rows = []
     original = task.model_path
     baseline = task.score(original)
@@ -389,24 +394,25 @@ def bench(task, fractions: list[float], distill_minutes: float, methods: str = "
     feeds = {name: task.calib}
     for fraction in fractions:
         rows_wanted = (("plain L1", "l1", False), ("scaled", "scaled", False), ("activation", "activation", False),
-                       ("activation + reconstruct", "activation", True), ("L1 + reconstruct", "l1", True))
+                       ("activation + reconstruct", "activation", True), ("L1 + reconstruct", "l1", True),
+                       ("thinet", "thinet", False), ("thinet + reconstruct", "thinet", True))
         if methods != "all":
             rows_wanted = [r for r in rows_wanted if r[0] in methods.split(",")]
-        for label, criterion, reconstruct in rows_wanted:
-            plan = pm.plan(criterion, feeds if criterion == "activation" else None, target_macs=fraction)
+        for label, criterion, refit in rows_wanted:
+            plan = pm.plan(criterion, feeds if criterion in DATA_CRITERION_NAMES else None, target_macs=fraction, **(plan_options or {}))
             t = time.perf_counter()
-            result = pm.apply(plan, feeds if reconstruct else None, reconstruct=reconstruct)
+            result = pm.apply(plan, feeds if refit else None, reconstruct=reconstruct if refit else False)
             seconds = time.perf_counter() - t
             macs = result.after.macs / result.before.macs
             row = {"model": task.name, "macs": macs, "method": label, "score": task.score(result.model)}
-            if reconstruct:
+            if refit:
                 rec = result.recovery
                 row["reconstruct_s"] = rec.reconstruction.seconds
                 row["ratio_to_pass"] = rec.reconstruction.seconds / t_pass
                 row["dropped"] = rec.reconstructed is None
             print(_fmt_row(row), flush=True)
             rows.append(row)
-            if reconstruct and criterion == "activation" and distill_minutes > 0:
+            if refit and criterion == "activation" and distill_minutes > 0:
                 try:
                     tuned = distill(result.model, original, name, task.calib, distill_minutes, task.batch)
                     held = tuned.holdout_losses
@@ -438,14 +444,22 @@ def main() -> None:
     parser.add_argument("--eval", type=int, help="evaluation samples (default: as --calib)")
     parser.add_argument("--distill-minutes", type=float, default=0, help="CPU minutes of distillation per row (0: none)")
     parser.add_argument("--methods", default="all", help="comma-separated row labels to run (default: all)")
+    parser.add_argument("--protect-ends", action="store_true", help="plan every row with --protect-ends (first and last layers kept)")
+    parser.add_argument("--ridge", type=float, default=1e-3, help="reconstruction's ridge (ReconstructOptions.ridge, default 1e-3)")
+    parser.add_argument("--positions", type=int, default=64,
+                        help="reconstruction's sampled positions per sample and rows wanted per feature (default 64)")
     args = parser.parse_args()
+    from onnxprune.recovery import ReconstructOptions
+
+    reconstruct = ReconstructOptions(ridge=args.ridge, positions=args.positions, rows_wanted=args.positions)
+    plan_options = {"protect_ends": True} if args.protect_ends else {}
     fractions = [float(f) for f in args.fractions.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for key in args.models.split(","):
             n_calib = args.calib or DEFAULT_SAMPLES[key]
             task = TASKS[key](n_calib, args.eval or n_calib, folder)
-            bench(task, fractions, args.distill_minutes, args.methods)
+            bench(task, fractions, args.distill_minutes, args.methods, plan_options, reconstruct)
 
 
 if __name__ == "__main__":

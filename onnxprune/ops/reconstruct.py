@@ -59,6 +59,8 @@ class LinearView:
     attachable_bias: bool = False
     """No bias, but one can be added by a new node after the layer (`bias_add_node`): a MatMul
     without a following Add (Llama's projections), whose fit then gets an intercept too."""
+    input_axis: int
+    """The axis of `input` that holds the input channels (negative: from the end)."""
 
     def positions(self, y_shape: tuple[int, ...], per_sample: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         """Indices of sampled output positions (all but the channel axis)."""
@@ -82,6 +84,12 @@ class LinearView:
         """The weight constant, in `like`'s layout and dtype, that computes `mats`."""
         raise NotImplementedError
 
+    def feature_channels(self, channels: int) -> np.ndarray:
+        """(groups, features): the input channel (index along `input_axis`, of `channels`) that
+        each feature of `rows` reads, so a channel's contribution to the output can be told
+        apart (ThiNet selection, onnxprune.thinet).  Features of one channel are contiguous."""
+        raise NotImplementedError
+
 
 def _sample(counts: list[int], per_sample: int, batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """`per_sample` positions (without replacement, all when fewer) in a grid of `counts` per batch item."""
@@ -99,7 +107,7 @@ class ConvView(LinearView):
     def __init__(self, ctx: NodeContext):
         weight = ctx.const(1)
         self.node, self.input, self.output, self.weight_slot = ctx.i, ctx.input(0), ctx.output(0), 1
-        self.channel_axis = 1
+        self.channel_axis = self.input_axis = 1
         self.groups = int(ctx.attr("group", 1))
         self.kernel = tuple(int(k) for k in weight.shape[2:])
         r = len(self.kernel)
@@ -184,13 +192,19 @@ class ConvView(LinearView):
     def weight_from(self, mats, like):
         return mats.transpose(0, 2, 1).reshape(like.shape).astype(like.dtype)
 
+    def feature_channels(self, channels):
+        """Patches are channel-major within a conv group: feature f of group g reads channel
+        g * channels / groups + f // taps."""
+        per_group, taps = channels // self.groups, int(np.prod(self.kernel))
+        return np.arange(self.groups)[:, None] * per_group + np.arange(per_group * taps)[None, :] // taps
+
 
 class DenseView(LinearView):
     """Gemm (transA = 0) or MatMul with a constant 2-D weight: rows are the input's last axis."""
 
     def __init__(self, ctx: NodeContext, transposed: bool, alpha: float, bias: BiasSlot | None, output: str):
         self.node, self.input, self.output, self.weight_slot = ctx.i, ctx.input(0), output, 1
-        self.channel_axis = -1
+        self.channel_axis = self.input_axis = -1
         self.groups = 1
         self.transposed, self.alpha, self.bias = transposed, alpha, bias
 
@@ -212,6 +226,9 @@ class DenseView(LinearView):
     def weight_from(self, mats, like):
         w = mats[0] / self.alpha
         return (w.T if self.transposed else w).astype(like.dtype)
+
+    def feature_channels(self, channels):
+        return np.arange(channels)[None, :]
 
 
 def conv_view(ctx: NodeContext) -> LinearView | None:
