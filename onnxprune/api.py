@@ -247,12 +247,13 @@ class PrunableModel:
             names[node.name or node.output[0]] = layer_name(nodes[users[0]] if len(users) == 1 else node, inits)
         return names
 
-    def check_runs(self, data: str | Path | dict | None = None) -> ChosenInputs:
+    def check_runs(self, data: str | Path | dict | None = None, watch: bool = True) -> ChosenInputs:
         """The inputs verification uses (the first samples of `data`, or inputs chosen so that the
         original runs, see inputs.choose_inputs) and the original's outputs on them, computed once.
         Run first, so that a model onnxruntime cannot run on them is refused (bad input, naming
         what to pass) before any work, and never blamed on the pruning.  The same run measures
-        the channels' activations (`activity`, for the structure warning) up to FILE_ROUTE_ABOVE;
+        the channels' activations (`activity`, for plan()'s structure warning) up to
+        FILE_ROUTE_ABOVE, unless `watch` is False (a plan read from a file needs no warning);
         above, a run with every channel's activation as an output costs too much to add."""
         from . import verify as verification
         from .runtime import FILE_ROUTE_ABOVE, weights_size, with_outputs
@@ -260,7 +261,7 @@ class PrunableModel:
         key = data if data is None or isinstance(data, (str, Path)) else id(data)
         if self._checked is not None and self._checked[0] == key:
             return self._checked[1]
-        tally = ChannelTally(self.depgraph) if weights_size(self.model) <= FILE_ROUTE_ABOVE else None
+        tally = ChannelTally(self.depgraph) if watch and weights_size(self.model) <= FILE_ROUTE_ABOVE else None
         outputs = [o.name for o in self.model.graph.output]
         watched = [n for n in tally.names if n not in outputs] if tally is not None else []
         runnable, arrays = str(self.path) if self.path.is_file() else self.model, None  # from the file: no serialised copy

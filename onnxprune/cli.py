@@ -205,7 +205,7 @@ def _pruned(args) -> "Pruning":
         from .plan import Plan
 
         plan = Plan.read(args.plan)
-        model.check_runs(args.data)  # the original must run on the verification inputs before any work
+        model.check_runs(args.data, watch=False)  # the original must run on the verification inputs before any work
         return model.surgery(plan, args.data, source=str(args.plan), reconstruct=args.reconstruct, output=args.output)
     model.show_progress = not args.json and sys.stderr.isatty()
     options = _allocation_args(args)
