@@ -266,7 +266,7 @@ class PrunableModel:
         watched = [n for n in tally.names if n not in outputs] if tally is not None else []
         runnable, arrays = str(self.path) if self.path.is_file() else self.model, None  # from the file: no serialised copy
         if watched:
-            runnable, arrays = with_outputs(self.index, watched), self.index.external
+            runnable, arrays = with_outputs(self.index, watched)
         with self.timings.stage(Stage.VERIFICATION):
             if data is None:
                 chosen = choose_inputs(self.index, self.input_shapes or {}, self.path, runnable, arrays=arrays)

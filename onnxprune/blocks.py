@@ -281,7 +281,8 @@ def block_influence(index: ModelIndex, blocks: list[Block], axes: Mapping[int, i
     if not blocks:
         return {}
     names = sorted({t for b in blocks for t in (b.shortcut, b.output)})
-    session = make_session(with_outputs(index, names), arrays=index.external or None)
+    model, arrays = with_outputs(index, names)
+    session = make_session(model, arrays=arrays)
     sums = {b.id: 0.0 for b in blocks}
     counts = {b.id: 0 for b in blocks}
     for chunk in batches(feeds, batch):

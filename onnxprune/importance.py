@@ -360,7 +360,8 @@ def _tally(dg: DepGraph, feeds: dict[str, np.ndarray], statistic: str, batch: in
     from .runtime import batches, make_session, run_chunked, with_outputs
 
     tally = ChannelTally(dg, statistic)
-    session = make_session(with_outputs(dg.index, tally.names), arrays=dg.index.external)  # mapped weights, read in place
+    model, arrays = with_outputs(dg.index, tally.names)
+    session = make_session(model, arrays=arrays)  # the index's weights, read in place
     for chunk in batches(feeds, batch):
         for name, value in zip(tally.names, run_chunked(session, chunk, tally.names)):
             tally.add(name, value)

@@ -441,7 +441,8 @@ def _original_targets(dg: DepGraph, keep: dict[int, np.ndarray], views: list,
     outputs there, restricted to the channels the pruned layer still makes."""
     kept = kept_elements(dg, keep)
     names = list(dict.fromkeys(view.output for view in views))
-    session = make_session(with_outputs(dg.index, names), arrays=dg.index.external)  # mapped weights, read in place
+    model, arrays = with_outputs(dg.index, names)
+    session = make_session(model, arrays=arrays)  # the index's weights, read in place
     for j, part in enumerate(parts):
         values = dict(zip(names, session.run(names, part)))
         for k, view in enumerate(views):

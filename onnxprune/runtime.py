@@ -106,15 +106,18 @@ def one_off_session(model: onnx.ModelProto | str) -> Iterator[ort.InferenceSessi
         yield make_session(source, prepack=False)
 
 
-def with_outputs(index: ModelIndex, names: list[str]) -> onnx.ModelProto:
-    """A copy of the model that also returns the intermediate tensors `names`."""
-    model = onnx.ModelProto()
-    model.CopyFrom(index.model)
+def with_outputs(index: ModelIndex, names: list[str]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A weightless copy of the model (graph.weightless_copy) that also returns the intermediate
+    tensors `names`, and the data of its stubbed weights for make_session's `arrays`: the index's
+    own values (the mapped external data, inline weights as `const` decodes them once), which
+    onnxruntime reads in place.  A full copy would hold and serialise every weight twice more."""
+    model = weightless_copy(index.model)
     present = {o.name for o in model.graph.output}
     for name in names:
         if name not in present:
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, index.elem_types.get(name, onnx.TensorProto.FLOAT), None))
-    return model
+    arrays = {t.name: index.const(t.name) for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    return model, arrays
 
 
 def sample_count(feeds: dict[str, np.ndarray]) -> int:

@@ -216,7 +216,8 @@ def _collect(dg: DepGraph, feeds: dict[str, np.ndarray], options: ThinetOptions,
             if not views or weights - {v.node for v in views} or point in consumed:
                 stats[point].append(_Identity(channels))  # read where no linear view sees it
     names = sorted({p.tensor for p in stats} | {c.view.output for cs in stats.values() for c in cs if isinstance(c, _Consumer)})
-    session = make_session(with_outputs(index, names), arrays=index.external)  # mapped weights, read in place
+    model, arrays = with_outputs(index, names)
+    session = make_session(model, arrays=arrays)  # the index's weights, read in place
     rng = np.random.default_rng(options.seed)
     for chunk in tqdm(list(batches(feeds, options.batch)), desc="thinet", unit="batch", disable=not progress, leave=False):
         values = dict(zip(names, run_chunked(session, chunk, names)))

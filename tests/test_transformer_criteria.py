@@ -47,7 +47,8 @@ def test_wanda_is_weight_times_input_norm(exports):
     down = layer(m, "layers.0.mlp.down_proj")
     weight = m.index.const(down.input[1])
     group = next(g for g in m.groups if any(d.tensor == down.input[1] and m.depgraph.roles.get(d) == IN for d in g.dims))
-    x = make_session(with_outputs(m.index, [down.input[0]])).run([down.input[0]], data)[0].astype(np.float64)
+    watched, arrays = with_outputs(m.index, [down.input[0]])
+    x = make_session(watched, arrays=arrays).run([down.input[0]], data)[0].astype(np.float64)
     expected = np.sqrt((x.reshape(-1, x.shape[-1]) ** 2).sum(axis=0)) * np.abs(weight.astype(np.float64)).sum(axis=1)
     scores = m.importance("wanda", data, normalize="none")[group.id]
     assert scores.shape == (weight.shape[0],)
