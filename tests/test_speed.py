@@ -85,18 +85,23 @@ def test_timings_are_exclusive_of_nested_stages():
     assert t.total == pytest.approx(sum(t.seconds.values()))
 
 
+def _macs_table(sample: Path):
+    """The sample model, its l1 scores, layer terms and groups, and a latency table proportional
+    to MACs (the budget in table units is then a MACs budget), with the table's full sum."""
+    model = onnxprune.load(sample)
+    dg = model.depgraph
+    terms = latency.layer_terms(dg)
+    table = latency.LatencyTable({t.node: [(0.0, 0.0), (1.0, float(t.base))] for t in terms})
+    return (model, model.importance("l1"), terms, latency.eligible_groups(dg, onnxprune.AllocationOptions()), table,
+            table.predicted_sum(terms, {}))
+
+
 def test_uniform_latency_allocation_stays_uniform_with_rounding(sample: Path):
     """The latency allocator's default (uniform) gives channels back as --target-macs does, by group
     within one round_to step: it used to give them back by raw score across groups (the digits CNN
     at half of a MACs-proportional table with round_to 8: 24, 40, 56, 48 of 32, 64, 64, 64), which
     on PP-OCRv4 det left one group at 90% and the rest at 58% and the detector finding nothing."""
-    model = onnxprune.load(sample)
-    dg = model.depgraph
-    scores = model.importance("l1")
-    terms = latency.layer_terms(dg)
-    groups = latency.eligible_groups(dg, onnxprune.AllocationOptions())
-    table = latency.LatencyTable({t.node: [(0.0, 0.0), (1.0, float(t.base))] for t in terms})
-    full = table.predicted_sum(terms, {})
+    _, scores, terms, groups, table, full = _macs_table(sample)
     keep = latency.uniform(groups, scores, terms, table, 0.5 * full, onnxprune.AllocationOptions(round_to=8))
     removed = {g.id: 1 - keep[g.id].sum() / g.n_channels for g in groups}
     for a in groups:
@@ -199,14 +204,7 @@ def test_an_unknown_latency_engine_is_refused(sample: Path):
 
 
 def test_greedy_meets_the_predicted_budget(sample: Path):
-    model = onnxprune.load(sample)
-    dg = model.depgraph
-    scores = model.importance("l1")
-    terms = latency.layer_terms(dg)
-    groups = latency.eligible_groups(dg, onnxprune.AllocationOptions())
-    # a table proportional to MACs: the budget in table units is then a MACs budget
-    table = latency.LatencyTable({t.node: [(0.0, 0.0), (1.0, float(t.base))] for t in terms})
-    full = table.predicted_sum(terms, {})
+    model, scores, terms, groups, table, full = _macs_table(sample)
     for strategy in (latency.greedy, latency.uniform):
         keep = strategy(groups, scores, terms, table, 0.5 * full, onnxprune.AllocationOptions(round_to=1))
         assert table.predicted_sum(terms, keep) <= 0.5 * full * 1.01
