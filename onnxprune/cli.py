@@ -394,9 +394,10 @@ def cmd_iterate(args) -> int:
 
 def cmd_sensitivity(args) -> int:
     from .data import load_labels
-    from .sensitivity import DEFAULT_RATIOS, analyse, plot, plotting
+    from .sensitivity import DEFAULT_RATIOS, analyse, metric_from_spec, plot, plotting
 
     check_output_paths(args.model, (args.output, args.plot), False)
+    metric = metric_from_spec(args.metric)
     if args.plot:
         plotting()
     model = load(args.model)
@@ -409,7 +410,7 @@ def cmd_sensitivity(args) -> int:
         ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else list(DEFAULT_RATIOS)
     except ValueError:
         raise InputError(f"options: --ratios '{args.ratios}' is not a comma-separated list of numbers") from None
-    sens = analyse(model, feeds, labels, args.metric, ratios, args.criterion, args.workers, args.backend,
+    sens = analyse(model, feeds, labels, metric, ratios, args.criterion, args.workers, args.backend,
                    args.batch, Path(args.output), progress=sys.stderr.isatty() and not args.json, reconstruct=args.reconstruct)
     if args.plot:
         plot(sens, Path(args.plot))
@@ -714,8 +715,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="ONNX model file")
     p.add_argument("--data", required=True, help="calibration inputs (.npy, or .npz keyed by input name)")
     p.add_argument("--labels", help="labels (.npy) for --metric accuracy; default: a 'labels' array in the --data .npz")
-    p.add_argument("--metric", default="top1-agreement", choices=["accuracy", "top1-agreement", "cosine", "mse", "kl"],
-                   help="loss to measure (default top1-agreement: fraction of changed top-1 predictions)")
+    p.add_argument("--metric", default="top1-agreement",
+                   help="loss to measure: accuracy, top1-agreement (default: fraction of changed top-1 predictions), "
+                        "cosine, mse, kl, or your own as MODULE:FUNCTION or FILE.py:FUNCTION, called with (reference "
+                        "outputs, candidate outputs, labels or None) and returning a loss, 0 for no damage: for a "
+                        "detector, say, the share of the original's boxes lost (the output distances weigh box "
+                        "coordinates, not decisions)")
     p.add_argument("--ratios", help="comma-separated fractions to try (default 0.1,0.2,...,0.9)")
     p.add_argument("--criterion", default="l1", choices=CRITERIA, help="which channels go first (default l1)")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")

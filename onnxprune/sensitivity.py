@@ -95,6 +95,42 @@ METRICS: dict[str, Metric] = {"accuracy": accuracy_loss, "top1-agreement": top1_
                               "mse": mse_loss, "kl": kl_loss}
 
 
+def metric_from_spec(spec: str) -> str | Metric:
+    """A metric name from METRICS, or a loss of the user's own as MODULE:FUNCTION or
+    FILE.py:FUNCTION (a detector's box recall, a recogniser's reading agreement: the generic
+    output distances measure box coordinates, not decisions).  The function takes (reference
+    outputs, candidate outputs, labels or None) and returns a loss, 0 for no damage."""
+    if spec in METRICS:
+        return spec
+    if ":" not in spec:
+        raise InputError(f"options: unknown metric '{spec}' (choose from {', '.join(METRICS)}, or give MODULE:FUNCTION "
+                         "or FILE.py:FUNCTION)")
+    import importlib
+    import importlib.util
+    import sys
+
+    where, _, function = spec.rpartition(":")
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise InputError(f"{where}: metric file not found")
+            loaded = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(loaded)
+            sys.modules.setdefault(path.stem, module)  # picklable for --workers (forked workers see it)
+            loaded.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code: any failure to import is their input's problem
+        raise InputError(f"{where}: cannot import the metric's module ({type(exc).__name__}: {exc})") from None
+    metric = getattr(module, function, None)
+    if not callable(metric):
+        raise InputError(f"{where}: no function '{function}' for --metric")
+    return metric
+
+
 # --- the masked model --------------------------------------------------------------------------
 def mask_input_name(group_id: int) -> str:
     return f"onnxprune_mask_{group_id}"

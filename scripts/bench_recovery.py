@@ -10,6 +10,13 @@ pretrained models, at several fractions of MACs kept.
   metadata); metric: character accuracy 1 - edit distance / length.  The model has dynamic height
   and width; the benchmark prunes a copy whose input is declared N x 3 x 48 x 320 (the arrays it
   feeds), so that MACs are the real ones.
+- det, yolo: PP-OCRv4 det and YOLOv8n (nudenet), recall of the original's boxes at IoU 0.5 on
+  rendered pages and synthetic scenes, with the packages' own pre- and post-processing.
+
+Rows: plain L1, scaled, activation, activation + reconstruct, L1 + reconstruct, thinet (+
+reconstruct), and sensitivity + reconstruct: per-group ratios from `onnxprune sensitivity
+--reconstruct` (run once per model on the first --sens-samples calibration samples, scored by the
+task's unlabeled loss against the original), then `prune --sensitivity --target-macs --reconstruct`.
 
 Also reported: reconstruction time over one pass of the calibration data through the original
 model (goal: at most 3x).  Run: python scripts/bench_recovery.py --models digits,rec,det,yolo
@@ -81,6 +88,12 @@ class Digits:
     def score(self, model) -> float:
         return float(np.mean(_run(model, self.eval_x, self.batch).argmax(1) == self.eval_y))
 
+    def calib_loss(self, n: int):
+        """The first `n` calibration samples and an unlabeled loss on them (see `sensitivity_file`)."""
+        from onnxprune.sensitivity import top1_disagreement
+
+        return self.calib[:n], top1_disagreement
+
 
 def _fonts() -> list[str]:
     found = sorted(glob.glob("/usr/share/fonts/truetype/dejavu/DejaVuSans*.ttf")
@@ -125,6 +138,11 @@ def render_lines(n: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
     return images, texts
 
 
+def char_accuracy(predicted: list[str], truth: list[str]) -> float:
+    """Mean of 1 - edit distance / length over the lines (an empty truth: 1 if nothing is read)."""
+    return float(np.mean([max(0.0, 1 - edit_distance(p, t) / max(len(t), 1)) for p, t in zip(predicted, truth)]))
+
+
 def edit_distance(a: str, b: str) -> int:
     row = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
@@ -138,6 +156,7 @@ class Rec:
     name = "PP-OCRv4 rec"
     metric = "char accuracy"
     batch = 16
+    eval_seed = 2  # calibration lines: seed 1
 
     def __init__(self, n_calib: int, n_eval: int, folder: Path):
         import rapidocr_onnxruntime
@@ -158,12 +177,22 @@ class Rec:
         recognizer.rec_image_shape = [3, 48, 320]
         prepare = lambda images: np.stack([recognizer.resize_norm_img(im, 320 / 48) for im in images]).astype(np.float32)  # noqa: E731
         self.calib = prepare(render_lines(n_calib, seed=1)[0])
-        eval_images, self.eval_texts = render_lines(n_eval, seed=2)
+        eval_images, self.eval_texts = render_lines(n_eval, seed=self.eval_seed)
         self.eval_x = prepare(eval_images)
 
+    def texts(self, outputs: np.ndarray) -> list[str]:
+        return [t.strip() for t, _ in self.decode(outputs)]
+
     def score(self, model) -> float:
-        texts = [t.strip() for t, _ in self.decode(_run(model, self.eval_x))]
-        return float(np.mean([max(0.0, 1 - edit_distance(p, t) / len(t)) for p, t in zip(texts, self.eval_texts)]))
+        return char_accuracy(self.texts(_run(model, self.eval_x)), self.eval_texts)
+
+    def calib_loss(self, n: int):
+        """The first `n` calibration lines and 1 - character accuracy of the candidate's reading
+        against the original's (no labels)."""
+        def reading_loss(reference, candidate, labels):
+            return 1.0 - char_accuracy(self.texts(candidate[0]), self.texts(reference[0]))
+
+        return self.calib[:n], reading_loss
 
 
 def _fixed_input_copy(source: Path, sizes: tuple[tuple[int, int], ...], target: Path) -> Path:
@@ -221,7 +250,16 @@ class BoxTask:
     batch = 4
 
     def boxes(self, model) -> list[list]:
-        return self.boxes_from(_run(model, self.eval_x, self.batch))
+        return self.boxes_from(_run(model, self.eval_x, self.batch), self.eval_geometry)
+
+    def calib_loss(self, n: int):
+        """The first `n` calibration images and 1 - recall of the original's boxes on them."""
+        geometry = self.calib_geometry[:n]
+
+        def box_loss(reference, candidate, labels):
+            return 1.0 - box_recall(self.boxes_from(reference[0], geometry), self.boxes_from(candidate[0], geometry))
+
+        return self.calib[:n], box_loss
 
     def score(self, model) -> float:
         if not hasattr(self, "reference"):
@@ -262,6 +300,7 @@ def render_pages(n: int, seed: int, size: int = 736) -> list[np.ndarray]:
 class Det(BoxTask):
     name = "PP-OCRv4 det"
     size = 736  # the package's limit_side_len: a page this size is fed unresized
+    eval_seed = 4  # calibration pages: seed 3
 
     def __init__(self, n_calib: int, n_eval: int, folder: Path):
         import rapidocr_onnxruntime
@@ -276,13 +315,15 @@ class Det(BoxTask):
         self.detector = TextDetector(config)
         self.prepare = self.detector.get_preprocess(self.size)
         self.calib = self._prepare(render_pages(n_calib, seed=3, size=self.size))
-        self.eval_x = self._prepare(render_pages(n_eval, seed=4, size=self.size))
+        self.eval_x = self._prepare(render_pages(n_eval, seed=self.eval_seed, size=self.size))
+        self.calib_geometry, self.eval_geometry = [None] * n_calib, [None] * n_eval
 
     def _prepare(self, pages: list[np.ndarray]) -> np.ndarray:
         return np.concatenate([self.prepare(page) for page in pages]).astype(np.float32)
 
-    def boxes_from(self, maps: np.ndarray) -> list[list]:
-        """The package's DB post-processing and box filter on each probability map."""
+    def boxes_from(self, maps: np.ndarray, geometry: list) -> list[list]:
+        """The package's DB post-processing and box filter on each probability map (the pages are
+        fed unresized: no geometry)."""
         out = []
         for prob in maps:
             quads, _ = self.detector.postprocess_op(prob[None], (self.size, self.size))
@@ -333,14 +374,15 @@ def render_scenes(n: int, seed: int, size: int = 400) -> list[np.ndarray]:
 class Yolo(BoxTask):
     name = "YOLOv8n (nudenet)"
     size = 320  # nudenet's inference_resolution
+    eval_seed = 6  # calibration scenes: seed 5
 
     def __init__(self, n_calib: int, n_eval: int, folder: Path):
         import nudenet
 
         source = Path(nudenet.__file__).parent / "320n.onnx"
         self.model_path = _fixed_input_copy(source, ((1, 3), (2, self.size), (3, self.size)), folder / "yolov8n_320.onnx")
-        self.calib, _ = self._prepare(render_scenes(n_calib, seed=5))
-        self.eval_x, self.geometry = self._prepare(render_scenes(n_eval, seed=6))
+        self.calib, self.calib_geometry = self._prepare(render_scenes(n_calib, seed=5))
+        self.eval_x, self.eval_geometry = self._prepare(render_scenes(n_eval, seed=self.eval_seed))
 
     def _prepare(self, scenes: list[np.ndarray]) -> tuple[np.ndarray, list[tuple]]:
         from nudenet.nudenet import _read_image
@@ -352,13 +394,14 @@ class Yolo(BoxTask):
             geometry.append(tuple(rest))
         return np.concatenate(blobs).astype(np.float32), geometry
 
-    def boxes_from(self, outputs: np.ndarray) -> list[list]:
-        """nudenet's own decoding, score threshold and NMS on each image's output."""
+    def boxes_from(self, outputs: np.ndarray, geometry: list[tuple]) -> list[list]:
+        """nudenet's own decoding, score threshold and NMS on each image's output (`geometry`: the
+        letterbox of each image, from nudenet's _read_image)."""
         from nudenet import nudenet
 
         labels = getattr(nudenet, "__labels")  # a module-private name, which a class body would mangle
         out = []
-        for pred, (x_ratio, y_ratio, x_pad, y_pad, width, height) in zip(outputs, self.geometry):
+        for pred, (x_ratio, y_ratio, x_pad, y_pad, width, height) in zip(outputs, geometry):
             found = nudenet._postprocess([pred[None]], x_pad, y_pad, x_ratio, y_ratio, width, height, self.size, self.size)
             out.append([(labels.index(d["class"]), np.array(d["box"][:2] + [d["box"][0] + d["box"][2], d["box"][1] + d["box"][3]]))
                         for d in found])
@@ -379,10 +422,32 @@ def distill(pruned: onnx.ModelProto, original_path: Path, name: str, calib: np.n
     return finetune(pruned, teacher, {name: calib}, options)
 
 
+def sensitivity_file(task, pm, name: str, samples: int, ratios: list[float], folder: Path,
+                     reconstruct: "onnxprune.recovery.ReconstructOptions | bool", t_pass: float) -> Path:
+    """A sensitivity analysis with reconstruction (`onnxprune sensitivity --reconstruct`, the
+    activation criterion) on the first `samples` calibration samples, scored by the task's own
+    unlabeled loss against the original (`calib_loss`): box recall for the detectors, reading
+    agreement for rec.  Written to (and resumed from) `folder`, so one analysis serves every fraction."""
+    from onnxprune.sensitivity import analyse
+
+    fit = f"ridge{reconstruct.ridge:g}_positions{reconstruct.positions}" if hasattr(reconstruct, "ridge") else "default"
+    path = folder / f"sensitivity_{type(task).__name__.lower()}_{samples}_{'_'.join(f'{r:g}' for r in ratios)}_{fit}.json"
+    x, loss = task.calib_loss(samples)
+    t = time.perf_counter()
+    analyse(pm, {name: x}, metric=loss, ratios=ratios, criterion="activation", out=path, progress=True, reconstruct=reconstruct)
+    seconds = time.perf_counter() - t
+    candidates = len(pm.groups) * len(ratios)
+    print(f"sensitivity analysis ({path.name}; resumed when it was there): {candidates} candidates "
+          f"on {len(x)} samples, {seconds:.0f} s ({seconds / t_pass:.0f}x one calibration pass)", flush=True)
+    return path
+
+
 def bench(task, fractions: list[float], distill_minutes: float, methods: str = "all", plan_options: dict | None = None,
-          reconstruct: "onnxprune.recovery.ReconstructOptions | bool" = True) -> list[dict]:
+          reconstruct: "onnxprune.recovery.ReconstructOptions | bool" = True, sens_samples: int = 32,
+          sens_ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5), folder: Path | None = None) -> list[dict]:
     """The rows for one task; `plan_options` go to every plan (protect_ends), `reconstruct` to
-    every reconstruction row (ridge, positions)."""
+    every reconstruction row (ridge, positions); the sensitivity row's analysis runs once, on
+    `sens_samples` calibration samples at `sens_ratios`, kept in `folder`."""
     rows = []
     original = task.model_path
     baseline = task.score(original)
@@ -392,17 +457,25 @@ def bench(task, fractions: list[float], distill_minutes: float, methods: str = "
     pm = onnxprune.load(original)
     name = pm.index.model.graph.input[0].name
     feeds = {name: task.calib}
+    sens_path = None
     for fraction in fractions:
         rows_wanted = (("plain L1", "l1", False), ("scaled", "scaled", False), ("activation", "activation", False),
                        ("activation + reconstruct", "activation", True), ("L1 + reconstruct", "l1", True),
-                       ("thinet", "thinet", False), ("thinet + reconstruct", "thinet", True))
+                       ("thinet", "thinet", False), ("thinet + reconstruct", "thinet", True),
+                       ("sensitivity + reconstruct", "activation", True))
         if methods != "all":
             rows_wanted = [r for r in rows_wanted if r[0] in methods.split(",")]
         for label, criterion, refit in rows_wanted:
-            plan = pm.plan(criterion, feeds if criterion in DATA_CRITERION_NAMES else None, target_macs=fraction, **(plan_options or {}))
-            t = time.perf_counter()
+            allocation = {}
+            if label.startswith("sensitivity"):
+                if sens_path is None:
+                    if folder is None:
+                        raise ValueError("the sensitivity row needs a folder for its analysis")
+                    sens_path = sensitivity_file(task, pm, name, sens_samples, list(sens_ratios), folder, reconstruct, t_pass)
+                allocation = {"sensitivity": sens_path}
+            plan = pm.plan(criterion, feeds if criterion in DATA_CRITERION_NAMES else None, target_macs=fraction,
+                           **allocation, **(plan_options or {}))
             result = pm.apply(plan, feeds if refit else None, reconstruct=reconstruct if refit else False)
-            seconds = time.perf_counter() - t
             macs = result.after.macs / result.before.macs
             row = {"model": task.name, "macs": macs, "method": label, "score": task.score(result.model)}
             if refit:
@@ -448,6 +521,12 @@ def main() -> None:
     parser.add_argument("--ridge", type=float, default=1e-3, help="reconstruction's ridge (ReconstructOptions.ridge, default 1e-3)")
     parser.add_argument("--positions", type=int, default=64,
                         help="reconstruction's sampled positions per sample and rows wanted per feature (default 64)")
+    parser.add_argument("--sens-samples", type=int, default=32,
+                        help="calibration samples the 'sensitivity + reconstruct' row's analysis runs on (default 32)")
+    parser.add_argument("--sens-ratios", default="0.1,0.2,0.3,0.4,0.5", help="ratios that analysis measures")
+    parser.add_argument("--eval-seed", type=int, help="render another evaluation set (rec, det, yolo; default seeds 2, 4, 6; "
+                                                       "the calibration seeds are 1, 3, 5)")
+    parser.add_argument("--workdir", type=Path, help="keep the sensitivity analyses here, to resume and reuse (default: a temporary folder)")
     args = parser.parse_args()
     from onnxprune.recovery import ReconstructOptions
 
@@ -458,8 +537,17 @@ def main() -> None:
         folder = Path(tmp)
         for key in args.models.split(","):
             n_calib = args.calib or DEFAULT_SAMPLES[key]
+            if args.eval_seed is not None:
+                if key == "digits":
+                    parser.error("--eval-seed: the digits evaluation is the fixed second half of models/digits_calib.npz")
+                if args.eval_seed in (1, 3, 5):
+                    parser.error("--eval-seed: seeds 1, 3 and 5 render the calibration data")
+                TASKS[key].eval_seed = args.eval_seed  # the task's class
             task = TASKS[key](n_calib, args.eval or n_calib, folder)
-            bench(task, fractions, args.distill_minutes, args.methods, plan_options, reconstruct)
+            if args.workdir:
+                args.workdir.mkdir(parents=True, exist_ok=True)
+            bench(task, fractions, args.distill_minutes, args.methods, plan_options, reconstruct, args.sens_samples,
+                  tuple(float(r) for r in args.sens_ratios.split(",")), args.workdir or folder)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures"
+MODELS = TESTS.parent / "models"
 sys.path.insert(0, str(TESTS))
 
 import zoo  # noqa: E402
@@ -92,6 +94,17 @@ def _cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = Path(explicit) / key
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Path:
+    """A private copy of the sample model and its external data file, in a folder of its own
+    (models/ is never written, and outputs in tmp_path do not land beside the copy)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("digits_cnn.onnx", "digits_cnn.onnx.data"):
+        shutil.copy(MODELS / name, folder / name)
+    return folder / "digits_cnn.onnx"
 
 
 @pytest.fixture(scope="session")

@@ -49,12 +49,18 @@ def test_recall_counts_boxes_one_to_one_and_by_class(bench):
 @pytest.mark.parametrize("task_name, package, n", [("Det", "rapidocr_onnxruntime", 1), ("Yolo", "nudenet", 6)])
 def test_detector_pipeline_recall(bench, tmp_path, task_name, package, n):
     pytest.importorskip(package)
-    task = getattr(bench, task_name)(1, n, tmp_path)
+    task = getattr(bench, task_name)(n, n, tmp_path)
     assert task.score(task.model_path) == 1.0
     assert sum(len(boxes) for boxes in task.reference) >= n  # the rendered inputs do give detections
     raw = bench._run(task.model_path, task.eval_x, task.batch)
-    assert bench.box_recall(task.reference, task.boxes_from(np.zeros_like(raw))) == 0.0
+    assert bench.box_recall(task.reference, task.boxes_from(np.zeros_like(raw), task.eval_geometry)) == 0.0
     # a model whose output is shifted by half the input size loses its boxes too
     if task_name == "Det":
         moved = np.roll(raw, task.size // 2, axis=-1)
-        assert bench.box_recall(task.reference, task.boxes_from(moved)) < 0.5
+        assert bench.box_recall(task.reference, task.boxes_from(moved, task.eval_geometry)) < 0.5
+    # the sensitivity row's loss on the calibration images: 0 for the original, 1 when every box is lost
+    x, loss = task.calib_loss(n)
+    assert len(x) == n
+    calib_raw = bench._run(task.model_path, x, task.batch)
+    assert loss([calib_raw], [calib_raw], None) == 0.0
+    assert loss([calib_raw], [np.zeros_like(calib_raw)], None) == 1.0

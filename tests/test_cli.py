@@ -27,14 +27,6 @@ def digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-@pytest.fixture
-def sample(tmp_path: Path) -> Path:
-    """A private copy of the sample model (with its external data file)."""
-    for name in ("digits_cnn.onnx", "digits_cnn.onnx.data"):
-        shutil.copy(ROOT / "models" / name, tmp_path / name)
-    return tmp_path / "digits_cnn.onnx"
-
-
 def test_help_explains_every_command():
     out = run_cli("--help")
     assert out.returncode == 0

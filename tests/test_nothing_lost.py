@@ -4,7 +4,6 @@ the input needs --overwrite, external data lands beside the new model, and outpu
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,16 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-@pytest.fixture
-def sample(tmp_path: Path) -> Path:
-    """A private copy of the digits model and its external data file (models/ is never written)."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for name in ("digits_cnn.onnx", "digits_cnn.onnx.data"):
-        shutil.copy(ROOT / "models" / name, folder / name)
-    return folder / "digits_cnn.onnx"
 
 
 def test_failed_verification_writes_nothing(sample: Path, tmp_path: Path, capsys, monkeypatch):

@@ -161,6 +161,37 @@ def test_cli_table_plot_and_resume(tmp_path: Path):
     assert (tmp_path / "alloc.png").exists()
 
 
+def test_cli_metric_of_the_users_own(tmp_path: Path, capsys):
+    """--metric FILE.py:FUNCTION (or MODULE:FUNCTION) measures with the user's loss (a detector's
+    lost boxes, say): one written as top-1 disagreement gives the built-in metric's figures; a
+    missing file, module or function is one line and exit 2, with nothing written."""
+    from onnxprune.cli import main
+
+    metric_file = tmp_path / "my_metric.py"
+    metric_file.write_text("import numpy as np\n"
+                           "def changed(reference, candidate, labels):\n"
+                           "    return float(np.mean(reference[0].argmax(1) != candidate[0].argmax(1)))\n")
+    data = str(ROOT / "models" / "digits_calib.npz")
+    mine, builtin = tmp_path / "mine.json", tmp_path / "builtin.json"
+    assert main(["sensitivity", str(DIGITS), "--data", data, "--metric", f"{metric_file}:changed", "--ratios", "0.3,0.6",
+                 "-o", str(mine)]) == 0
+    assert main(["sensitivity", str(DIGITS), "--data", data, "--ratios", "0.3,0.6", "-o", str(builtin)]) == 0
+    a, b = Sensitivity.read(mine), Sensitivity.read(builtin)
+    assert a.metric == "changed"
+    assert {g: e.losses for g, e in a.groups.items()} == {g: e.losses for g, e in b.groups.items()}
+    assert any(loss > 0 for e in a.groups.values() for loss in e.losses.values())
+    capsys.readouterr()
+    for spec, message in ((f"{tmp_path / 'absent.py'}:changed", "metric file not found"),
+                          (f"{metric_file}:absent", "no function 'absent'"),
+                          ("no_such_module_here:f", "cannot import the metric's module"),
+                          ("psnr", "unknown metric 'psnr'")):
+        out = tmp_path / "refused.json"
+        assert main(["sensitivity", str(DIGITS), "--data", data, "--metric", spec, "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+
+
 def test_bad_inputs(tmp_path: Path, exported, capsys):
     from onnxprune.cli import main
 

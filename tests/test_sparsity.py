@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -28,14 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 sys.path.insert(0, str(ROOT / "scripts"))
 import digits  # noqa: E402
-
-
-@pytest.fixture
-def sample(tmp_path: Path) -> Path:
-    """A private copy of the digits model (with its external data file)."""
-    for name in ("digits_cnn.onnx", "digits_cnn.onnx.data"):
-        shutil.copy(MODELS / name, tmp_path / name)
-    return tmp_path / "digits_cnn.onnx"
 
 
 @pytest.fixture(scope="module")

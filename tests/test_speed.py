@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +19,6 @@ from onnxprune.errors import InputError
 from onnxprune.load import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def sample(tmp_path: Path) -> Path:
-    for name in ("digits_cnn.onnx", "digits_cnn.onnx.data"):
-        shutil.copy(ROOT / "models" / name, tmp_path / name)
-    return tmp_path / "digits_cnn.onnx"
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:

@@ -6,7 +6,6 @@ scripts/bench_large_model.py, never here."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,15 +22,6 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.staging import StagedOutput
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def sample(tmp_path: Path) -> Path:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for name in ("digits_cnn.onnx", "digits_cnn.onnx.data"):
-        shutil.copy(ROOT / "models" / name, folder / name)
-    return folder / "digits_cnn.onnx"
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ plan validation, and summaries that say what was done (issue 14)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,13 +24,6 @@ FIXTURES = ROOT / "tests" / "fixtures"
 
 def run_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "onnxprune.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
-
-
-@pytest.fixture
-def sample(tmp_path: Path) -> Path:
-    for name in ("digits_cnn.onnx", "digits_cnn.onnx.data"):
-        shutil.copy(ROOT / "models" / name, tmp_path / name)
-    return tmp_path / "digits_cnn.onnx"
 
 
 # --------------------------------------------------------------------------- origin names
