@@ -128,7 +128,23 @@ def metric_from_spec(spec: str) -> str | Metric:
     metric = getattr(module, function, None)
     if not callable(metric):
         raise InputError(f"{where}: no function '{function}' for --metric")
-    return metric
+    return UserMetric(metric, spec)
+
+
+class UserMetric:
+    """A loss of the user's own, from --metric: its failures (an exception, a result that is not a
+    number) are a problem of the user's input, reported in one line, not a crash of the tool.
+    Picklable for --workers when its function's module is importable there."""
+
+    def __init__(self, function: Metric, spec: str):
+        self.function, self.spec = function, spec
+        self.__name__ = getattr(function, "__name__", spec)
+
+    def __call__(self, reference, candidate, labels) -> float:
+        try:
+            return float(self.function(reference, candidate, labels))
+        except Exception as exc:  # noqa: BLE001 - the user's code
+            raise InputError(f"{self.spec}: the metric failed ({type(exc).__name__}: {exc})") from None
 
 
 # --- the masked model --------------------------------------------------------------------------

@@ -428,17 +428,18 @@ def sensitivity_file(task, pm, name: str, samples: int, ratios: list[float], fol
     activation criterion) on the first `samples` calibration samples, scored by the task's own
     unlabeled loss against the original (`calib_loss`): box recall for the detectors, reading
     agreement for rec.  Written to (and resumed from) `folder`, so one analysis serves every fraction."""
-    from onnxprune.sensitivity import analyse
+    from onnxprune.sensitivity import Sensitivity, analyse
 
     fit = f"ridge{reconstruct.ridge:g}_positions{reconstruct.positions}" if hasattr(reconstruct, "ridge") else "default"
     path = folder / f"sensitivity_{type(task).__name__.lower()}_{samples}_{'_'.join(f'{r:g}' for r in ratios)}_{fit}.json"
     x, loss = task.calib_loss(samples)
+    done = sum(len(g.losses) for g in Sensitivity.read(path).groups.values()) if path.exists() else 0
     t = time.perf_counter()
     analyse(pm, {name: x}, metric=loss, ratios=ratios, criterion="activation", out=path, progress=True, reconstruct=reconstruct)
     seconds = time.perf_counter() - t
     candidates = len(pm.groups) * len(ratios)
-    print(f"sensitivity analysis ({path.name}; resumed when it was there): {candidates} candidates "
-          f"on {len(x)} samples, {seconds:.0f} s ({seconds / t_pass:.0f}x one calibration pass)", flush=True)
+    print(f"sensitivity analysis ({path}): {candidates} candidates on {len(x)} samples, {candidates - done} measured now "
+          f"in {seconds:.0f} s ({seconds / t_pass:.0f}x one calibration pass)", flush=True)
     return path
 
 

@@ -170,7 +170,9 @@ def test_cli_metric_of_the_users_own(tmp_path: Path, capsys):
     metric_file = tmp_path / "my_metric.py"
     metric_file.write_text("import numpy as np\n"
                            "def changed(reference, candidate, labels):\n"
-                           "    return float(np.mean(reference[0].argmax(1) != candidate[0].argmax(1)))\n")
+                           "    return float(np.mean(reference[0].argmax(1) != candidate[0].argmax(1)))\n"
+                           "def broken(reference, candidate, labels):\n"
+                           "    return reference[5]\n")
     data = str(ROOT / "models" / "digits_calib.npz")
     mine, builtin = tmp_path / "mine.json", tmp_path / "builtin.json"
     assert main(["sensitivity", str(DIGITS), "--data", data, "--metric", f"{metric_file}:changed", "--ratios", "0.3,0.6",
@@ -184,7 +186,8 @@ def test_cli_metric_of_the_users_own(tmp_path: Path, capsys):
     for spec, message in ((f"{tmp_path / 'absent.py'}:changed", "metric file not found"),
                           (f"{metric_file}:absent", "no function 'absent'"),
                           ("no_such_module_here:f", "cannot import the metric's module"),
-                          ("psnr", "unknown metric 'psnr'")):
+                          ("psnr", "unknown metric 'psnr'"),
+                          (f"{metric_file}:broken", "the metric failed (IndexError")):
         out = tmp_path / "refused.json"
         assert main(["sensitivity", str(DIGITS), "--data", data, "--metric", spec, "-o", str(out)]) == 2
         err = capsys.readouterr().err
