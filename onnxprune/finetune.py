@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .errors import InputError
 from .graph import ModelIndex
 from .ops import NodeContext
-from .runtime import make_session, sample_count
+from .runtime import make_session, sample_count, with_outputs
 
 
 @dataclass
@@ -139,14 +139,6 @@ def _nmse(output, target: np.ndarray):
     return torch.mean((output - torch.from_numpy(target)) ** 2) / float(np.mean(target.astype(np.float64) ** 2) + 1e-12)
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of `model` that also outputs these intermediate tensors."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    out.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    return out
-
-
 def _check_features(student: ModelIndex, teacher: ModelIndex, features: dict[str, FeatureIndex]) -> None:
     """Every feature is a float tensor both graphs compute, and the kept indices fit the teacher's."""
     for name, axes in features.items():
@@ -184,13 +176,14 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto | str | Path, fe
     except UnsupportedOp as exc:
         raise InputError(f"finetune: {exc}") from None
     features = options.features
-    teacher_source = str(teacher) if isinstance(teacher, Path) else teacher
+    teacher_source, teacher_arrays = (str(teacher) if isinstance(teacher, Path) else teacher), None
     if features:  # the teacher also outputs the features (only then is it loaded and indexed here)
         teacher_model = teacher if isinstance(teacher, onnx.ModelProto) else onnx.load(str(teacher))
-        _check_features(index, ModelIndex.build(teacher_model), features)
-        teacher_source = _with_outputs(teacher_model, list(features))
+        teacher_index = ModelIndex.build(teacher_model)
+        _check_features(index, teacher_index, features)
+        teacher_source, teacher_arrays = with_outputs(teacher_index, list(features))
     net.extra = list(features)
-    teacher_run = make_session(teacher_source)
+    teacher_run = make_session(teacher_source, arrays=teacher_arrays)
     n_out = len(student.graph.output)
     n = sample_count(feeds)
     rng = np.random.default_rng(options.seed)

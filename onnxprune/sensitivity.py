@@ -110,19 +110,17 @@ def metric_from_spec(spec: str) -> str | Metric:
     import sys
 
     where, _, function = spec.rpartition(":")
+    path = Path(where)
+    if where.endswith(".py") and not path.is_file():
+        raise InputError(f"{where}: metric file not found")
     try:
         if where.endswith(".py"):
-            path = Path(where)
-            if not path.is_file():
-                raise InputError(f"{where}: metric file not found")
             loaded = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(loaded)
             sys.modules.setdefault(path.stem, module)  # picklable for --workers (forked workers see it)
             loaded.loader.exec_module(module)
         else:
             module = importlib.import_module(where)
-    except InputError:
-        raise
     except Exception as exc:  # noqa: BLE001 - the user's code: any failure to import is their input's problem
         raise InputError(f"{where}: cannot import the metric's module ({type(exc).__name__}: {exc})") from None
     metric = getattr(module, function, None)
