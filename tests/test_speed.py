@@ -63,7 +63,10 @@ def test_timings_lists_every_stage_on_stderr(sample: Path, tmp_path: Path):
     stages = [line.split()[0] for line in done.stderr.strip().splitlines()]
     assert stages == ["load", "depgraph", "importance", "allocation", "surgery", "verification", "save", "total"]
     seconds = [float(line.split()[1]) for line in done.stderr.strip().splitlines()]
-    assert all(s >= 0 for s in seconds) and abs(sum(seconds[:-1]) - seconds[-1]) < 2e-3
+    # each figure is printed to 3 decimals (rounded by up to 0.0005), so the printed stages can sum
+    # to the printed total only within that rounding of all eight figures
+    rounding = 0.0005 * len(seconds) + 1e-9
+    assert all(s >= 0 for s in seconds) and abs(sum(seconds[:-1]) - seconds[-1]) <= rounding
 
 
 def test_timings_are_exclusive_of_nested_stages():
